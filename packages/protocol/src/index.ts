@@ -1,0 +1,16 @@
+export * from './errors.js';
+export * from './constants.js';
+export { encodeHeader, decodeHeader, describeHeader, type FrameHeader } from './frame.js';
+export { FrameDecoder, type FrameSink } from './decoder.js';
+export {
+  YamuxSession,
+  systemClock,
+  resolveSessionOptions,
+  DEFAULT_SESSION_OPTIONS,
+  type Clock,
+  type SessionOptions,
+  type ResolvedSessionOptions,
+  type SessionStats,
+} from './session.js';
+export { YamuxStream } from './stream.js';
+export { createWebSocketDuplex } from './ws-duplex.js';

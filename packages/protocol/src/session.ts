@@ -1,0 +1,508 @@
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
+import {
+  Flag,
+  FrameType,
+  GoAwayCode,
+  INITIAL_STREAM_WINDOW_BYTES,
+  MAX_STREAM_ID,
+} from './constants.js';
+import { FrameDecoder, type FrameSink } from './decoder.js';
+import { TunnelError, type ErrorCode } from './errors.js';
+import { describeHeader, encodeHeader, type FrameHeader } from './frame.js';
+import { YamuxStream, type StreamHost } from './stream.js';
+
+/** Injectable time, so keepalive tests run in milliseconds (see STYLE.md). */
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const systemClock: Clock = {
+  now: () => performance.now(),
+  setTimeout: (fn, ms) => {
+    const t = setTimeout(fn, ms);
+    t.unref();
+    return t;
+  },
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};
+
+export interface SessionOptions {
+  role: 'client' | 'server';
+  /** Inbound streams not yet taken up by the application; beyond this they are refused with RST. */
+  acceptBacklog?: number;
+  /** 0 disables keepalive pings. */
+  keepaliveIntervalMs?: number;
+  /** A ping unanswered this long ends the session with TUN_ERR_TIMEOUT. */
+  keepaliveTimeoutMs?: number;
+  /** Receive window each new stream starts with (at least the spec's 256 KiB). */
+  initialWindowBytes?: number;
+  /** Ceiling for window auto-tuning. */
+  maxWindowBytes?: number;
+  /** Largest Data frame accepted from the peer. */
+  maxFrameBytes?: number;
+  /** After close() ends the transport, how long to wait for the peer before destroying it. */
+  closeTimeoutMs?: number;
+  clock?: Clock;
+}
+
+export type ResolvedSessionOptions = Readonly<Required<SessionOptions>>;
+
+export const DEFAULT_SESSION_OPTIONS = Object.freeze({
+  acceptBacklog: 256,
+  keepaliveIntervalMs: 30_000,
+  keepaliveTimeoutMs: 10_000,
+  initialWindowBytes: INITIAL_STREAM_WINDOW_BYTES,
+  maxWindowBytes: 16 * 1024 * 1024,
+  maxFrameBytes: 16 * 1024 * 1024,
+  closeTimeoutMs: 5_000,
+});
+
+export function resolveSessionOptions(options: SessionOptions): ResolvedSessionOptions {
+  const o: Required<SessionOptions> = {
+    ...DEFAULT_SESSION_OPTIONS,
+    clock: systemClock,
+    ...stripUndefined(options),
+    role: options.role,
+  };
+  const problems: string[] = [];
+  if (o.role !== 'client' && o.role !== 'server') problems.push(`role must be 'client' or 'server'`);
+  if (!(o.initialWindowBytes >= INITIAL_STREAM_WINDOW_BYTES)) {
+    problems.push(`initialWindowBytes must be at least ${INITIAL_STREAM_WINDOW_BYTES}`);
+  }
+  if (!(o.maxWindowBytes >= o.initialWindowBytes) || o.maxWindowBytes > 0x7fff_ffff) {
+    problems.push('maxWindowBytes must be between initialWindowBytes and 2^31-1');
+  }
+  if (!(o.maxFrameBytes >= 1)) problems.push('maxFrameBytes must be positive');
+  if (!(o.acceptBacklog >= 1)) problems.push('acceptBacklog must be positive');
+  if (!(o.keepaliveIntervalMs >= 0)) problems.push('keepaliveIntervalMs must be >= 0');
+  if (!(o.keepaliveTimeoutMs > 0)) problems.push('keepaliveTimeoutMs must be positive');
+  if (problems.length > 0) {
+    throw new TunnelError('TUN_ERR_CONFIG', `invalid session options: ${problems.join('; ')}`, {
+      details: { problems },
+    });
+  }
+  return Object.freeze(o);
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+export interface SessionStats {
+  openStreams: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** Streams whose writer waits for the peer's window. */
+  blockedStreams: number;
+  /** Bytes held in memory: transport write queue plus every stream's unread and unsent data. */
+  bufferedBytes: number;
+  rttMs: number | undefined;
+}
+
+interface PendingPing {
+  sentAt: number;
+  resolve: (rttMs: number) => void;
+  reject: (err: TunnelError) => void;
+  timer: unknown;
+}
+
+const PROTOCOL_CODES: ReadonlySet<ErrorCode> = new Set([
+  'TUN_ERR_BAD_VERSION',
+  'TUN_ERR_BAD_FRAME_TYPE',
+  'TUN_ERR_BAD_FLAGS',
+  'TUN_ERR_FRAME_TOO_LARGE',
+  'TUN_ERR_WINDOW_EXCEEDED',
+  'TUN_ERR_BAD_STREAM_ID',
+  'TUN_ERR_PROTOCOL',
+]);
+
+/**
+ * A yamux session over any byte Duplex. Events: 'stream' (inbound YamuxStream), 'goaway' (code),
+ * 'close' (err?: TunnelError) once, and 'error' (err) only when someone listens for it: a broken
+ * peer must never crash the process.
+ */
+export class YamuxSession extends EventEmitter implements StreamHost, FrameSink {
+  readonly options: ResolvedSessionOptions;
+  readonly targetWindowLimitBytes: number;
+  private readonly transport: Duplex;
+  private readonly decoder: FrameDecoder;
+  private readonly clock: Clock;
+  private readonly streams = new Map<number, YamuxStream>();
+  private nextStreamId: number;
+  private lastInboundId = 0;
+  private unaccepted = 0;
+  private localGoAway = false;
+  private remoteGoAway = false;
+  private destroyed = false;
+  private closedEmitted = false;
+  private closePromise: Promise<void> | undefined;
+  private resolveClosed: (() => void) | undefined;
+  private corked = false;
+  private drainWaiters: Array<() => void> = [];
+  private nextPingId = 1;
+  private readonly pings = new Map<number, PendingPing>();
+  private keepaliveTimer: unknown;
+  private lastRttMs: number | undefined;
+  private bytesIn = 0;
+  private bytesOut = 0;
+  private blocked = 0;
+  private failure: TunnelError | undefined;
+
+  constructor(transport: Duplex, options: SessionOptions) {
+    super();
+    this.options = resolveSessionOptions(options);
+    this.clock = this.options.clock;
+    this.targetWindowLimitBytes = this.options.maxWindowBytes;
+    this.transport = transport;
+    this.nextStreamId = this.options.role === 'client' ? 1 : 2;
+    this.decoder = new FrameDecoder(this, this.options.maxFrameBytes);
+    transport.on('data', this.onTransportData);
+    transport.on('end', this.onTransportEnd);
+    transport.on('error', this.onTransportError);
+    transport.on('close', this.onTransportClose);
+    transport.on('drain', this.onTransportDrain);
+    if (this.options.keepaliveIntervalMs > 0) {
+      // One early ping measures the RTT that window auto-tuning needs; its failure is harmless.
+      this.ping().catch(() => undefined);
+      this.scheduleKeepalive();
+    }
+  }
+
+  /** Opens a stream at once; it may be written before the peer's ACK arrives. */
+  open(): YamuxStream {
+    if (this.destroyed || this.localGoAway || this.remoteGoAway) {
+      throw new TunnelError('TUN_ERR_SESSION_CLOSED', 'session is closing or closed; cannot open a stream');
+    }
+    const id = this.nextStreamId;
+    if (id > MAX_STREAM_ID) {
+      throw new TunnelError('TUN_ERR_STREAMS_EXHAUSTED', 'no stream ids left on this session');
+    }
+    this.nextStreamId += 2;
+    const stream = new YamuxStream(this, id, true, this.options.initialWindowBytes);
+    this.streams.set(id, stream);
+    return stream;
+  }
+
+  /** Sends a ping and resolves with the round-trip time in ms. */
+  ping(timeoutMs = this.options.keepaliveTimeoutMs): Promise<number> {
+    if (this.destroyed) {
+      return Promise.reject(new TunnelError('TUN_ERR_SESSION_CLOSED', 'session is closed'));
+    }
+    const id = this.nextPingId;
+    this.nextPingId = (this.nextPingId % MAX_STREAM_ID) + 1;
+    return new Promise<number>((resolve, reject) => {
+      const timer = this.clock.setTimeout(() => {
+        this.pings.delete(id);
+        reject(new TunnelError('TUN_ERR_TIMEOUT', `no ping answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pings.set(id, { sentAt: this.clock.now(), resolve, reject, timer });
+      this.sendFrame(FrameType.Ping, Flag.SYN, 0, id);
+    });
+  }
+
+  get stats(): SessionStats {
+    let buffered = this.transport.writableLength;
+    for (const s of this.streams.values()) buffered += s.bufferedBytes;
+    return {
+      openStreams: this.streams.size,
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut,
+      blockedStreams: this.blocked,
+      bufferedBytes: buffered,
+      rttMs: this.lastRttMs,
+    };
+  }
+
+  get isClosed(): boolean {
+    return this.destroyed;
+  }
+
+  /** True once either side sent GoAway: no new streams. */
+  get isGoingAway(): boolean {
+    return this.localGoAway || this.remoteGoAway;
+  }
+
+  /**
+   * Graceful: sends GoAway(normal), refuses new streams, lets open streams finish, then ends
+   * the transport. Idempotent; resolves when the transport has closed.
+   */
+  close(): Promise<void> {
+    if (this.closePromise) return this.closePromise;
+    this.closePromise = new Promise<void>((resolve) => {
+      this.resolveClosed = resolve;
+    });
+    if (this.destroyed) {
+      this.resolveClosed?.();
+      return this.closePromise;
+    }
+    this.sendGoAway(GoAwayCode.Normal);
+    this.maybeFinishClose();
+    return this.closePromise;
+  }
+
+  /** Immediate: every stream fails with `err` (or TUN_ERR_SESSION_CLOSED) and the transport is destroyed. */
+  destroy(err?: TunnelError): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.failure = err;
+    this.clock.clearTimeout(this.keepaliveTimer);
+    const reason = err ?? new TunnelError('TUN_ERR_SESSION_CLOSED', 'session was closed');
+    for (const ping of this.pings.values()) {
+      this.clock.clearTimeout(ping.timer);
+      ping.reject(reason);
+    }
+    this.pings.clear();
+    for (const stream of [...this.streams.values()]) stream.fail(reason, false);
+    this.streams.clear();
+    this.transport.off('data', this.onTransportData);
+    if (err && !this.localGoAway && !this.transport.writableEnded && !this.transport.destroyed) {
+      // Tell the peer why before hanging up; the frame is flushed by end(), then the socket goes.
+      const code = PROTOCOL_CODES.has(err.code) ? GoAwayCode.ProtocolError : GoAwayCode.InternalError;
+      this.localGoAway = true;
+      this.transport.end(encodeHeader(FrameType.GoAway, 0, 0, code), () => this.transport.destroy());
+      this.clock.setTimeout(() => this.transport.destroy(), 1_000);
+    } else {
+      this.transport.destroy();
+    }
+    if (err && this.listenerCount('error') > 0) this.emit('error', err);
+    if (this.transport.destroyed && this.transport.closed) this.emitClose();
+  }
+
+  // ---- StreamHost ----
+
+  sendFrame(type: FrameType, flags: number, streamId: number, length: number, payload?: Buffer): boolean {
+    if (this.destroyed || this.transport.writableEnded) return false;
+    if (!this.corked) {
+      // Frames written in one tick go out in one writev (one syscall, or one WebSocket message).
+      this.corked = true;
+      this.transport.cork();
+      process.nextTick(this.uncork);
+    }
+    this.transport.write(encodeHeader(type, flags, streamId, length));
+    return payload === undefined ? !this.transport.writableNeedDrain : this.transport.write(payload);
+  }
+
+  whenDrained(cb: () => void): void {
+    if (!this.transport.writableNeedDrain || this.destroyed) cb();
+    else this.drainWaiters.push(cb);
+  }
+
+  streamGone(stream: YamuxStream): void {
+    if (this.streams.get(stream.id) === stream) this.streams.delete(stream.id);
+    this.maybeFinishClose();
+  }
+
+  streamAccepted(): void {
+    this.unaccepted--;
+  }
+
+  blockedChanged(delta: number): void {
+    this.blocked += delta;
+  }
+
+  countOut(bytes: number): void {
+    this.bytesOut += bytes;
+  }
+
+  rttMs(): number | undefined {
+    return this.lastRttMs;
+  }
+
+  now(): number {
+    return this.clock.now();
+  }
+
+  // ---- FrameSink ----
+
+  onDataStart(header: FrameHeader): void {
+    const stream = this.streamFor(header);
+    stream?.onDataStart(header);
+  }
+
+  onData(header: FrameHeader, payload: Buffer): void {
+    this.bytesIn += payload.length;
+    this.streams.get(header.streamId)?.onData(payload);
+  }
+
+  onDataEnd(header: FrameHeader): void {
+    this.streams.get(header.streamId)?.onFlags(header.flags);
+  }
+
+  onControl(header: FrameHeader): void {
+    switch (header.type) {
+      case FrameType.WindowUpdate:
+        this.streamFor(header)?.onWindowUpdate(header);
+        return;
+      case FrameType.Ping:
+        this.onPing(header);
+        return;
+      case FrameType.GoAway:
+        this.onGoAway(header);
+        return;
+    }
+  }
+
+  // ---- internals ----
+
+  /**
+   * The stream a Data/WindowUpdate frame belongs to, creating it on SYN. Returns undefined for
+   * frames of streams already closed (late frames are legal and dropped); throws on ids never opened.
+   */
+  private streamFor(header: FrameHeader): YamuxStream | undefined {
+    const id = header.streamId;
+    if (id === 0) throw this.badStreamId(header, 'stream id 0 on a stream frame');
+    const existing = this.streams.get(id);
+    const inboundParity = this.options.role === 'client' ? 0 : 1;
+    if (header.flags & Flag.SYN) {
+      if (existing || id % 2 !== inboundParity || id <= this.lastInboundId) {
+        throw this.badStreamId(header, existing ? 'SYN for an open stream' : 'SYN with a wrong or reused id');
+      }
+      this.lastInboundId = id;
+      return this.acceptInbound(header);
+    }
+    if (existing) return existing;
+    const seen = id % 2 === inboundParity ? id <= this.lastInboundId : id < this.nextStreamId;
+    if (!seen) throw this.badStreamId(header, 'frame for a stream that was never opened');
+    return undefined;
+  }
+
+  private acceptInbound(header: FrameHeader): YamuxStream | undefined {
+    const refuse =
+      this.localGoAway || this.unaccepted >= this.options.acceptBacklog || this.listenerCount('stream') === 0;
+    if (refuse) {
+      this.sendFrame(FrameType.WindowUpdate, Flag.RST, header.streamId, 0);
+      return undefined;
+    }
+    const stream = new YamuxStream(this, header.streamId, false, this.options.initialWindowBytes);
+    this.streams.set(header.streamId, stream);
+    this.unaccepted++;
+    this.emit('stream', stream);
+    return stream;
+  }
+
+  private badStreamId(header: FrameHeader, why: string): TunnelError {
+    return new TunnelError('TUN_ERR_BAD_STREAM_ID', `${why}: ${describeHeader(header)}`);
+  }
+
+  private onPing(header: FrameHeader): void {
+    if (header.streamId !== 0) throw this.badStreamId(header, 'ping on a stream');
+    if (header.flags & Flag.SYN) {
+      this.sendFrame(FrameType.Ping, Flag.ACK, 0, header.length);
+      return;
+    }
+    if (!(header.flags & Flag.ACK)) {
+      throw new TunnelError('TUN_ERR_BAD_FLAGS', `ping without SYN or ACK: ${describeHeader(header)}`);
+    }
+    const ping = this.pings.get(header.length);
+    if (!ping) return; // an answer after its timeout: harmless
+    this.pings.delete(header.length);
+    this.clock.clearTimeout(ping.timer);
+    const rtt = Math.max(0, this.clock.now() - ping.sentAt);
+    this.lastRttMs = rtt;
+    ping.resolve(rtt);
+  }
+
+  private onGoAway(header: FrameHeader): void {
+    if (header.streamId !== 0) throw this.badStreamId(header, 'GoAway on a stream');
+    this.remoteGoAway = true;
+    this.emit('goaway', header.length);
+    if (header.length !== GoAwayCode.Normal) {
+      const what = header.length === GoAwayCode.ProtocolError ? 'a protocol error' : 'an internal error';
+      this.destroy(new TunnelError('TUN_ERR_REMOTE_GOAWAY', `peer ended the session with ${what}`));
+    }
+  }
+
+  private sendGoAway(code: GoAwayCode): void {
+    if (this.localGoAway) return;
+    this.localGoAway = true;
+    this.sendFrame(FrameType.GoAway, 0, 0, code);
+  }
+
+  private maybeFinishClose(): void {
+    if (!this.closePromise || this.destroyed || this.streams.size > 0) return;
+    if (!this.transport.writableEnded) {
+      this.transport.end();
+      // A peer that never hangs up must not keep us open forever.
+      this.clock.setTimeout(() => this.destroy(), this.options.closeTimeoutMs);
+    }
+  }
+
+  private scheduleKeepalive(): void {
+    this.keepaliveTimer = this.clock.setTimeout(() => {
+      if (this.destroyed) return;
+      this.ping(this.options.keepaliveTimeoutMs).then(
+        () => this.scheduleKeepalive(),
+        (err: TunnelError) => {
+          if (err.code === 'TUN_ERR_TIMEOUT') this.destroy(err);
+        },
+      );
+    }, this.options.keepaliveIntervalMs);
+  }
+
+  private emitClose(): void {
+    if (this.closedEmitted) return;
+    this.closedEmitted = true;
+    this.destroyed = true;
+    this.clock.clearTimeout(this.keepaliveTimer);
+    this.resolveClosed?.();
+    this.emit('close', this.failure);
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.transport.uncork();
+  };
+
+  private readonly onTransportData = (chunk: Buffer): void => {
+    try {
+      this.decoder.push(chunk);
+    } catch (err) {
+      this.destroy(
+        err instanceof TunnelError ? err : new TunnelError('TUN_ERR_PROTOCOL', 'decode failed', { cause: err }),
+      );
+    }
+  };
+
+  private readonly onTransportEnd = (): void => {
+    if (this.destroyed) return;
+    const clean = this.remoteGoAway && this.streams.size === 0 && this.decoder.atBoundary;
+    if (clean || (this.closePromise && this.streams.size === 0)) {
+      // The peer said goodbye (or answered ours) and nothing is in flight: a clean close.
+      if (!this.transport.writableEnded) this.transport.end();
+      return;
+    }
+    this.destroy(new TunnelError('TUN_ERR_TRANSPORT_CLOSED', 'the connection ended without GoAway'));
+  };
+
+  private readonly onTransportError = (err: Error): void => {
+    if (this.destroyed) return;
+    this.destroy(new TunnelError('TUN_ERR_TRANSPORT_CLOSED', `transport failed: ${err.message}`, { cause: err }));
+  };
+
+  private readonly onTransportClose = (): void => {
+    if (!this.destroyed) {
+      const clean = (this.remoteGoAway || this.closePromise !== undefined) && this.streams.size === 0;
+      if (!clean) {
+        this.destroy(new TunnelError('TUN_ERR_TRANSPORT_CLOSED', 'the connection closed'));
+      } else {
+        this.destroyed = true;
+        this.clock.clearTimeout(this.keepaliveTimer);
+      }
+    }
+    this.runDrainWaiters();
+    this.emitClose();
+  };
+
+  private readonly onTransportDrain = (): void => {
+    this.runDrainWaiters();
+  };
+
+  private runDrainWaiters(): void {
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of waiters) w();
+  }
+}

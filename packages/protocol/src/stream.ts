@@ -1,0 +1,259 @@
+import { Duplex } from 'node:stream';
+import { Flag, FrameType, INITIAL_STREAM_WINDOW_BYTES, SEND_FRAME_BYTES } from './constants.js';
+import { TunnelError } from './errors.js';
+import type { FrameHeader } from './frame.js';
+
+/** What a stream needs from its session; implemented by YamuxSession. */
+export interface StreamHost {
+  readonly targetWindowLimitBytes: number;
+  /** Writes a frame; returns false when the transport is over its high-water mark. */
+  sendFrame(type: FrameType, flags: number, streamId: number, length: number, payload?: Buffer): boolean;
+  /** Calls `cb` once the transport has drained (at once if it needs no drain). */
+  whenDrained(cb: () => void): void;
+  /** The stream has left the table: both sides closed, or reset. */
+  streamGone(stream: YamuxStream): void;
+  /** An inbound stream was accepted by its application (first read, write or end). */
+  streamAccepted(stream: YamuxStream): void;
+  blockedChanged(delta: number): void;
+  countOut(bytes: number): void;
+  rttMs(): number | undefined;
+  now(): number;
+}
+
+const StreamState = {
+  Open: 0,
+  /** Removed from the session table: both FINs exchanged, or reset, or the session died. */
+  Gone: 1,
+} as const;
+
+/**
+ * One yamux stream as a Node Duplex. Flow control: `recvWindow` is what the peer may still
+ * send; it is replenished only as the consumer drains the readable buffer, so a reader that
+ * stops makes its sender's writes wait and memory stays within one window.
+ */
+export class YamuxStream extends Duplex {
+  readonly id: number;
+  private readonly host: StreamHost;
+  private state: (typeof StreamState)[keyof typeof StreamState] = StreamState.Open;
+  /** Flags still owed to the peer on our next frame (SYN for outbound, ACK for inbound). */
+  private pendingOpenFlag: number;
+  private accepted: boolean;
+  private sendWindow = INITIAL_STREAM_WINDOW_BYTES;
+  private recvWindow = INITIAL_STREAM_WINDOW_BYTES;
+  /** The receive window we aim to keep open; grows with measured RTT (auto-tuning). */
+  private targetWindow: number;
+  private epochStartMs: number;
+  private localFin = false;
+  private remoteFin = false;
+  private blocked = false;
+  private pendingChunk: Buffer | undefined;
+  private pendingOffset = 0;
+  private pendingCb: ((err?: Error | null) => void) | undefined;
+  /** Why the stream ended abnormally, kept even when nobody listens for 'error'. */
+  resetReason: TunnelError | undefined;
+
+  /** @internal Created by YamuxSession only. */
+  constructor(host: StreamHost, id: number, outbound: boolean, initialWindowBytes: number) {
+    super({ allowHalfOpen: true, readableHighWaterMark: 64 * 1024, writableHighWaterMark: 64 * 1024 });
+    this.host = host;
+    this.id = id;
+    this.targetWindow = initialWindowBytes;
+    this.epochStartMs = host.now();
+    this.accepted = outbound;
+    this.pendingOpenFlag = outbound ? Flag.SYN : Flag.ACK;
+    if (outbound) this.sendOpen();
+  }
+
+  /** Bytes this stream holds in memory: unread received data plus data waiting for window. */
+  get bufferedBytes(): number {
+    const pending = this.pendingChunk ? this.pendingChunk.length - this.pendingOffset : 0;
+    return this.readableLength + this.writableLength + pending;
+  }
+
+  /** @internal Called for every Data frame header; checks the window before any byte is taken. */
+  onDataStart(header: FrameHeader): void {
+    if (header.length > this.recvWindow) {
+      throw new TunnelError(
+        'TUN_ERR_WINDOW_EXCEEDED',
+        `stream ${this.id}: ${header.length} bytes sent with ${this.recvWindow} bytes of window`,
+      );
+    }
+    if (header.length > 0 && this.remoteFin) {
+      throw new TunnelError('TUN_ERR_PROTOCOL', `stream ${this.id}: data after FIN`);
+    }
+    this.recvWindow -= header.length;
+  }
+
+  /** @internal */
+  onData(payload: Buffer): void {
+    if (this.state === StreamState.Gone) return;
+    this.push(payload);
+  }
+
+  /** @internal WindowUpdate frames and the flags that close a Data frame. */
+  onWindowUpdate(header: FrameHeader): void {
+    if (header.length > 0) {
+      this.sendWindow += header.length;
+      if (this.sendWindow > 0xffff_ffff) {
+        throw new TunnelError('TUN_ERR_PROTOCOL', `stream ${this.id}: send window overflow`);
+      }
+      if (this.blocked) this.setBlocked(false);
+      if (this.pendingChunk) this.flushPending();
+    }
+    this.onFlags(header.flags);
+  }
+
+  /** @internal */
+  onFlags(flags: number): void {
+    if (this.state === StreamState.Gone) return;
+    if (flags & Flag.RST) {
+      this.fail(new TunnelError('TUN_ERR_STREAM_RESET', `stream ${this.id} was reset by the peer`), false);
+      return;
+    }
+    if (flags & Flag.FIN && !this.remoteFin) {
+      this.remoteFin = true;
+      this.push(null);
+      this.maybeGone();
+    }
+  }
+
+  /**
+   * @internal Ends the stream because of its session or its peer. `sendRst` is false when the
+   * peer already knows (it reset us, or the session is gone).
+   */
+  fail(err: TunnelError, sendRst: boolean): void {
+    if (this.state === StreamState.Gone) return;
+    this.resetReason = err;
+    if (sendRst) this.host.sendFrame(FrameType.WindowUpdate, this.takeOpenFlag() | Flag.RST, this.id, 0);
+    this.leave();
+    // An 'error' nobody listens for would crash the process: a dead stream must not kill the agent.
+    this.destroy(this.listenerCount('error') > 0 ? err : undefined);
+  }
+
+  override _read(): void {
+    this.accept();
+    this.maybeSendWindowUpdate();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.accept();
+    if (this.state === StreamState.Gone) {
+      cb(this.resetReason ?? new TunnelError('TUN_ERR_STREAM_RESET', `stream ${this.id} is closed`));
+      return;
+    }
+    this.pendingChunk = chunk;
+    this.pendingOffset = 0;
+    this.pendingCb = cb;
+    this.flushPending();
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    this.accept();
+    if (this.state === StreamState.Gone) {
+      cb(this.resetReason ?? null);
+      return;
+    }
+    this.localFin = true;
+    this.host.sendFrame(FrameType.WindowUpdate, this.takeOpenFlag() | Flag.FIN, this.id, 0);
+    this.maybeGone();
+    cb();
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    if (this.state !== StreamState.Gone) {
+      // Closed by the application before both sides finished: tell the peer at once.
+      this.resetReason = new TunnelError('TUN_ERR_STREAM_RESET', `stream ${this.id} was reset locally`);
+      this.host.sendFrame(FrameType.WindowUpdate, this.takeOpenFlag() | Flag.RST, this.id, 0);
+      this.leave();
+    }
+    const pendingCb = this.pendingCb;
+    this.pendingChunk = undefined;
+    this.pendingCb = undefined;
+    if (pendingCb) pendingCb(err ?? this.resetReason);
+    cb(err);
+  }
+
+  private sendOpen(): void {
+    // A SYN (or ACK) travels on a WindowUpdate that also grants any window above the spec's 256 KiB.
+    const delta = this.targetWindow - INITIAL_STREAM_WINDOW_BYTES;
+    this.recvWindow += delta;
+    this.host.sendFrame(FrameType.WindowUpdate, this.takeOpenFlag(), this.id, delta);
+  }
+
+  private accept(): void {
+    if (this.accepted) return;
+    this.accepted = true;
+    this.host.streamAccepted(this);
+    if (this.state === StreamState.Open) this.sendOpen();
+  }
+
+  private takeOpenFlag(): number {
+    const flag = this.pendingOpenFlag;
+    this.pendingOpenFlag = 0;
+    return flag;
+  }
+
+  private flushPending(): void {
+    while (this.pendingChunk !== undefined) {
+      const chunk = this.pendingChunk;
+      const left = chunk.length - this.pendingOffset;
+      if (left > 0 && this.sendWindow === 0) {
+        this.setBlocked(true);
+        return;
+      }
+      const n = Math.min(left, this.sendWindow, SEND_FRAME_BYTES);
+      this.sendWindow -= n;
+      const payload = chunk.subarray(this.pendingOffset, this.pendingOffset + n);
+      this.pendingOffset += n;
+      const writable = this.host.sendFrame(FrameType.Data, this.takeOpenFlag(), this.id, n, payload);
+      this.host.countOut(n);
+      if (this.pendingOffset < chunk.length) continue;
+      const cb = this.pendingCb!;
+      this.pendingChunk = undefined;
+      this.pendingCb = undefined;
+      // Transport backpressure: the write completes only when the transport can take more.
+      if (writable) cb();
+      else this.host.whenDrained(() => cb());
+    }
+  }
+
+  private maybeSendWindowUpdate(): void {
+    if (this.remoteFin || this.state === StreamState.Gone) return;
+    const unread = this.readableLength;
+    let delta = this.targetWindow - unread - this.recvWindow;
+    // Batch updates: one per half window keeps update frames rare without stalling the sender.
+    if (delta < this.targetWindow / 2) return;
+    const now = this.host.now();
+    const rtt = this.host.rttMs();
+    const limit = this.host.targetWindowLimitBytes;
+    if (rtt !== undefined && this.targetWindow < limit && now - this.epochStartMs < 4 * rtt) {
+      // The whole window was used in under a few round trips: the window, not the reader, is the limit.
+      const grown = Math.min(this.targetWindow * 2, limit);
+      delta += grown - this.targetWindow;
+      this.targetWindow = grown;
+    }
+    this.epochStartMs = now;
+    this.recvWindow += delta;
+    this.host.sendFrame(FrameType.WindowUpdate, this.takeOpenFlag(), this.id, delta);
+  }
+
+  private maybeGone(): void {
+    if (this.localFin && this.remoteFin) this.leave();
+  }
+
+  private leave(): void {
+    if (this.state === StreamState.Gone) return;
+    this.state = StreamState.Gone;
+    if (this.blocked) this.setBlocked(false);
+    if (!this.accepted) {
+      this.accepted = true;
+      this.host.streamAccepted(this);
+    }
+    this.host.streamGone(this);
+  }
+
+  private setBlocked(blocked: boolean): void {
+    this.blocked = blocked;
+    this.host.blockedChanged(blocked ? 1 : -1);
+  }
+}

@@ -14,3 +14,4 @@ export {
 } from './session.js';
 export { YamuxStream } from './stream.js';
 export { createWebSocketDuplex } from './ws-duplex.js';
+export * from './config-schema.js';

@@ -31,7 +31,10 @@ export const systemClock: Clock = {
 
 export interface SessionOptions {
   role: 'client' | 'server';
-  /** Inbound streams not yet taken up by the application; beyond this they are refused with RST. */
+  /**
+   * Inbound streams queued while nobody listens for 'stream' (e.g. before the application has
+   * attached its handler); beyond this they are refused with RST.
+   */
   acceptBacklog?: number;
   /** 0 disables keepalive pings. */
   keepaliveIntervalMs?: number;
@@ -133,7 +136,8 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   private readonly streams = new Map<number, YamuxStream>();
   private nextStreamId: number;
   private lastInboundId = 0;
-  private unaccepted = 0;
+  /** Inbound streams waiting for a 'stream' listener, oldest first. */
+  private backlog: YamuxStream[] = [];
   private localGoAway = false;
   private remoteGoAway = false;
   private destroyed = false;
@@ -164,6 +168,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     transport.on('error', this.onTransportError);
     transport.on('close', this.onTransportClose);
     transport.on('drain', this.onTransportDrain);
+    this.on('newListener', this.onNewListener);
     if (this.options.keepaliveIntervalMs > 0) {
       // One early ping measures the RTT that window auto-tuning needs; its failure is harmless.
       this.ping().catch(() => undefined);
@@ -295,10 +300,6 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     this.maybeFinishClose();
   }
 
-  streamAccepted(): void {
-    this.unaccepted--;
-  }
-
   blockedChanged(delta: number): void {
     this.blocked += delta;
   }
@@ -370,18 +371,29 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   }
 
   private acceptInbound(header: FrameHeader): YamuxStream | undefined {
-    const refuse =
-      this.localGoAway || this.unaccepted >= this.options.acceptBacklog || this.listenerCount('stream') === 0;
-    if (refuse) {
+    const listening = this.listenerCount('stream') > 0;
+    if (this.localGoAway || (!listening && this.backlog.length >= this.options.acceptBacklog)) {
       this.sendFrame(FrameType.WindowUpdate, Flag.RST, header.streamId, 0);
       return undefined;
     }
     const stream = new YamuxStream(this, header.streamId, false, this.options.initialWindowBytes);
     this.streams.set(header.streamId, stream);
-    this.unaccepted++;
-    this.emit('stream', stream);
+    if (listening) this.emit('stream', stream);
+    else this.backlog.push(stream);
     return stream;
   }
+
+  /** Hands queued inbound streams to the first 'stream' listener, in arrival order. */
+  private readonly onNewListener = (event: string | symbol): void => {
+    if (event !== 'stream' || this.backlog.length === 0) return;
+    process.nextTick(() => {
+      const queued = this.backlog;
+      this.backlog = [];
+      for (const stream of queued) {
+        if (!stream.destroyed) this.emit('stream', stream);
+      }
+    });
+  };
 
   private badStreamId(header: FrameHeader, why: string): TunnelError {
     return new TunnelError('TUN_ERR_BAD_STREAM_ID', `${why}: ${describeHeader(header)}`);

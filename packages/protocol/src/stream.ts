@@ -12,8 +12,6 @@ export interface StreamHost {
   whenDrained(cb: () => void): void;
   /** The stream has left the table: both sides closed, or reset. */
   streamGone(stream: YamuxStream): void;
-  /** An inbound stream was accepted by its application (first read, write or end). */
-  streamAccepted(stream: YamuxStream): void;
   blockedChanged(delta: number): void;
   countOut(bytes: number): void;
   rttMs(): number | undefined;
@@ -88,6 +86,8 @@ export class YamuxStream extends Duplex {
   onData(payload: Buffer): void {
     if (this.state === StreamState.Gone) return;
     this.push(payload);
+    // A flowing consumer took the bytes at once (readableLength did not grow): room to grant.
+    this.maybeSendWindowUpdate();
   }
 
   /** @internal WindowUpdate frames and the flags that close a Data frame. */
@@ -133,6 +133,18 @@ export class YamuxStream extends Duplex {
   override _read(): void {
     this.accept();
     this.maybeSendWindowUpdate();
+  }
+
+  /**
+   * Every path that consumes buffered bytes (flowing 'data', pipe, for-await, 'readable' +
+   * read()) goes through read(); grant window after it. `_read` alone is not enough: Node calls
+   * it before removing the bytes it returns, and not again until the next push, which a
+   * sender with no window never makes.
+   */
+  override read(size?: number): ReturnType<Duplex['read']> {
+    const chunk: unknown = super.read(size);
+    if (chunk !== null) this.maybeSendWindowUpdate();
+    return chunk;
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, cb: (err?: Error | null) => void): void {
@@ -183,7 +195,6 @@ export class YamuxStream extends Duplex {
   private accept(): void {
     if (this.accepted) return;
     this.accepted = true;
-    this.host.streamAccepted(this);
     if (this.state === StreamState.Open) this.sendOpen();
   }
 
@@ -245,10 +256,7 @@ export class YamuxStream extends Duplex {
     if (this.state === StreamState.Gone) return;
     this.state = StreamState.Gone;
     if (this.blocked) this.setBlocked(false);
-    if (!this.accepted) {
-      this.accepted = true;
-      this.host.streamAccepted(this);
-    }
+    this.accepted = true;
     this.host.streamGone(this);
   }
 

@@ -1,0 +1,287 @@
+/**
+ * tunnel-client's configuration: defaults < `--config` YAML < TUNNEL_CLIENT_* env < flags, every
+ * problem reported in one TUN_ERR_CONFIG, resolved once into a deeply frozen ClientConfig.
+ * Only this file and bin.ts read argv/env, so the egress proxy variables are resolved here too.
+ */
+import { hostname as osHostname } from 'node:os';
+import { Command } from 'commander';
+import { parse as parseYaml } from 'yaml';
+import {
+  LOG_FORMATS,
+  LOG_LEVELS,
+  MAX_TIMER_MS,
+  deepFreeze,
+  flagsFromArgv,
+  resolveConfigValues,
+  throwIfConfigProblems,
+} from '@cluster-tunnel/protocol';
+import type { ConfigSchema, HostPort, LogFormat, LogLevel, RouteTarget } from '@cluster-tunnel/protocol';
+
+const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/;
+const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
+
+// Timer keys share their bounds; drainTimeoutMs alone may be 0 (exit without waiting).
+const timer = (flag: string, env: string, dflt: string, description: string) =>
+  ({ type: 'duration-ms', flag, env, default: dflt, min: 1, max: MAX_TIMER_MS, description }) as const;
+
+export const CLIENT_CONFIG_SCHEMA = {
+  configFile: {
+    type: 'file',
+    flag: 'config',
+    env: 'TUNNEL_CLIENT_CONFIG',
+    inFile: false,
+    description: 'YAML file with any of the keys below (camelCase); flags and env override it',
+  },
+  server: {
+    type: 'url',
+    flag: 'server',
+    env: 'TUNNEL_CLIENT_SERVER',
+    protocols: ['wss:', 'ws:'],
+    required: true,
+    description: 'WebSocket URL of the tunnel server (wss; ws only to 127.0.0.1 or localhost)',
+  },
+  token: {
+    type: 'string',
+    flag: 'token',
+    env: 'TUNNEL_CLIENT_TOKEN',
+    secret: true,
+    description: 'agent token (prefer tokenFile or the env: flags are visible in ps); never logged',
+  },
+  tokenFile: {
+    type: 'file',
+    flag: 'token-file',
+    env: 'TUNNEL_CLIENT_TOKEN_FILE',
+    description: 'file holding the agent token, read again on every connect (a mounted Secret)',
+  },
+  caFile: {
+    type: 'file',
+    flag: 'ca-file',
+    env: 'TUNNEL_CLIENT_CA_FILE',
+    description: 'PEM CA certificate(s) to trust for the server, besides the system roots',
+  },
+  serverName: {
+    type: 'dns-name',
+    flag: 'server-name',
+    env: 'TUNNEL_CLIENT_SERVER_NAME',
+    description: 'TLS server name (SNI and certificate check) when it differs from the URL host',
+  },
+  route: {
+    type: 'route-list',
+    flag: 'route',
+    env: 'TUNNEL_CLIENT_ROUTE',
+    required: true,
+    defaultText: 'apiserver=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT',
+    description: 'route name=host:port the agent serves; the in-cluster apiserver by default',
+  },
+  agentId: {
+    type: 'string',
+    flag: 'agent-id',
+    env: 'TUNNEL_CLIENT_AGENT_ID',
+    pattern: ID_PATTERN,
+    defaultText: '<hostname>',
+    description: 'id of this agent in server logs and metrics (the pod name in a cluster)',
+  },
+  healthListen: {
+    type: 'host-port',
+    flag: 'health-listen',
+    env: 'TUNNEL_CLIENT_HEALTH_LISTEN',
+    default: '127.0.0.1:8081',
+    offValues: ['', 'off'],
+    description: 'address of /healthz and /readyz for kubelet probes; off disables it',
+  },
+  drainTimeoutMs: {
+    ...timer(
+      'drain-timeout-ms',
+      'TUNNEL_CLIENT_DRAIN_TIMEOUT_MS',
+      '30s',
+      'on SIGTERM, how long open streams may finish before they are reset',
+    ),
+    min: 0,
+  },
+  backoffInitialMs: timer(
+    'backoff-initial-ms',
+    'TUNNEL_CLIENT_BACKOFF_INITIAL_MS',
+    '500ms',
+    'first reconnect delay; it doubles (with jitter) after each failure',
+  ),
+  backoffMaxMs: timer(
+    'backoff-max-ms',
+    'TUNNEL_CLIENT_BACKOFF_MAX_MS',
+    '30s',
+    'ceiling of the reconnect delay',
+  ),
+  healthyResetMs: timer(
+    'healthy-reset-ms',
+    'TUNNEL_CLIENT_HEALTHY_RESET_MS',
+    '60s',
+    'a session that lived this long resets the reconnect delay to backoffInitialMs',
+  ),
+  authRetryMs: timer(
+    'auth-retry-ms',
+    'TUNNEL_CLIENT_AUTH_RETRY_MS',
+    '60s',
+    'slow retry delay after the server refuses the token (401 or 403)',
+  ),
+  keepaliveIntervalMs: timer(
+    'keepalive-interval-ms',
+    'TUNNEL_CLIENT_KEEPALIVE_INTERVAL_MS',
+    '15s',
+    'how often the agent pings the server',
+  ),
+  keepaliveTimeoutMs: timer(
+    'keepalive-timeout-ms',
+    'TUNNEL_CLIENT_KEEPALIVE_TIMEOUT_MS',
+    '10s',
+    'how long a ping may go unanswered before the agent reconnects',
+  ),
+  logLevel: {
+    type: 'enum',
+    flag: 'log-level',
+    env: 'TUNNEL_CLIENT_LOG_LEVEL',
+    values: LOG_LEVELS,
+    default: 'info',
+    description: 'least severe log level written',
+  },
+  logFormat: {
+    type: 'enum',
+    flag: 'log-format',
+    env: 'TUNNEL_CLIENT_LOG_FORMAT',
+    values: LOG_FORMATS,
+    default: 'json',
+    description: 'json lines, or pretty for people at a terminal',
+  },
+} as const satisfies ConfigSchema;
+
+/** Egress proxy variables, most specific first (an HTTP CONNECT proxy also carries wss). */
+export const PROXY_ENV = ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy'] as const;
+export const NO_PROXY_ENV = ['NO_PROXY', 'no_proxy'] as const;
+
+export interface ClientConfig {
+  /** Absolute path of the YAML file read, if any. */
+  readonly configFile: string | undefined;
+  /** URL href, wss: (or ws: to a loopback host). */
+  readonly server: string;
+  /** Exactly one of token and tokenFile is set. */
+  readonly token: string | undefined;
+  /** Absolute path; the agent reads it on each connect so a rotated Secret is picked up. */
+  readonly tokenFile: string | undefined;
+  readonly caFile: string | undefined;
+  readonly serverName: string | undefined;
+  /** At least one, names unique. */
+  readonly route: readonly RouteTarget[];
+  readonly agentId: string;
+  /** undefined: the health port is off. */
+  readonly healthListen: HostPort | undefined;
+  readonly drainTimeoutMs: number;
+  readonly backoffInitialMs: number;
+  readonly backoffMaxMs: number;
+  readonly healthyResetMs: number;
+  readonly authRetryMs: number;
+  readonly keepaliveIntervalMs: number;
+  readonly keepaliveTimeoutMs: number;
+  readonly logLevel: LogLevel;
+  readonly logFormat: LogFormat;
+  /** From HTTPS_PROXY / https_proxy / HTTP_PROXY / http_proxy; may hold credentials: log it redacted. */
+  readonly proxyUrl: string | undefined;
+  /** From NO_PROXY / no_proxy: lower-cased entries, as written (the dialer matches them). */
+  readonly noProxy: readonly string[];
+}
+
+export interface ResolveClientConfigInput {
+  /** Options only (e.g. process.argv.slice(2)); parsed against the schema. */
+  readonly argv?: readonly string[];
+  /** Or: opts() of a commander Command built with addConfigOptions(cmd, CLIENT_CONFIG_SCHEMA). */
+  readonly flags?: Readonly<Record<string, unknown>>;
+  readonly env: Readonly<Record<string, string | undefined>>;
+  readonly cwd?: string;
+  /** Injected by tests; defaults to os.hostname(). */
+  readonly hostname?: string;
+}
+
+/** In a pod, kubelet sets KUBERNETES_SERVICE_HOST/PORT: serve the apiserver unless told otherwise. */
+function inClusterRoute(env: ResolveClientConfigInput['env']): string | undefined {
+  const host = env.KUBERNETES_SERVICE_HOST?.trim();
+  const port = env.KUBERNETES_SERVICE_PORT?.trim();
+  if (!host || !port) return undefined;
+  return `apiserver=${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+function resolveProxy(env: ResolveClientConfigInput['env'], problems: string[]) {
+  const name = PROXY_ENV.find((n) => (env[n] ?? '').trim() !== '');
+  let proxyUrl: string | undefined;
+  if (name !== undefined) {
+    const raw = (env[name] ?? '').trim();
+    // curl's habit: a bare host:port means an http:// proxy.
+    const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(raw) ? raw : `http://${raw}`;
+    try {
+      const url = new URL(withScheme);
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('scheme');
+      proxyUrl = url.href;
+    } catch {
+      // The value may carry credentials: name the variable, never echo it.
+      problems.push(`proxyUrl (env ${name}): expected an http:// or https:// proxy URL`);
+    }
+  }
+  const noProxyRaw = NO_PROXY_ENV.map((n) => env[n]).find((v) => v !== undefined) ?? '';
+  const noProxy = noProxyRaw
+    .split(',')
+    .map((s) => s.trim().toLowerCase())
+    .filter((s) => s !== '');
+  return { proxyUrl, noProxy };
+}
+
+export function resolveClientConfig(input: ResolveClientConfigInput): Readonly<ClientConfig> {
+  const schema = CLIENT_CONFIG_SCHEMA;
+  const hostname = input.hostname ?? osHostname();
+  const parsed =
+    input.argv === undefined
+      ? { flags: input.flags ?? {}, problems: [] }
+      : flagsFromArgv(new Command(), schema, input.argv);
+  const kubeRoute = inClusterRoute(input.env);
+  const resolved = resolveConfigValues(schema, {
+    env: input.env,
+    flags: parsed.flags,
+    cwd: input.cwd ?? process.cwd(),
+    parseYaml,
+    configKey: 'configFile',
+    computedDefaults: { agentId: hostname, ...(kubeRoute === undefined ? {} : { route: kubeRoute }) },
+  });
+  const { values: v, origins, failed } = resolved;
+  const problems = [...parsed.problems, ...resolved.problems];
+
+  if (!failed.has('server') && v.server !== undefined) {
+    const url = new URL(v.server);
+    if (url.protocol === 'ws:' && !LOOPBACK_HOSTS.has(url.hostname)) {
+      problems.push(
+        `server (${origins.server}): ws:// is allowed only to 127.0.0.1 or localhost; use wss://`,
+      );
+    }
+  }
+  if (!failed.has('token') && !failed.has('tokenFile')) {
+    if (v.token !== undefined && v.tokenFile !== undefined) {
+      problems.push(
+        `token (${origins.token}): set together with tokenFile (${origins.tokenFile}); set exactly one`,
+      );
+    } else if (v.token === undefined && v.tokenFile === undefined) {
+      problems.push(
+        'token (not set): set exactly one of token (--token, TUNNEL_CLIENT_TOKEN) or tokenFile (--token-file, TUNNEL_CLIENT_TOKEN_FILE)',
+      );
+    }
+  }
+  const failedBackoff = failed.has('backoffInitialMs') || failed.has('backoffMaxMs');
+  if (!failedBackoff && v.backoffInitialMs > v.backoffMaxMs) {
+    problems.push(
+      `backoffInitialMs (${origins.backoffInitialMs}): ${v.backoffInitialMs}ms exceeds backoffMaxMs (${v.backoffMaxMs}ms)`,
+    );
+  }
+  const proxy = resolveProxy(input.env, problems);
+  throwIfConfigProblems(problems);
+
+  const config: ClientConfig = {
+    ...v,
+    server: v.server,
+    agentId: v.agentId ?? hostname,
+    ...proxy,
+  };
+  return deepFreeze(config);
+}

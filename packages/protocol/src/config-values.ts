@@ -1,0 +1,271 @@
+/**
+ * Value parsing for the configuration engine (config-schema.ts): one raw value from any source
+ * (YAML scalar or list, env string, flag string or repeated flag) → a typed value or a reason.
+ * Reasons never echo a secret key's value.
+ */
+import { statSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { resolve } from 'node:path';
+import type { ConfigKeySpec, ConfigKeyType, ConfigSource } from './config-schema.js';
+
+export interface HostPort {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface RouteTarget {
+  readonly name: string;
+  readonly host: string;
+  readonly port: number;
+}
+
+export const MAX_TIMER_MS = 2_147_483_647; // setTimeout's ceiling: larger delays fire at once
+export const ROUTE_NAME_PATTERN = /^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$/;
+
+// ---------------------------------------------------------------------------------------------
+// Scalar parsers (exported for reuse, e.g. a `--ttl` flag): undefined means "invalid".
+
+const DURATION_UNITS_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 } as const;
+
+export function parseDurationMs(input: string | number): number | undefined {
+  if (typeof input === 'number') return Number.isSafeInteger(input) && input >= 0 ? input : undefined;
+  const text = input.trim();
+  if (/^\d+$/.test(text)) return parseDurationMs(Number(text));
+  const part = /(\d+(?:\.\d+)?)(ms|s|m|h)/y;
+  let total = 0;
+  let at = 0;
+  while (at < text.length) {
+    part.lastIndex = at;
+    const m = part.exec(text);
+    if (m === null) return undefined;
+    total += Number(m[1]) * DURATION_UNITS_MS[m[2] as keyof typeof DURATION_UNITS_MS];
+    at = part.lastIndex;
+  }
+  const ms = Math.round(total);
+  // '1.5s' is fine, '0.5ms' is not: the result must be whole milliseconds.
+  return text !== '' && Math.abs(total - ms) < 1e-6 && Number.isSafeInteger(ms) ? ms : undefined;
+}
+
+export function isDnsName(name: string): boolean {
+  const labels = name.split('.');
+  return (
+    name.length <= 253 &&
+    labels.every((label) => /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i.test(label)) &&
+    !/^\d+$/.test(labels[labels.length - 1] ?? '')
+  );
+}
+
+/** 'host:port' or '[v6]:port'; returns a reason string when invalid. */
+export function parseHostPort(text: string, minPort = 1): HostPort | string {
+  let host: string;
+  let portText: string;
+  if (text.startsWith('[')) {
+    const end = text.indexOf(']');
+    if (end < 0 || text[end + 1] !== ':') return 'expected [ipv6]:port';
+    host = text.slice(1, end);
+    if (isIP(host) !== 6) return 'the bracketed host is not an IPv6 address';
+    portText = text.slice(end + 2);
+  } else {
+    const colon = text.lastIndexOf(':');
+    if (colon < 0) return 'expected host:port (the port is missing)';
+    host = text.slice(0, colon);
+    portText = text.slice(colon + 1);
+    if (host.includes(':')) return 'IPv6 addresses need brackets: [::1]:port';
+    if (host === '') return 'the host is empty (use 0.0.0.0:port for all interfaces)';
+    if (isIP(host) === 0 && !isDnsName(host)) return 'the host is neither an IP address nor a DNS name';
+  }
+  const port = /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
+  if (!(port >= minPort && port <= 65535)) return `the port must be an integer from ${minPort} to 65535`;
+  return { host: host.toLowerCase(), port };
+}
+
+export function formatHostPort(hp: HostPort): string {
+  return hp.host.includes(':') ? `[${hp.host}]:${hp.port}` : `${hp.host}:${hp.port}`;
+}
+
+/** 'name=host:port' → RouteTarget, or a reason string. */
+export function parseRoute(name: string, target: string): RouteTarget | string {
+  if (!ROUTE_NAME_PATTERN.test(name))
+    return `route name ${JSON.stringify(name)} must match ${ROUTE_NAME_PATTERN}`;
+  const hp = parseHostPort(target.trim());
+  return typeof hp === 'string' ? `route ${name}: ${hp}` : { name, ...hp };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed value parsing: one raw value (from any source) → a typed value or a reason.
+
+export interface ParseContext {
+  readonly spec: ConfigKeySpec;
+  readonly baseDir: string;
+  readonly source: ConfigSource;
+}
+
+export type Parsed =
+  { readonly ok: true; readonly value: unknown } | { readonly ok: false; readonly reason: string };
+const ok = (value: unknown): Parsed => ({ ok: true, value });
+const bad = (reason: string): Parsed => ({ ok: false, reason });
+
+export function maskUrlCredentials(text: string): string {
+  return text.replace(/\/\/[^/@\s]*@/g, '//***@');
+}
+
+function show(raw: unknown, spec: ConfigKeySpec): string {
+  if (spec.secret === true) return 'a value (not shown: secret)';
+  const text = maskUrlCredentials(
+    typeof raw === 'string' ? JSON.stringify(raw) : (JSON.stringify(raw) ?? String(raw)),
+  );
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
+function inRange(n: number, spec: ConfigKeySpec, unit = ''): string | undefined {
+  if (spec.min !== undefined && n < spec.min) return `must be at least ${spec.min}${unit}`;
+  if (spec.max !== undefined && n > spec.max) return `must be at most ${spec.max}${unit}`;
+  return undefined;
+}
+
+function checkFile(path: string, ctx: ParseContext): string | undefined {
+  // Defaults name files the server creates on first start; only what the user named must exist.
+  if (ctx.spec.mustExist === false || ctx.source === 'default') return undefined;
+  try {
+    return statSync(path).isFile() ? undefined : `${path} is not a regular file`;
+  } catch {
+    return `file not found: ${path}`;
+  }
+}
+
+function parseScalar(raw: unknown, ctx: ParseContext): Parsed {
+  const { spec } = ctx;
+  const got = `got ${show(raw, spec)}`;
+  if (typeof raw === 'number' && (spec.type === 'int' || spec.type === 'duration-ms')) {
+    return parseScalar(String(raw), ctx);
+  }
+  if (typeof raw === 'boolean' && spec.type === 'bool') return ok(raw);
+  if (raw === false && spec.offValues) return ok(undefined); // YAML `adminListen: false`
+  if (typeof raw === 'number' && spec.type === 'string') raw = String(raw);
+  if (typeof raw !== 'string') return bad(`expected a ${spec.type === 'int' ? 'number' : 'string'}, ${got}`);
+  const text = raw.trim();
+  if (text === '' || spec.offValues?.includes(text)) {
+    if (spec.offValues?.includes(text)) return ok(undefined);
+    // An empty optional value unsets it (so env can clear a file value); a defaulted one is a mistake.
+    return spec.default === undefined && spec.required !== true ? ok(undefined) : bad('must not be empty');
+  }
+  switch (spec.type) {
+    case 'string':
+      return spec.pattern && !spec.pattern.test(text) ? bad(`must match ${spec.pattern}, ${got}`) : ok(text);
+    case 'int': {
+      if (!/^\+?\d+$/.test(text) || !Number.isSafeInteger(Number(text)))
+        return bad(`expected an integer, ${got}`);
+      const n = Number(text);
+      const range = inRange(n, spec);
+      return range === undefined ? ok(n) : bad(`${range}, ${got}`);
+    }
+    case 'duration-ms': {
+      const ms = parseDurationMs(text);
+      if (ms === undefined)
+        return bad(`expected a duration (500ms, 10s, 30m, 8760h or whole milliseconds), ${got}`);
+      const range = inRange(ms, spec, 'ms');
+      return range === undefined ? ok(ms) : bad(`${range}, ${got}`);
+    }
+    case 'bool': {
+      const lower = text.toLowerCase();
+      if (['true', 'yes', 'on', '1'].includes(lower)) return ok(true);
+      if (['false', 'no', 'off', '0'].includes(lower)) return ok(false);
+      return bad(`expected true or false, ${got}`);
+    }
+    case 'enum':
+      return spec.values?.includes(text)
+        ? ok(text)
+        : bad(`expected one of ${spec.values?.join(', ')}, ${got}`);
+    case 'host-port': {
+      const hp = parseHostPort(text, spec.min ?? 0);
+      const off = spec.offValues
+        ? ` (or ${spec.offValues.map((v) => JSON.stringify(v)).join(' / ')} to disable)`
+        : '';
+      return typeof hp === 'string' ? bad(`${hp}${off}, ${got}`) : ok(hp);
+    }
+    case 'dns-name': {
+      const name = text.toLowerCase().replace(/\.$/, '');
+      return isDnsName(name) ? ok(name) : bad(`expected a DNS name like proxy.example.com, ${got}`);
+    }
+    case 'url': {
+      let url: URL;
+      try {
+        url = new URL(text);
+      } catch {
+        return bad(`expected a URL, ${got}`);
+      }
+      if (spec.protocols && !spec.protocols.includes(url.protocol)) {
+        return bad(
+          `the scheme must be ${spec.protocols.map((p) => p.replace(/:$/, '')).join(' or ')}, ${got}`,
+        );
+      }
+      return ok(url.href);
+    }
+    case 'file': {
+      const path = resolve(ctx.baseDir, text);
+      const problem = checkFile(path, ctx);
+      return problem === undefined ? ok(path) : bad(problem);
+    }
+    case 'path':
+      return ok(resolve(ctx.baseDir, text));
+    default:
+      return bad(`internal: ${spec.type} is not a scalar type`);
+  }
+}
+
+function listItems(raw: unknown, spec: ConfigKeySpec): string[] | string {
+  const parts = Array.isArray(raw) ? raw : [raw];
+  const items: string[] = [];
+  for (const part of parts) {
+    if (typeof part !== 'string') return `expected a list of strings, got ${show(part, spec)}`;
+    items.push(
+      ...part
+        .split(',')
+        .map((s) => s.trim())
+        .filter((s) => s !== ''),
+    );
+  }
+  return items;
+}
+
+function parseList(raw: unknown, ctx: ParseContext): Parsed {
+  const { spec } = ctx;
+  if (spec.type === 'route-list' && raw !== null && typeof raw === 'object' && !Array.isArray(raw)) {
+    // YAML map form: { apiserver: 'kubernetes.default.svc:443' }.
+    raw = Object.entries(raw).map(([name, target]) =>
+      typeof target === 'string' ? `${name}=${target}` : target,
+    );
+  }
+  const items = listItems(raw, spec);
+  if (typeof items === 'string') return bad(items);
+  if (spec.type === 'string-list') return ok(items);
+  if (spec.type === 'file-list') {
+    const paths = items.map((item) => resolve(ctx.baseDir, item));
+    const problems = paths.map((p) => checkFile(p, ctx)).filter((p) => p !== undefined);
+    return problems.length === 0 ? ok(paths) : bad(problems.join('; '));
+  }
+  const routes: RouteTarget[] = [];
+  const reasons: string[] = [];
+  for (const item of items) {
+    const eq = item.indexOf('=');
+    const route =
+      eq < 0
+        ? `expected name=host:port, got ${show(item, spec)}`
+        : parseRoute(item.slice(0, eq).trim(), item.slice(eq + 1));
+    if (typeof route === 'string') reasons.push(route);
+    else if (routes.some((r) => r.name === route.name))
+      reasons.push(`route name ${route.name} is used twice`);
+    else routes.push(route);
+  }
+  return reasons.length === 0 ? ok(routes) : bad(reasons.join('; '));
+}
+
+export function isListType(type: ConfigKeyType): boolean {
+  return type === 'string-list' || type === 'file-list' || type === 'route-list';
+}
+
+/** Parses one raw value of a key; `raw === undefined` means "not set" (lists become []). */
+export function parseConfigValue(raw: unknown, ctx: ParseContext): Parsed {
+  if (isListType(ctx.spec.type)) return raw === undefined ? ok([]) : parseList(raw, ctx);
+  return raw === undefined ? ok(undefined) : parseScalar(raw, ctx);
+}

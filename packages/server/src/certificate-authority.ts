@@ -1,0 +1,392 @@
+import { createPrivateKey, createPublicKey, randomBytes, webcrypto } from 'node:crypto';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  AuthorityKeyIdentifierExtension,
+  BasicConstraintsExtension,
+  ExtendedKeyUsage,
+  ExtendedKeyUsageExtension,
+  KeyUsageFlags,
+  KeyUsagesExtension,
+  Pkcs10CertificateRequest,
+  SubjectAlternativeNameExtension,
+  SubjectKeyIdentifierExtension,
+  X509Certificate,
+  X509CertificateGenerator,
+  cryptoProvider,
+} from '@peculiar/x509';
+import type { Extension, GeneralName, JsonGeneralNames, PublicKeyType } from '@peculiar/x509';
+import { TunnelError } from '@cluster-tunnel/protocol';
+
+type CryptoKey = webcrypto.CryptoKey;
+
+// x509 signs through WebCrypto; use Node's rather than whatever global a test runner installs.
+cryptoProvider.set(webcrypto as unknown as Parameters<typeof cryptoProvider.set>[0]);
+
+/** File names inside the data directory; keys are written with mode 0600. */
+export const CA_FILES = {
+  caKey: 'ca.key',
+  caCert: 'ca.crt',
+  serverKey: 'server.key',
+  serverCert: 'server.crt',
+} as const;
+
+const EC_KEY = { name: 'ECDSA', namedCurve: 'P-256' } as const;
+const SIGNING_ALGORITHM = { name: 'ECDSA', hash: 'SHA-256' } as const;
+const DAY_MS = 86_400_000;
+const CA_VALIDITY_DAYS = 3650;
+/** Apple platforms refuse TLS server certificates valid for longer than 825 days; stay well under. */
+const SERVER_VALIDITY_DAYS = 397;
+/** A server certificate this close to expiry is replaced on start. */
+const RENEW_BEFORE_DAYS = 30;
+/** notBefore is backdated so peers with slightly slow clocks accept a fresh certificate. */
+const BACKDATE_MS = 5 * 60_000;
+const HOST_NAME =
+  /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
+const COMMON_NAME = /^[A-Za-z0-9._:@-]{1,64}$/;
+
+export interface CertificateAuthorityOptions {
+  dataDir: string;
+  /** The server's own domain `<d>`; its certificate covers `<d>`, `*.<d>`, localhost and 127.0.0.1. */
+  domain: string;
+  /** Epoch milliseconds; injectable for tests. */
+  now?: () => number;
+}
+
+export interface SignCsrOptions {
+  /** Every DNS SAN in the CSR must be one of these (exact, case-insensitive); nothing else may be asked for. */
+  allowedDnsNames: readonly string[];
+  validityDays: number;
+}
+
+export interface IssuedCertificate {
+  certPem: string;
+  keyPem: string;
+}
+
+/**
+ * The tunnel's own CA: signs the server certificate, per-cluster certificates for agent-tls
+ * routes (from an agent's CSR, only for names the agent owns) and client certificates.
+ */
+export class CertificateAuthority {
+  private constructor(
+    private readonly caCert: X509Certificate,
+    private readonly caKey: CryptoKey,
+    readonly caCertPem: string,
+    readonly serverCertPem: string,
+    readonly serverKeyPem: string,
+    private readonly now: () => number,
+  ) {}
+
+  /**
+   * Loads the CA from `dataDir`, creating it on first start. The server certificate is
+   * (re)issued when missing, not signed by this CA, near expiry, or issued for another domain.
+   * A CA certificate without its key is an operator problem (TUN_ERR_CONFIG), never silently replaced.
+   */
+  static async loadOrCreate(options: CertificateAuthorityOptions): Promise<CertificateAuthority> {
+    const now = options.now ?? Date.now;
+    const domain = options.domain.toLowerCase();
+    if (!HOST_NAME.test(domain)) throw configError(`invalid domain ${JSON.stringify(options.domain)}`);
+    const path = (name: keyof typeof CA_FILES): string => join(options.dataDir, CA_FILES[name]);
+    await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
+
+    let caKeyPem = await readOptional(path('caKey'));
+    let caCertPem = await readOptional(path('caCert'));
+    if (caCertPem !== undefined && caKeyPem === undefined) {
+      throw configError(`${path('caCert')} exists but its key ${path('caKey')} does not`);
+    }
+    if (caKeyPem === undefined) {
+      const keys = await generateEcKeyPair();
+      caKeyPem = await exportPrivateKeyPem(keys.privateKey);
+      await writeAtomic(path('caKey'), caKeyPem, 0o600);
+    }
+    const caKey = await importPrivateKey(caKeyPem, path('caKey'));
+    if (caCertPem === undefined) {
+      // A key without a certificate (a crash between the two writes): nobody trusts a cert yet, so make one.
+      caCertPem = (await createCaCert(caKeyPem, caKey, now())).toString('pem');
+      await writeAtomic(path('caCert'), caCertPem, 0o644);
+    }
+    const caCert = parseCertificate(caCertPem, path('caCert'));
+    if (!keyMatchesCert(caKeyPem, caCert)) {
+      throw configError(`${path('caKey')} is not the key of ${path('caCert')}`);
+    }
+    if (caCert.notAfter.getTime() <= now()) {
+      throw configError(`the tunnel CA in ${path('caCert')} expired on ${caCert.notAfter.toISOString()}`);
+    }
+
+    const expectedNames: JsonGeneralNames = [
+      { type: 'dns', value: domain },
+      { type: 'dns', value: `*.${domain}` },
+      { type: 'dns', value: 'localhost' },
+      { type: 'ip', value: '127.0.0.1' },
+    ];
+    let serverKeyPem = await readOptional(path('serverKey'));
+    let serverCertPem = await readOptional(path('serverCert'));
+    const reusable =
+      serverKeyPem !== undefined &&
+      serverCertPem !== undefined &&
+      (await serverCertIsCurrent(serverCertPem, serverKeyPem, caCert, expectedNames, now()));
+    if (!reusable) {
+      const keys = await generateEcKeyPair();
+      serverKeyPem = await exportPrivateKeyPem(keys.privateKey);
+      const cert = await issue(caCert, caKey, now(), {
+        subject: `CN=${domain}`,
+        publicKey: keys.publicKey,
+        validityDays: SERVER_VALIDITY_DAYS,
+        extendedKeyUsage: ExtendedKeyUsage.serverAuth,
+        subjectAltNames: expectedNames,
+      });
+      serverCertPem = cert.toString('pem');
+      await writeAtomic(path('serverKey'), serverKeyPem, 0o600);
+      await writeAtomic(path('serverCert'), serverCertPem, 0o644);
+    }
+    return new CertificateAuthority(
+      caCert,
+      caKey,
+      caCertPem,
+      serverCertPem as string,
+      serverKeyPem as string,
+      now,
+    );
+  }
+
+  /**
+   * Issues a TLS server certificate for the public key in `csrPem`, for exactly the DNS names it
+   * asks for, provided each is allowed. Returns the certificate PEM. The CSR's subject is ignored.
+   */
+  async signCsr(csrPem: string, options: SignCsrOptions): Promise<string> {
+    let csr: Pkcs10CertificateRequest;
+    try {
+      csr = new Pkcs10CertificateRequest(csrPem);
+    } catch (cause) {
+      throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', 'the certificate signing request does not parse', {
+        cause,
+      });
+    }
+    if (!(await csr.verify().catch(() => false))) {
+      throw new TunnelError(
+        'TUN_ERR_BAD_CONTROL_MESSAGE',
+        'the certificate signing request signature does not verify',
+      );
+    }
+    const allowed = new Set(options.allowedDnsNames.map((name) => name.toLowerCase()));
+    const requested: string[] = [];
+    for (const name of csrSubjectAltNames(csr)) {
+      const value = name.value.toLowerCase();
+      if (name.type !== 'dns' || !allowed.has(value)) {
+        throw new TunnelError(
+          'TUN_ERR_ROUTE_FORBIDDEN',
+          `the CSR asks for ${name.type} name ${JSON.stringify(name.value)}`,
+          {
+            details: { nameType: name.type, name: name.value },
+          },
+        );
+      }
+      if (!requested.includes(value)) requested.push(value);
+    }
+    if (requested.length === 0) {
+      throw new TunnelError('TUN_ERR_ROUTE_FORBIDDEN', 'the CSR asks for no DNS name');
+    }
+    const cert = await issue(this.caCert, this.caKey, this.now(), {
+      subject: `CN=${requested[0] as string}`,
+      publicKey: csr.publicKey,
+      validityDays: options.validityDays,
+      extendedKeyUsage: ExtendedKeyUsage.serverAuth,
+      subjectAltNames: requested.map((value) => ({ type: 'dns', value })),
+      // RSA key exchange (TLS 1.2) encrypts to the key; ECDSA keys only sign.
+      keyEncipherment: csr.publicKey.algorithm.name.startsWith('RSA'),
+    });
+    return cert.toString('pem');
+  }
+
+  /** Issues a client certificate (clientAuth) with a fresh P-256 key. */
+  async issueClientCert(options: { commonName: string; validityDays: number }): Promise<IssuedCertificate> {
+    if (!COMMON_NAME.test(options.commonName)) {
+      throw configError(`invalid client certificate common name ${JSON.stringify(options.commonName)}`);
+    }
+    const keys = await generateEcKeyPair();
+    const cert = await issue(this.caCert, this.caKey, this.now(), {
+      subject: `CN=${options.commonName}`,
+      publicKey: keys.publicKey,
+      validityDays: options.validityDays,
+      extendedKeyUsage: ExtendedKeyUsage.clientAuth,
+    });
+    return { certPem: cert.toString('pem'), keyPem: await exportPrivateKeyPem(keys.privateKey) };
+  }
+}
+
+interface IssueParams {
+  subject: string;
+  publicKey: CryptoKey | PublicKeyType;
+  validityDays: number;
+  extendedKeyUsage: ExtendedKeyUsage;
+  subjectAltNames?: JsonGeneralNames;
+  keyEncipherment?: boolean;
+}
+
+async function issue(
+  caCert: X509Certificate,
+  caKey: CryptoKey,
+  nowMs: number,
+  params: IssueParams,
+): Promise<X509Certificate> {
+  if (!Number.isInteger(params.validityDays) || params.validityDays < 1) {
+    throw configError(`validityDays must be a positive integer, not ${params.validityDays}`);
+  }
+  // A certificate never outlives its issuer: clients would reject the chain before it expires anyway.
+  const notAfterMs = Math.min(nowMs + params.validityDays * DAY_MS, caCert.notAfter.getTime());
+  const publicKey = params.publicKey as PublicKeyType;
+  const extensions: Extension[] = [
+    new BasicConstraintsExtension(false, undefined, true),
+    new KeyUsagesExtension(
+      KeyUsageFlags.digitalSignature | (params.keyEncipherment ? KeyUsageFlags.keyEncipherment : 0),
+      true,
+    ),
+    new ExtendedKeyUsageExtension([params.extendedKeyUsage]),
+    await SubjectKeyIdentifierExtension.create(publicKey),
+    await AuthorityKeyIdentifierExtension.create(caCert.publicKey),
+  ];
+  if (params.subjectAltNames) extensions.push(new SubjectAlternativeNameExtension(params.subjectAltNames));
+  return X509CertificateGenerator.create({
+    serialNumber: randomSerialNumber(),
+    subject: params.subject,
+    issuer: caCert.subject,
+    notBefore: new Date(nowMs - BACKDATE_MS),
+    notAfter: new Date(notAfterMs),
+    publicKey,
+    signingKey: caKey,
+    signingAlgorithm: SIGNING_ALGORITHM,
+    extensions,
+  });
+}
+
+async function createCaCert(caKeyPem: string, caKey: CryptoKey, nowMs: number): Promise<X509Certificate> {
+  const publicKeyDer = createPublicKey(caKeyPem).export({ type: 'spki', format: 'der' });
+  const publicKey = await webcrypto.subtle.importKey('spki', publicKeyDer, EC_KEY, true, ['verify']);
+  return X509CertificateGenerator.createSelfSigned({
+    serialNumber: randomSerialNumber(),
+    // A per-install suffix tells two tunnel CAs apart in a trust store.
+    name: `CN=cluster-tunnel CA ${randomBytes(4).toString('hex')}`,
+    notBefore: new Date(nowMs - BACKDATE_MS),
+    notAfter: new Date(nowMs + CA_VALIDITY_DAYS * DAY_MS),
+    keys: { publicKey, privateKey: caKey },
+    signingAlgorithm: SIGNING_ALGORITHM,
+    extensions: [
+      new BasicConstraintsExtension(true, 0, true),
+      new KeyUsagesExtension(
+        KeyUsageFlags.keyCertSign | KeyUsageFlags.cRLSign | KeyUsageFlags.digitalSignature,
+        true,
+      ),
+      await SubjectKeyIdentifierExtension.create(publicKey),
+    ],
+  });
+}
+
+function csrSubjectAltNames(csr: Pkcs10CertificateRequest): GeneralName[] {
+  try {
+    return csr.extensions
+      .filter((extension) => extension instanceof SubjectAlternativeNameExtension)
+      .flatMap((extension) => [...extension.names.items]);
+  } catch (cause) {
+    // x509 throws on name forms it cannot represent (otherName, X.400, EDI party).
+    throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', 'the CSR carries names that do not parse', {
+      cause,
+    });
+  }
+}
+
+async function generateEcKeyPair(): Promise<webcrypto.CryptoKeyPair> {
+  return (await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+}
+
+async function serverCertIsCurrent(
+  certPem: string,
+  keyPem: string,
+  caCert: X509Certificate,
+  expectedNames: JsonGeneralNames,
+  nowMs: number,
+): Promise<boolean> {
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(certPem);
+  } catch {
+    return false;
+  }
+  const san = cert.getExtension(SubjectAlternativeNameExtension);
+  const names = new Set(san?.names.items.map((name) => `${name.type}:${name.value.toLowerCase()}`) ?? []);
+  const expected = new Set(expectedNames.map((name) => `${name.type}:${name.value}`));
+  const sameNames = names.size === expected.size && [...expected].every((name) => names.has(name));
+  return (
+    sameNames &&
+    cert.notBefore.getTime() <= nowMs &&
+    cert.notAfter.getTime() - RENEW_BEFORE_DAYS * DAY_MS > nowMs &&
+    cert.issuer === caCert.subject &&
+    keyMatchesCert(keyPem, cert) &&
+    (await cert.verify({ publicKey: caCert.publicKey, signatureOnly: true }).catch(() => false))
+  );
+}
+
+function keyMatchesCert(keyPem: string, cert: X509Certificate): boolean {
+  try {
+    const spki = createPublicKey(createPrivateKey(keyPem)).export({ type: 'spki', format: 'der' });
+    return spki.equals(Buffer.from(cert.publicKey.rawData));
+  } catch {
+    return false;
+  }
+}
+
+function parseCertificate(pem: string, file: string): X509Certificate {
+  try {
+    return new X509Certificate(pem);
+  } catch (cause) {
+    throw configError(`${file} is not a PEM certificate`, cause);
+  }
+}
+
+async function importPrivateKey(pem: string, file: string): Promise<CryptoKey> {
+  try {
+    // Through node:crypto first so SEC1 ("EC PRIVATE KEY") files work as well as PKCS#8.
+    const der = createPrivateKey(pem).export({ type: 'pkcs8', format: 'der' });
+    return await webcrypto.subtle.importKey('pkcs8', der, EC_KEY, true, ['sign']);
+  } catch (cause) {
+    throw configError(`${file} is not an ECDSA P-256 private key`, cause);
+  }
+}
+
+async function exportPrivateKeyPem(key: CryptoKey): Promise<string> {
+  const der = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', key));
+  const lines = der.toString('base64').match(/.{1,64}/g) ?? [];
+  return `-----BEGIN PRIVATE KEY-----\n${lines.join('\n')}\n-----END PRIVATE KEY-----\n`;
+}
+
+/** 16 random bytes, positive and without a leading zero byte, as RFC 5280 asks. */
+function randomSerialNumber(): string {
+  const bytes = randomBytes(16);
+  bytes[0] = ((bytes[0] as number) & 0x7f) | 0x40;
+  return bytes.toString('hex');
+}
+
+async function readOptional(file: string): Promise<string | undefined> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new TunnelError('TUN_ERR_CONFIG', `cannot read ${file}`, { cause: err });
+  }
+}
+
+/** Write-then-rename, so a crash never leaves a half-written key or certificate behind. */
+async function writeAtomic(file: string, content: string, mode: number): Promise<void> {
+  const temporary = `${file}.${randomBytes(6).toString('hex')}.tmp`;
+  try {
+    await writeFile(temporary, content, { mode, flag: 'wx' });
+    await rename(temporary, file);
+  } catch (cause) {
+    await rm(temporary, { force: true });
+    throw configError(`cannot write ${file}`, cause);
+  }
+}
+
+function configError(message: string, cause?: unknown): TunnelError {
+  return new TunnelError('TUN_ERR_CONFIG', message, cause === undefined ? {} : { cause });
+}

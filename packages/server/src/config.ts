@@ -1,0 +1,234 @@
+/**
+ * tunnel-server's configuration: defaults < `--config` YAML < TUNNEL_SERVER_* env < flags, every
+ * problem reported in one TUN_ERR_CONFIG, resolved once into a deeply frozen ServerConfig.
+ * Only this file and bin.ts read argv/env; everything else receives the resolved object.
+ */
+import { randomBytes } from 'node:crypto';
+import { hostname as osHostname } from 'node:os';
+import { join } from 'node:path';
+import { Command } from 'commander';
+import { parse as parseYaml } from 'yaml';
+import {
+  LOG_FORMATS,
+  LOG_LEVELS,
+  MAX_TIMER_MS,
+  deepFreeze,
+  flagsFromArgv,
+  resolveConfigValues,
+  throwIfConfigProblems,
+} from '@cluster-tunnel/protocol';
+import type { ConfigSchema, HostPort, LogFormat, LogLevel } from '@cluster-tunnel/protocol';
+
+/** Ids travel in logs, metrics labels and the register reply: keep them to a safe alphabet. */
+const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/;
+
+export const SERVER_CONFIG_SCHEMA = {
+  configFile: {
+    type: 'file',
+    flag: 'config',
+    env: 'TUNNEL_SERVER_CONFIG',
+    inFile: false,
+    description: 'YAML file with any of the keys below (camelCase); flags and env override it',
+  },
+  listen: {
+    type: 'host-port',
+    flag: 'listen',
+    env: 'TUNNEL_SERVER_LISTEN',
+    default: '127.0.0.1:8443',
+    description: 'address of the one TLS port that serves agents and users (port 0 picks a free port)',
+  },
+  domain: {
+    type: 'dns-name',
+    flag: 'domain',
+    env: 'TUNNEL_SERVER_DOMAIN',
+    default: 'proxy.localhost',
+    description: 'DNS name of the server; route hostnames are one label under it',
+  },
+  dataDir: {
+    type: 'path',
+    flag: 'data-dir',
+    env: 'TUNNEL_SERVER_DATA_DIR',
+    default: './.tunnel',
+    description: 'directory for the generated CA, server certificate and token signing keys',
+  },
+  tlsCert: {
+    type: 'file',
+    flag: 'tls-cert',
+    env: 'TUNNEL_SERVER_TLS_CERT',
+    description: 'PEM certificate chain for the domain and its wildcard (with tlsKey; default: self-signed)',
+  },
+  tlsKey: {
+    type: 'file',
+    flag: 'tls-key',
+    env: 'TUNNEL_SERVER_TLS_KEY',
+    description: 'PEM private key of tlsCert (set both or neither)',
+  },
+  handshakeTimeoutMs: {
+    type: 'duration-ms',
+    flag: 'handshake-timeout-ms',
+    env: 'TUNNEL_SERVER_HANDSHAKE_TIMEOUT_MS',
+    default: '10s',
+    min: 1,
+    max: MAX_TIMER_MS,
+    description: 'how long a new connection may take to send its TLS ClientHello',
+  },
+  tokenPublicKey: {
+    type: 'file-list',
+    flag: 'token-public-key',
+    env: 'TUNNEL_SERVER_TOKEN_PUBLIC_KEY',
+    defaultText: '<dataDir>/token-signing.pub',
+    description: 'PEM public key that verifies agent tokens; repeat to trust several while rotating keys',
+  },
+  revokedFile: {
+    type: 'file',
+    flag: 'revoked-file',
+    env: 'TUNNEL_SERVER_REVOKED_FILE',
+    mustExist: false,
+    description: 'file of revoked token ids, one per line (a missing file revokes nothing)',
+  },
+  adminListen: {
+    type: 'host-port',
+    flag: 'admin-listen',
+    env: 'TUNNEL_SERVER_ADMIN_LISTEN',
+    default: '127.0.0.1:9090',
+    offValues: ['', 'off'],
+    description: 'address of /metrics and the status page; off disables it',
+  },
+  serverId: {
+    type: 'string',
+    flag: 'server-id',
+    env: 'TUNNEL_SERVER_SERVER_ID',
+    pattern: ID_PATTERN,
+    defaultText: '<hostname>-<6 hex digits>',
+    description: 'id of this replica; agents keep one session to each distinct id',
+  },
+  keepaliveIntervalMs: {
+    type: 'duration-ms',
+    flag: 'keepalive-interval-ms',
+    env: 'TUNNEL_SERVER_KEEPALIVE_INTERVAL_MS',
+    default: '30s',
+    min: 1,
+    max: MAX_TIMER_MS,
+    description: 'how often the server pings each agent session',
+  },
+  keepaliveTimeoutMs: {
+    type: 'duration-ms',
+    flag: 'keepalive-timeout-ms',
+    env: 'TUNNEL_SERVER_KEEPALIVE_TIMEOUT_MS',
+    default: '10s',
+    min: 1,
+    max: MAX_TIMER_MS,
+    description: 'how long a ping may go unanswered before the session is closed as dead',
+  },
+  drainTimeoutMs: {
+    type: 'duration-ms',
+    flag: 'drain-timeout-ms',
+    env: 'TUNNEL_SERVER_DRAIN_TIMEOUT_MS',
+    default: '30s',
+    min: 0,
+    max: MAX_TIMER_MS,
+    description: 'on SIGTERM, how long open streams may finish before they are reset',
+  },
+  maxAgents: {
+    type: 'int',
+    flag: 'max-agents',
+    env: 'TUNNEL_SERVER_MAX_AGENTS',
+    default: 10000,
+    min: 1,
+    description: 'most agent sessions held at once; further agents are refused',
+  },
+  logLevel: {
+    type: 'enum',
+    flag: 'log-level',
+    env: 'TUNNEL_SERVER_LOG_LEVEL',
+    values: LOG_LEVELS,
+    default: 'info',
+    description: 'least severe log level written',
+  },
+  logFormat: {
+    type: 'enum',
+    flag: 'log-format',
+    env: 'TUNNEL_SERVER_LOG_FORMAT',
+    values: LOG_FORMATS,
+    default: 'json',
+    description: 'json lines, or pretty for people at a terminal',
+  },
+} as const satisfies ConfigSchema;
+
+export interface ServerConfig {
+  /** Absolute path of the YAML file read, if any. */
+  readonly configFile: string | undefined;
+  readonly listen: HostPort;
+  /** Lower-case, no trailing dot. */
+  readonly domain: string;
+  /** Absolute. */
+  readonly dataDir: string;
+  /** Absolute paths; both set or both undefined (then a self-signed pair lives in dataDir). */
+  readonly tlsCert: string | undefined;
+  readonly tlsKey: string | undefined;
+  readonly handshakeTimeoutMs: number;
+  /** Absolute paths, at least one; the default may not exist yet (created on first start). */
+  readonly tokenPublicKey: readonly string[];
+  /** Absolute path; the file may not exist. */
+  readonly revokedFile: string | undefined;
+  /** undefined: the admin port is off. */
+  readonly adminListen: HostPort | undefined;
+  readonly serverId: string;
+  readonly keepaliveIntervalMs: number;
+  readonly keepaliveTimeoutMs: number;
+  readonly drainTimeoutMs: number;
+  readonly maxAgents: number;
+  readonly logLevel: LogLevel;
+  readonly logFormat: LogFormat;
+}
+
+export interface ResolveServerConfigInput {
+  /** Options only (e.g. process.argv.slice(3) after `start`); parsed against the schema. */
+  readonly argv?: readonly string[];
+  /** Or: opts() of a commander Command built with addConfigOptions(cmd, SERVER_CONFIG_SCHEMA). */
+  readonly flags?: Readonly<Record<string, unknown>>;
+  readonly env: Readonly<Record<string, string | undefined>>;
+  /** Relative paths from flags and env resolve against it (from the file: against the file). */
+  readonly cwd?: string;
+  /** Injected by tests; defaults to os.hostname(). */
+  readonly hostname?: string;
+}
+
+function defaultServerId(hostname: string): string {
+  const base = hostname
+    .replace(/[^A-Za-z0-9._-]/g, '-')
+    .replace(/^[^A-Za-z0-9]+/, '')
+    .slice(0, 240);
+  return `${base || 'server'}-${randomBytes(3).toString('hex')}`;
+}
+
+export function resolveServerConfig(input: ResolveServerConfigInput): Readonly<ServerConfig> {
+  const schema = SERVER_CONFIG_SCHEMA;
+  const parsed =
+    input.argv === undefined
+      ? { flags: input.flags ?? {}, problems: [] }
+      : flagsFromArgv(new Command(), schema, input.argv);
+  const resolved = resolveConfigValues(schema, {
+    env: input.env,
+    flags: parsed.flags,
+    cwd: input.cwd ?? process.cwd(),
+    parseYaml,
+    configKey: 'configFile',
+    computedDefaults: { serverId: defaultServerId(input.hostname ?? osHostname()) },
+  });
+  const { values: v, origins, failed } = resolved;
+  const problems = [...parsed.problems, ...resolved.problems];
+  const tlsBroken = failed.has('tlsCert') || failed.has('tlsKey');
+  if (!tlsBroken && (v.tlsCert === undefined) !== (v.tlsKey === undefined)) {
+    const [set, unset] =
+      v.tlsCert !== undefined ? (['tlsCert', 'tlsKey'] as const) : (['tlsKey', 'tlsCert'] as const);
+    problems.push(`${set} (${origins[set]}): set without ${unset}; give both or neither`);
+  }
+  throwIfConfigProblems(problems);
+  const config: ServerConfig = {
+    ...v,
+    tokenPublicKey: v.tokenPublicKey.length > 0 ? v.tokenPublicKey : [join(v.dataDir, 'token-signing.pub')],
+    serverId: v.serverId ?? defaultServerId(input.hostname ?? osHostname()),
+  };
+  return deepFreeze(config);
+}

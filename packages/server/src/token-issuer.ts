@@ -1,0 +1,157 @@
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { SignJWT } from 'jose';
+import { TunnelError } from '@cluster-tunnel/protocol';
+
+/** The `iss` claim of every agent token. */
+export const TOKEN_ISSUER = 'cluster-tunnel';
+/** The only signature algorithm tokens use or verifiers accept (Ed25519). */
+export const TOKEN_ALGORITHM = 'EdDSA';
+/** A cluster id is one DNS label short enough that `cluster-<uid>-<route>` stays a valid label. */
+export const CLUSTER_ID_PATTERN = /^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$/;
+/** The `sub` claim is this prefix followed by the cluster id. */
+export const TOKEN_SUBJECT_PREFIX = 'cluster:';
+
+export const SIGNING_KEY_FILES = {
+  /** PKCS#8 PEM, mode 0600. */
+  privateKey: 'token-signing.key',
+  /** SPKI PEM; give it to every server replica that verifies tokens. */
+  publicKey: 'token-signing.pub',
+} as const;
+
+export interface SigningKeyPair {
+  privateKeyPem: string;
+  publicKeyPem: string;
+  keyId: string;
+  /** False when the files already existed and were only read. */
+  created: boolean;
+}
+
+export interface CreateTokenOptions {
+  privateKeyPem: string;
+  clusterId: string;
+  ttlMs: number;
+  /** Epoch milliseconds; injectable for tests. */
+  now?: () => number;
+}
+
+export function isValidClusterId(clusterId: string): boolean {
+  return CLUSTER_ID_PATTERN.test(clusterId);
+}
+
+/**
+ * The `kid` of a key: base64url of the first 8 bytes of SHA-256 over the raw 32-byte Ed25519
+ * public key, so issuer and verifier derive the same id from either half of the pair.
+ */
+export function keyIdOf(key: KeyObject): string {
+  const publicKey = key.type === 'private' ? createPublicKey(key) : key;
+  const jwk = publicKey.export({ format: 'jwk' });
+  if (jwk.kty !== 'OKP' || jwk.crv !== 'Ed25519' || typeof jwk.x !== 'string') {
+    throw new TunnelError('TUN_ERR_CONFIG', 'token signing keys must be Ed25519');
+  }
+  const raw = Buffer.from(jwk.x, 'base64url');
+  return createHash('sha256').update(raw).digest().subarray(0, 8).toString('base64url');
+}
+
+/** Parses an Ed25519 private key PEM; anything else is TUN_ERR_CONFIG. */
+export function loadSigningKey(privateKeyPem: string): KeyObject {
+  let key: KeyObject;
+  try {
+    key = createPrivateKey(privateKeyPem);
+  } catch (cause) {
+    throw new TunnelError('TUN_ERR_CONFIG', 'the token signing key is not a PEM private key', { cause });
+  }
+  if (key.asymmetricKeyType !== 'ed25519') {
+    throw new TunnelError('TUN_ERR_CONFIG', `the token signing key is ${key.asymmetricKeyType}, not ed25519`);
+  }
+  return key;
+}
+
+/**
+ * Ensures `dir` holds a token signing key pair, creating what is missing. A public key without
+ * its private key is left alone (a verify-only replica) and reported as TUN_ERR_CONFIG, since a
+ * new pair would silently invalidate every token signed so far.
+ */
+export async function generateSigningKeyPair(dir: string): Promise<SigningKeyPair> {
+  const privatePath = join(dir, SIGNING_KEY_FILES.privateKey);
+  const publicPath = join(dir, SIGNING_KEY_FILES.publicKey);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  let privateKeyPem = await readOptional(privatePath);
+  const existingPublicPem = await readOptional(publicPath);
+  let created = false;
+  if (privateKeyPem === undefined) {
+    if (existingPublicPem !== undefined) {
+      throw new TunnelError(
+        'TUN_ERR_CONFIG',
+        `${publicPath} exists but its private key ${privatePath} does not`,
+      );
+    }
+    const { privateKey } = generateKeyPairSync('ed25519');
+    privateKeyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+    await writeAtomic(privatePath, privateKeyPem, 0o600);
+    created = true;
+  }
+  const privateKey = loadSigningKey(privateKeyPem);
+  const publicKeyPem = createPublicKey(privateKey).export({ type: 'spki', format: 'pem' }) as string;
+  if (existingPublicPem === undefined) {
+    await writeAtomic(publicPath, publicKeyPem, 0o644);
+    created = true;
+  } else if (keyIdOf(parsePublicKey(existingPublicPem, publicPath)) !== keyIdOf(privateKey)) {
+    throw new TunnelError('TUN_ERR_CONFIG', `${publicPath} does not belong to ${privatePath}`);
+  }
+  return { privateKeyPem, publicKeyPem, keyId: keyIdOf(privateKey), created };
+}
+
+/** Signs an agent token for `clusterId`, valid for `ttlMs` from now. */
+export async function createToken(options: CreateTokenOptions): Promise<string> {
+  if (!isValidClusterId(options.clusterId)) {
+    throw new TunnelError('TUN_ERR_CONFIG', `invalid cluster id ${JSON.stringify(options.clusterId)}`, {
+      details: { pattern: CLUSTER_ID_PATTERN.source },
+    });
+  }
+  if (!Number.isFinite(options.ttlMs) || options.ttlMs < 1000) {
+    throw new TunnelError('TUN_ERR_CONFIG', `token ttlMs must be at least 1000, not ${options.ttlMs}`);
+  }
+  const privateKey = loadSigningKey(options.privateKeyPem);
+  const nowMs = (options.now ?? Date.now)();
+  // JWT times are whole seconds; round expiry down so a token never outlives the ttl asked for.
+  return new SignJWT({ cluster: options.clusterId })
+    .setProtectedHeader({ alg: TOKEN_ALGORITHM, kid: keyIdOf(privateKey), typ: 'JWT' })
+    .setIssuer(TOKEN_ISSUER)
+    .setSubject(`${TOKEN_SUBJECT_PREFIX}${options.clusterId}`)
+    .setJti(randomBytes(16).toString('base64url'))
+    .setIssuedAt(Math.floor(nowMs / 1000))
+    .setExpirationTime(Math.floor((nowMs + options.ttlMs) / 1000))
+    .sign(privateKey);
+}
+
+function parsePublicKey(pem: string, source: string): KeyObject {
+  try {
+    return createPublicKey(pem);
+  } catch (cause) {
+    throw new TunnelError('TUN_ERR_CONFIG', `${source} is not a PEM public key`, { cause });
+  }
+}
+
+async function readOptional(file: string): Promise<string | undefined> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new TunnelError('TUN_ERR_CONFIG', `cannot read ${file}`, { cause: err });
+  }
+}
+
+/** Write-then-rename, so a crash never leaves a half-written key behind. */
+async function writeAtomic(file: string, content: string, mode: number): Promise<void> {
+  const temporary = `${file}.${randomBytes(6).toString('hex')}.tmp`;
+  try {
+    await writeFile(temporary, content, { mode, flag: 'wx' });
+    await rename(temporary, file);
+  } catch (cause) {
+    await rm(temporary, { force: true });
+    throw new TunnelError('TUN_ERR_CONFIG', `cannot write ${file}`, { cause });
+  }
+}

@@ -1,0 +1,242 @@
+/**
+ * One body of session behaviour run over every transport the tunnel uses: an in-memory pipe,
+ * TCP, TLS and WebSocket over TLS (hashicorp/yamux's habit). Real sockets on 127.0.0.1.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { TunnelError, YamuxSession, type SessionOptions, type YamuxStream } from '../../packages/protocol/src/index.js';
+import { transports, type Transport } from '../helpers/transports.js';
+
+interface Pair {
+  client: YamuxSession;
+  server: YamuxSession;
+}
+
+async function sessions(
+  transport: Transport,
+  clientOptions: Partial<SessionOptions> = {},
+  serverOptions: Partial<SessionOptions> = {},
+): Promise<Pair> {
+  const pair = await transport.pair();
+  const client = new YamuxSession(pair.a, { keepaliveIntervalMs: 0, ...clientOptions, role: 'client' });
+  const server = new YamuxSession(pair.b, { keepaliveIntervalMs: 0, ...serverOptions, role: 'server' });
+  onTestFinished(async () => {
+    client.destroy();
+    server.destroy();
+    await pair.close();
+  });
+  return { client, server };
+}
+
+/** Echoes every inbound stream back to its opener, ending when the opener ends. */
+function echo(session: YamuxSession): void {
+  session.on('stream', (stream: YamuxStream) => {
+    stream.on('error', () => undefined);
+    stream.pipe(stream);
+  });
+}
+
+/** Reads to 'end' without destroying the stream (for-await would, resetting a half-open stream). */
+function readAll(stream: YamuxStream): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+    stream.once('end', () => resolve(Buffer.concat(chunks)));
+    stream.once('error', reject);
+  });
+}
+
+function sha256(buf: Buffer): string {
+  return createHash('sha256').update(buf).digest('hex');
+}
+
+/** Resolves when `predicate` holds, polling; fails after `timeoutMs`. */
+async function until(predicate: () => boolean, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+function errorOf(stream: YamuxStream): Promise<TunnelError> {
+  return new Promise((resolve) => stream.once('error', (err) => resolve(err as TunnelError)));
+}
+
+describe.each(transports)('yamux session over $name', (transport) => {
+  it('echoes data on streams opened from either side', async () => {
+    const { client, server } = await sessions(transport);
+    echo(server);
+    echo(client);
+    const payload = randomBytes(300_000);
+    const fromClient = client.open();
+    fromClient.end(payload);
+    expect(sha256(await readAll(fromClient))).toBe(sha256(payload));
+    const fromServer = server.open();
+    fromServer.end(payload);
+    expect(sha256(await readAll(fromServer))).toBe(sha256(payload));
+    expect(fromClient.id % 2).toBe(1);
+    expect(fromServer.id % 2).toBe(0);
+  });
+
+  it('carries 1,000 concurrent streams of random sizes without losing or mixing a byte', async () => {
+    const { client, server } = await sessions(transport);
+    echo(server);
+    const results = await Promise.all(
+      Array.from({ length: 1000 }, async (_, i) => {
+        const payload = randomBytes(i % 10 === 0 ? 200_000 + i : Math.floor(Math.random() * 20_000));
+        const stream = client.open();
+        stream.end(payload);
+        return sha256(await readAll(stream)) === sha256(payload);
+      }),
+    );
+    expect(results.filter((ok) => !ok)).toHaveLength(0);
+    await until(() => client.stats.openStreams === 0 && server.stats.openStreams === 0, 10_000, 'empty tables');
+  });
+
+  it('half-closes in each direction: the other direction keeps flowing', async () => {
+    const { client, server } = await sessions(transport);
+    const inbound = once(server, 'stream') as Promise<[YamuxStream]>;
+    const stream = client.open();
+    stream.end('request');
+    const [serverStream] = await inbound;
+    expect((await readAll(serverStream)).toString()).toBe('request');
+    // The client has finished writing, yet still reads what the server sends after that.
+    serverStream.write('response part 1, ');
+    serverStream.end('part 2');
+    expect((await readAll(stream)).toString()).toBe('response part 1, part 2');
+    await until(() => client.stats.openStreams === 0 && server.stats.openStreams === 0);
+
+    // And the other way: the server ends first while the client keeps writing.
+    const inbound2 = once(server, 'stream') as Promise<[YamuxStream]>;
+    const stream2 = client.open();
+    stream2.write('hello');
+    const [serverStream2] = await inbound2;
+    serverStream2.end('bye');
+    expect((await readAll(stream2)).toString()).toBe('bye');
+    stream2.end(' and more after your FIN');
+    expect((await readAll(serverStream2)).toString()).toBe('hello and more after your FIN');
+  });
+
+  it('propagates a reset in both directions with TUN_ERR_STREAM_RESET', async () => {
+    const { client, server } = await sessions(transport);
+    let inbound = once(server, 'stream') as Promise<[YamuxStream]>;
+    const a = client.open();
+    a.write('x');
+    let [b] = await inbound;
+    const bError = errorOf(b);
+    a.destroy();
+    expect((await bError).code).toBe('TUN_ERR_STREAM_RESET');
+
+    inbound = once(server, 'stream') as Promise<[YamuxStream]>;
+    const c = client.open();
+    c.write('y');
+    [b] = await inbound;
+    const cError = errorOf(c);
+    b.destroy();
+    expect((await cError).code).toBe('TUN_ERR_STREAM_RESET');
+    await until(() => client.stats.openStreams === 0 && server.stats.openStreams === 0);
+    // The session itself is unharmed.
+    echo(server);
+    const d = client.open();
+    d.end('still alive');
+    expect((await readAll(d)).toString()).toBe('still alive');
+  });
+
+  it('GoAway refuses new streams while open streams finish, then both sessions close cleanly', async () => {
+    const { client, server } = await sessions(transport);
+    const inbound = once(server, 'stream') as Promise<[YamuxStream]>;
+    const open = client.open();
+    open.write('before goaway');
+    const [serverSide] = await inbound;
+    const goaway = once(server, 'goaway');
+    const serverClose = new Promise<TunnelError | undefined>((resolve) => server.on('close', resolve));
+    const clientClosed = client.close();
+    await goaway;
+    expect(() => server.open()).toThrow(expect.objectContaining({ code: 'TUN_ERR_SESSION_CLOSED' }));
+    expect(() => client.open()).toThrow(expect.objectContaining({ code: 'TUN_ERR_SESSION_CLOSED' }));
+    // The stream opened before GoAway still works both ways.
+    serverSide.end('answer');
+    expect((await readAll(open)).toString()).toBe('answer');
+    open.end(' tail');
+    expect((await readAll(serverSide)).toString()).toBe('before goaway tail');
+    await clientClosed;
+    const serverErr = await serverClose;
+    expect(serverErr).toBeUndefined();
+    expect(client.isClosed && server.isClosed).toBe(true);
+  });
+
+  it('detects a peer that stops answering pings within keepaliveTimeoutMs', async () => {
+    const pair = await transport.pair();
+    onTestFinished(() => pair.close());
+    // The far end reads (so TCP does not stall) but never answers: a hung agent.
+    pair.b.resume();
+    const session = new YamuxSession(pair.a, { role: 'client', keepaliveIntervalMs: 50, keepaliveTimeoutMs: 150 });
+    const started = Date.now();
+    // Not events.once: it would listen for 'error' too and reject with the very error we inspect.
+    const err = await new Promise<TunnelError>((resolve) => session.on('close', resolve));
+    expect(err.code).toBe('TUN_ERR_TIMEOUT');
+    expect(Date.now() - started).toBeLessThan(5_000);
+  });
+
+  it('keeps memory bounded behind a stalled reader while 1 GiB is offered', async () => {
+    const { client, server } = await sessions(transport);
+    const inbound = once(server, 'stream') as Promise<[YamuxStream]>;
+    const stream = client.open();
+    stream.on('error', () => undefined);
+    let offered = 0;
+    const chunk = Buffer.alloc(64 * 1024, 7);
+    const source = Readable.from(
+      (function* () {
+        for (let i = 0; i < (1024 * 1024 * 1024) / chunk.length; i++) {
+          offered += chunk.length;
+          yield chunk;
+        }
+      })(),
+    );
+    const sending = pipeline(source, stream).catch(() => undefined);
+    const [serverStream] = await inbound;
+    serverStream.on('error', () => undefined);
+    serverStream.pause(); // the reader stops
+    await until(() => client.stats.blockedStreams === 1, 10_000, 'the writer to block on the window');
+    const offeredWhenBlocked = offered;
+    await new Promise((r) => setTimeout(r, 300));
+    // Nothing more leaves the producer: its writes wait for window that never comes.
+    expect(offered - offeredWhenBlocked).toBeLessThanOrEqual(256 * 1024);
+    expect(offered).toBeLessThan(8 * 1024 * 1024);
+    expect(client.stats.bufferedBytes).toBeLessThan(2 * 1024 * 1024);
+    expect(server.stats.bufferedBytes).toBeLessThanOrEqual(client.options.maxWindowBytes);
+    expect(serverStream.readableLength).toBeLessThanOrEqual(256 * 1024);
+    // The reader resumes: the flow restarts.
+    let received = 0;
+    serverStream.on('data', (d: Buffer) => (received += d.length));
+    serverStream.resume();
+    await until(() => received > 16 * 1024 * 1024, 20_000, 'the flow to resume');
+    source.destroy();
+    stream.destroy();
+    await sending;
+  });
+
+  it('leaves an empty stream table after 100,000 short streams', async () => {
+    const { client, server } = await sessions(transport);
+    echo(server);
+    const total = 100_000;
+    const concurrency = 200;
+    let next = 0;
+    let ok = 0;
+    const worker = async (): Promise<void> => {
+      while (next < total) {
+        next++;
+        const s = client.open();
+        s.end('ping');
+        if ((await readAll(s)).toString() === 'ping') ok++;
+      }
+    };
+    await Promise.all(Array.from({ length: concurrency }, worker));
+    expect(ok).toBe(total);
+    await until(() => client.stats.openStreams === 0 && server.stats.openStreams === 0, 10_000, 'empty tables');
+  }, 180_000);
+});

@@ -13,7 +13,6 @@ import { TunnelError } from './errors.js';
 
 export {
   MAX_TIMER_MS,
-  ROUTE_NAME_PATTERN,
   formatHostPort,
   isDnsName,
   parseDurationMs,

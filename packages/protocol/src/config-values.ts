@@ -7,6 +7,7 @@ import { statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import type { ConfigKeySpec, ConfigKeyType, ConfigSource } from './config-schema.js';
+import { ROUTE_NAME_PATTERN } from './route-name.js';
 
 export interface HostPort {
   readonly host: string;
@@ -20,7 +21,6 @@ export interface RouteTarget {
 }
 
 export const MAX_TIMER_MS = 2_147_483_647; // setTimeout's ceiling: larger delays fire at once
-export const ROUTE_NAME_PATTERN = /^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$/;
 
 // ---------------------------------------------------------------------------------------------
 // Scalar parsers (exported for reuse, e.g. a `--ttl` flag): undefined means "invalid".

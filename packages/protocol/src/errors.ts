@@ -39,6 +39,7 @@ export const ERROR_CODES = {
     summary: "a route hostname outside the agent's cluster was claimed",
   },
   TUN_ERR_UNSUPPORTED_VERSION: { retryable: false, summary: 'the peer speaks a protocol version we do not' },
+  TUN_ERR_SERVER_FULL: { retryable: true, summary: 'the server holds maxAgents sessions already' },
   // Routing user connections.
   TUN_ERR_NO_ROUTE: { retryable: true, summary: 'no connected agent holds the requested hostname' },
   TUN_ERR_UNKNOWN_HOST: { retryable: false, summary: 'the SNI names no hostname this server serves' },

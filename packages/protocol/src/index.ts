@@ -15,3 +15,7 @@ export {
 export { YamuxStream } from './stream.js';
 export { createWebSocketDuplex } from './ws-duplex.js';
 export * from './config-schema.js';
+export * from './route-name.js';
+export * from './control.js';
+export * from './stream-header.js';
+export * from './logger.js';

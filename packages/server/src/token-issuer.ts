@@ -3,14 +3,14 @@ import type { KeyObject } from 'node:crypto';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SignJWT } from 'jose';
-import { TunnelError } from '@cluster-tunnel/protocol';
+import { CLUSTER_ID_PATTERN, TunnelError, isValidClusterId } from '@cluster-tunnel/protocol';
 
 /** The `iss` claim of every agent token. */
 export const TOKEN_ISSUER = 'cluster-tunnel';
 /** The only signature algorithm tokens use or verifiers accept (Ed25519). */
 export const TOKEN_ALGORITHM = 'EdDSA';
-/** A cluster id is one DNS label short enough that `cluster-<uid>-<route>` stays a valid label. */
-export const CLUSTER_ID_PATTERN = /^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$/;
+/** Cluster ids are defined with route labels (route-name.ts): no '-', so labels are unambiguous. */
+export { CLUSTER_ID_PATTERN } from '@cluster-tunnel/protocol';
 /** The `sub` claim is this prefix followed by the cluster id. */
 export const TOKEN_SUBJECT_PREFIX = 'cluster:';
 
@@ -37,9 +37,6 @@ export interface CreateTokenOptions {
   now?: () => number;
 }
 
-export function isValidClusterId(clusterId: string): boolean {
-  return CLUSTER_ID_PATTERN.test(clusterId);
-}
 
 /**
  * The `kid` of a key: base64url of the first 8 bytes of SHA-256 over the raw 32-byte Ed25519

@@ -1,0 +1,169 @@
+/**
+ * Control messages on the first stream an agent opens: each is a 4-byte big-endian length and
+ * that many bytes of UTF-8 JSON with a `type`. One table below lists every message; adding a
+ * message is one validator and one line there (docs/PROTOCOL.md lists them too).
+ */
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
+import { ERROR_CODES, TunnelError, type ErrorCode } from './errors.js';
+
+/** The control protocol version an agent announces in `register`. */
+export const CONTROL_PROTOCOL_VERSION = 1;
+export const MAX_CONTROL_MESSAGE_BYTES = 64 * 1024;
+
+export interface RegisterMessage {
+  type: 'register';
+  protocolVersion: number;
+  agentId: string;
+  agentVersion: string;
+  /** Hostname labels (`cluster-<uid>`, `cluster-<uid>-<name>`) the agent serves. */
+  routes: string[];
+}
+export interface RegisteredMessage {
+  type: 'registered';
+  serverId: string;
+  /** Full hostnames now routed to this agent. */
+  hostnames: string[];
+}
+export interface ErrorMessage {
+  type: 'error';
+  code: ErrorCode;
+  message: string;
+}
+export type ControlMessage = RegisterMessage | RegisteredMessage | ErrorMessage;
+
+type Validator = (m: Record<string, unknown>) => string | undefined;
+
+const isString = (v: unknown, max = 253): v is string => typeof v === 'string' && v.length > 0 && v.length <= max;
+
+/** Every control message type and what makes it well formed. */
+export const CONTROL_MESSAGES: Readonly<Record<ControlMessage['type'], Validator>> = {
+  register: (m) =>
+    !Number.isInteger(m.protocolVersion)
+      ? 'protocolVersion must be an integer'
+      : !isString(m.agentId, 128) || !isString(m.agentVersion, 64)
+        ? 'agentId and agentVersion must be short strings'
+        : !Array.isArray(m.routes) || m.routes.length > 64 || !m.routes.every((r) => isString(r, 63))
+          ? 'routes must be a list of at most 64 labels'
+          : undefined,
+  registered: (m) =>
+    !isString(m.serverId, 128) || !Array.isArray(m.hostnames) || !m.hostnames.every((h) => isString(h))
+      ? 'serverId and hostnames are required'
+      : undefined,
+  error: (m) =>
+    typeof m.code !== 'string' || !(m.code in ERROR_CODES) || typeof m.message !== 'string'
+      ? 'code must be a known TUN_ERR_* code'
+      : undefined,
+};
+
+export function encodeControlMessage(message: ControlMessage): Buffer {
+  const body = Buffer.from(JSON.stringify(message), 'utf8');
+  if (body.length > MAX_CONTROL_MESSAGE_BYTES) {
+    throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', `control message of ${body.length} bytes is too large`);
+  }
+  const out = Buffer.allocUnsafe(4 + body.length);
+  out.writeUInt32BE(body.length, 0);
+  body.copy(out, 4);
+  return out;
+}
+
+export function decodeControlMessage(body: Buffer): ControlMessage {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body.toString('utf8'));
+  } catch {
+    throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', 'control message is not JSON');
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', 'control message is not an object');
+  }
+  const m = parsed as Record<string, unknown>;
+  const validate = typeof m.type === 'string' ? CONTROL_MESSAGES[m.type as ControlMessage['type']] : undefined;
+  if (!validate) {
+    throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', `unknown control message type ${String(m.type)}`);
+  }
+  const problem = validate(m);
+  if (problem) throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', `bad ${m.type} message: ${problem}`);
+  return m as unknown as ControlMessage;
+}
+
+/**
+ * Frames control messages over a stream. Events: 'message' (ControlMessage), 'error'
+ * (TunnelError, only when listened to), 'close'.
+ */
+export class ControlChannel extends EventEmitter {
+  private buffered: Buffer = Buffer.alloc(0);
+  private closed = false;
+
+  constructor(readonly stream: Duplex) {
+    super();
+    stream.on('data', this.onData);
+    stream.on('close', this.onClose);
+    stream.on('error', this.onError);
+  }
+
+  send(message: ControlMessage): void {
+    if (!this.closed) this.stream.write(encodeControlMessage(message));
+  }
+
+  /** Resolves with the next message, or rejects on timeout, close or a malformed message. */
+  next(timeoutMs: number): Promise<ControlMessage> {
+    return new Promise((resolve, reject) => {
+      const done = (err?: TunnelError, msg?: ControlMessage): void => {
+        clearTimeout(timer);
+        this.off('message', onMessage);
+        this.off('close', onClosed);
+        this.off('failed', onFailed);
+        if (err) reject(err);
+        else resolve(msg!);
+      };
+      const onMessage = (msg: ControlMessage): void => done(undefined, msg);
+      const onFailed = (err: TunnelError): void => done(err);
+      const onClosed = (): void => done(new TunnelError('TUN_ERR_SESSION_CLOSED', 'control stream closed'));
+      const timer = setTimeout(
+        () => done(new TunnelError('TUN_ERR_TIMEOUT', `no control message within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      this.on('message', onMessage);
+      this.on('failed', onFailed);
+      this.on('close', onClosed);
+      if (this.closed) onClosed();
+    });
+  }
+
+  close(): void {
+    if (!this.closed) this.stream.end();
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    this.buffered = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk]);
+    try {
+      while (this.buffered.length >= 4) {
+        const length = this.buffered.readUInt32BE(0);
+        if (length > MAX_CONTROL_MESSAGE_BYTES) {
+          throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', `control message of ${length} bytes is too large`);
+        }
+        if (this.buffered.length < 4 + length) return;
+        const body = this.buffered.subarray(4, 4 + length);
+        this.buffered = this.buffered.subarray(4 + length);
+        this.emit('message', decodeControlMessage(body));
+      }
+    } catch (err) {
+      const e = err instanceof TunnelError ? err : new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', String(err));
+      this.emit('failed', e);
+      if (this.listenerCount('error') > 0) this.emit('error', e);
+      this.stream.destroy();
+    }
+  };
+
+  private readonly onError = (): void => {
+    // The stream's own failure surfaces as 'close'; the session reports the cause.
+  };
+
+  private readonly onClose = (): void => {
+    if (this.closed) return;
+    this.closed = true;
+    this.stream.off('data', this.onData);
+    this.emit('close');
+  };
+}

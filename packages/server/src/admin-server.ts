@@ -1,0 +1,83 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { HostPort, Logger } from '@cluster-tunnel/protocol';
+import type { AgentRegistry } from './agent-registry.js';
+import type { ServerMetrics } from './metrics.js';
+
+export interface AdminServerOptions {
+  listen: HostPort;
+  serverId: string;
+  registry: AgentRegistry;
+  metrics: ServerMetrics;
+  log: Logger;
+  isReady: () => boolean;
+}
+
+/** Plain HTTP for operators and probes: /metrics, /healthz, /readyz, /status (JSON). */
+export class AdminServer {
+  private readonly server: http.Server;
+
+  constructor(private readonly o: AdminServerOptions) {
+    this.server = http.createServer((req, res) => {
+      this.handle(req, res).catch((err: unknown) => {
+        o.log.error({ err }, 'admin request failed');
+        if (!res.headersSent) res.writeHead(500);
+        res.end();
+      });
+    });
+  }
+
+  async listen(): Promise<AddressInfo> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.o.listen.port, this.o.listen.host, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+    return this.server.address() as AddressInfo;
+  }
+
+  get address(): AddressInfo | undefined {
+    return (this.server.address() as AddressInfo | null) ?? undefined;
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const path = new URL(req.url ?? '/', 'http://admin').pathname;
+    if (path === '/healthz') return text(res, 200, 'ok\n');
+    if (path === '/readyz') return this.o.isReady() ? text(res, 200, 'ready\n') : text(res, 503, 'not ready\n');
+    if (path === '/metrics') {
+      res.writeHead(200, { 'Content-Type': this.o.metrics.registry.contentType });
+      res.end(await this.o.metrics.registry.metrics());
+      return;
+    }
+    if (path === '/status') {
+      const agents = this.o.registry.all().map((a) => ({
+        agentId: a.identity.agentId,
+        clusterId: a.identity.clusterId,
+        agentVersion: a.identity.agentVersion,
+        remoteAddress: a.identity.remoteAddress,
+        routes: a.labels,
+        connectedAt: new Date(a.connectedAt).toISOString(),
+        activeStreams: a.streams,
+        rttMs: a.session.stats.rttMs,
+      }));
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify({ serverId: this.o.serverId, routes: this.o.registry.labels(), agents }, null, 2));
+      return;
+    }
+    text(res, 404, 'not found\n');
+  }
+}
+
+function text(res: http.ServerResponse, status: number, body: string): void {
+  res.writeHead(status, { 'Content-Type': 'text/plain' });
+  res.end(body);
+}

@@ -1,0 +1,53 @@
+import type { AgentSession } from './agent-session.js';
+
+/**
+ * Route label → the agents holding it. Several agents of one cluster may hold the same label:
+ * new streams rotate over them, and an agent that leaves is skipped at once.
+ */
+export class AgentRegistry {
+  private readonly byLabel = new Map<string, AgentSession[]>();
+  private readonly agents = new Set<AgentSession>();
+  private turn = 0;
+
+  add(agent: AgentSession): void {
+    this.agents.add(agent);
+    for (const label of agent.labels) {
+      const list = this.byLabel.get(label) ?? [];
+      list.push(agent);
+      this.byLabel.set(label, list);
+    }
+  }
+
+  remove(agent: AgentSession): void {
+    if (!this.agents.delete(agent)) return;
+    for (const label of agent.labels) {
+      const list = this.byLabel.get(label)?.filter((a) => a !== agent) ?? [];
+      if (list.length > 0) this.byLabel.set(label, list);
+      else this.byLabel.delete(label);
+    }
+  }
+
+  /** Usable agents for a label, in the order to try them (rotated per call to spread load). */
+  candidates(label: string): AgentSession[] {
+    const list = this.byLabel.get(label)?.filter((a) => a.usable) ?? [];
+    if (list.length < 2) return list;
+    const start = this.turn++ % list.length;
+    return [...list.slice(start), ...list.slice(0, start)];
+  }
+
+  has(label: string): boolean {
+    return this.candidates(label).length > 0;
+  }
+
+  get size(): number {
+    return this.agents.size;
+  }
+
+  all(): AgentSession[] {
+    return [...this.agents];
+  }
+
+  labels(): string[] {
+    return [...this.byLabel.keys()].sort();
+  }
+}

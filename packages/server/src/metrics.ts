@@ -1,0 +1,38 @@
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** Prometheus metrics of one server; a registry of its own so tests can run several servers. */
+export class ServerMetrics {
+  readonly registry = new Registry();
+  readonly connections = new Counter({
+    name: 'tunnel_connections_total',
+    help: 'Connections accepted on the public port, by outcome',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly agentsConnected = new Gauge({
+    name: 'tunnel_agents_connected',
+    help: 'Registered agent sessions',
+    registers: [this.registry],
+  });
+  readonly agentRefusals = new Counter({
+    name: 'tunnel_agent_refusals_total',
+    help: 'Agent connections refused, by error code',
+    labelNames: ['code'] as const,
+    registers: [this.registry],
+  });
+  readonly userStreams = new Gauge({
+    name: 'tunnel_user_streams_active',
+    help: 'User connections currently forwarded to agents',
+    registers: [this.registry],
+  });
+  readonly bytes = new Counter({
+    name: 'tunnel_user_bytes_total',
+    help: 'User payload bytes forwarded, by direction (in = from users)',
+    labelNames: ['direction'] as const,
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry });
+  }
+}

@@ -7,7 +7,8 @@ import { once } from 'node:events';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { TunnelError, YamuxSession, type SessionOptions, type YamuxStream } from '../../packages/protocol/src/index.js';
+import type { TunnelError } from '../../packages/protocol/src/index.js';
+import { YamuxSession, type SessionOptions, type YamuxStream } from '../../packages/protocol/src/index.js';
 import { transports, type Transport } from '../helpers/transports.js';
 
 interface Pair {
@@ -94,7 +95,11 @@ describe.each(transports)('yamux session over $name', (transport) => {
       }),
     );
     expect(results.filter((ok) => !ok)).toHaveLength(0);
-    await until(() => client.stats.openStreams === 0 && server.stats.openStreams === 0, 10_000, 'empty tables');
+    await until(
+      () => client.stats.openStreams === 0 && server.stats.openStreams === 0,
+      10_000,
+      'empty tables',
+    );
   });
 
   it('half-closes in each direction: the other direction keeps flowing', async () => {
@@ -174,7 +179,11 @@ describe.each(transports)('yamux session over $name', (transport) => {
     onTestFinished(() => pair.close());
     // The far end reads (so TCP does not stall) but never answers: a hung agent.
     pair.b.resume();
-    const session = new YamuxSession(pair.a, { role: 'client', keepaliveIntervalMs: 50, keepaliveTimeoutMs: 150 });
+    const session = new YamuxSession(pair.a, {
+      role: 'client',
+      keepaliveIntervalMs: 50,
+      keepaliveTimeoutMs: 150,
+    });
     const started = Date.now();
     // Not events.once: it would listen for 'error' too and reject with the very error we inspect.
     const err = await new Promise<TunnelError>((resolve) => session.on('close', resolve));
@@ -237,6 +246,10 @@ describe.each(transports)('yamux session over $name', (transport) => {
     };
     await Promise.all(Array.from({ length: concurrency }, worker));
     expect(ok).toBe(total);
-    await until(() => client.stats.openStreams === 0 && server.stats.openStreams === 0, 10_000, 'empty tables');
+    await until(
+      () => client.stats.openStreams === 0 && server.stats.openStreams === 0,
+      10_000,
+      'empty tables',
+    );
   }, 180_000);
 });

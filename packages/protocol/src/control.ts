@@ -34,7 +34,8 @@ export type ControlMessage = RegisterMessage | RegisteredMessage | ErrorMessage;
 
 type Validator = (m: Record<string, unknown>) => string | undefined;
 
-const isString = (v: unknown, max = 253): v is string => typeof v === 'string' && v.length > 0 && v.length <= max;
+const isString = (v: unknown, max = 253): v is string =>
+  typeof v === 'string' && v.length > 0 && v.length <= max;
 
 /** Every control message type and what makes it well formed. */
 export const CONTROL_MESSAGES: Readonly<Record<ControlMessage['type'], Validator>> = {
@@ -59,7 +60,10 @@ export const CONTROL_MESSAGES: Readonly<Record<ControlMessage['type'], Validator
 export function encodeControlMessage(message: ControlMessage): Buffer {
   const body = Buffer.from(JSON.stringify(message), 'utf8');
   if (body.length > MAX_CONTROL_MESSAGE_BYTES) {
-    throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', `control message of ${body.length} bytes is too large`);
+    throw new TunnelError(
+      'TUN_ERR_BAD_CONTROL_MESSAGE',
+      `control message of ${body.length} bytes is too large`,
+    );
   }
   const out = Buffer.allocUnsafe(4 + body.length);
   out.writeUInt32BE(body.length, 0);
@@ -78,7 +82,8 @@ export function decodeControlMessage(body: Buffer): ControlMessage {
     throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', 'control message is not an object');
   }
   const m = parsed as Record<string, unknown>;
-  const validate = typeof m.type === 'string' ? CONTROL_MESSAGES[m.type as ControlMessage['type']] : undefined;
+  const validate =
+    typeof m.type === 'string' ? CONTROL_MESSAGES[m.type as ControlMessage['type']] : undefined;
   if (!validate) {
     throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', `unknown control message type ${String(m.type)}`);
   }
@@ -141,7 +146,10 @@ export class ControlChannel extends EventEmitter {
       while (this.buffered.length >= 4) {
         const length = this.buffered.readUInt32BE(0);
         if (length > MAX_CONTROL_MESSAGE_BYTES) {
-          throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', `control message of ${length} bytes is too large`);
+          throw new TunnelError(
+            'TUN_ERR_BAD_CONTROL_MESSAGE',
+            `control message of ${length} bytes is too large`,
+          );
         }
         if (this.buffered.length < 4 + length) return;
         const body = this.buffered.subarray(4, 4 + length);
@@ -149,7 +157,8 @@ export class ControlChannel extends EventEmitter {
         this.emit('message', decodeControlMessage(body));
       }
     } catch (err) {
-      const e = err instanceof TunnelError ? err : new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', String(err));
+      const e =
+        err instanceof TunnelError ? err : new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', String(err));
       this.emit('failed', e);
       if (this.listenerCount('error') > 0) this.emit('error', e);
       this.stream.destroy();

@@ -9,7 +9,10 @@ export const ERROR_CODES = {
   TUN_ERR_BAD_FRAME_TYPE: { retryable: false, summary: 'a frame header carried an unknown type' },
   TUN_ERR_BAD_FLAGS: { retryable: false, summary: 'a frame carried flags that make no sense for its type' },
   TUN_ERR_FRAME_TOO_LARGE: { retryable: false, summary: 'a Data frame was longer than maxFrameBytes' },
-  TUN_ERR_WINDOW_EXCEEDED: { retryable: false, summary: 'the peer sent more data than the advertised window' },
+  TUN_ERR_WINDOW_EXCEEDED: {
+    retryable: false,
+    summary: 'the peer sent more data than the advertised window',
+  },
   TUN_ERR_BAD_STREAM_ID: {
     retryable: false,
     summary: 'a stream id of the wrong parity, zero where not allowed, or reused',
@@ -30,7 +33,10 @@ export const ERROR_CODES = {
   TUN_ERR_BAD_STREAM_HEADER: { retryable: false, summary: 'a stream header was malformed or too long' },
   // Agent authentication and route ownership.
   TUN_ERR_AUTH_REQUIRED: { retryable: false, summary: 'the agent sent no bearer token' },
-  TUN_ERR_TOKEN_INVALID: { retryable: false, summary: 'the token is malformed or its signature does not verify' },
+  TUN_ERR_TOKEN_INVALID: {
+    retryable: false,
+    summary: 'the token is malformed or its signature does not verify',
+  },
   TUN_ERR_TOKEN_EXPIRED: { retryable: false, summary: 'the token is past its expiry' },
   TUN_ERR_TOKEN_REVOKED: { retryable: false, summary: 'the token id is in the revocation file' },
   TUN_ERR_UNKNOWN_KEY: { retryable: false, summary: 'the token names a key id the server does not trust' },
@@ -43,9 +49,18 @@ export const ERROR_CODES = {
   // Routing user connections.
   TUN_ERR_NO_ROUTE: { retryable: true, summary: 'no connected agent holds the requested hostname' },
   TUN_ERR_UNKNOWN_HOST: { retryable: false, summary: 'the SNI names no hostname this server serves' },
-  TUN_ERR_CLIENT_HELLO: { retryable: false, summary: 'the first bytes of a connection were not a TLS ClientHello' },
-  TUN_ERR_HANDSHAKE_TIMEOUT: { retryable: true, summary: 'the ClientHello did not arrive within the deadline' },
-  TUN_ERR_UNKNOWN_ROUTE: { retryable: false, summary: 'the agent has no target configured for the route name' },
+  TUN_ERR_CLIENT_HELLO: {
+    retryable: false,
+    summary: 'the first bytes of a connection were not a TLS ClientHello',
+  },
+  TUN_ERR_HANDSHAKE_TIMEOUT: {
+    retryable: true,
+    summary: 'the ClientHello did not arrive within the deadline',
+  },
+  TUN_ERR_UNKNOWN_ROUTE: {
+    retryable: false,
+    summary: 'the agent has no target configured for the route name',
+  },
   TUN_ERR_DIAL_FAILED: { retryable: true, summary: 'the agent could not connect to the route target' },
   // Configuration.
   TUN_ERR_CONFIG: { retryable: false, summary: 'the configuration is invalid (all problems are listed)' },

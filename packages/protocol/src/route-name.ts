@@ -24,7 +24,9 @@ export function routeLabel(clusterId: string, routeName: string): string {
   if (!ROUTE_NAME_PATTERN.test(routeName)) {
     throw new TunnelError('TUN_ERR_CONFIG', `invalid route name ${JSON.stringify(routeName)}`);
   }
-  return routeName === API_SERVER_ROUTE ? `${LABEL_PREFIX}${clusterId}` : `${LABEL_PREFIX}${clusterId}-${routeName}`;
+  return routeName === API_SERVER_ROUTE
+    ? `${LABEL_PREFIX}${clusterId}`
+    : `${LABEL_PREFIX}${clusterId}-${routeName}`;
 }
 
 /** The cluster a route label belongs to, or undefined when the label is not a route label. */

@@ -1,12 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
-import {
-  Flag,
-  FrameType,
-  GoAwayCode,
-  INITIAL_STREAM_WINDOW_BYTES,
-  MAX_STREAM_ID,
-} from './constants.js';
+import { Flag, FrameType, GoAwayCode, INITIAL_STREAM_WINDOW_BYTES, MAX_STREAM_ID } from './constants.js';
 import { FrameDecoder, type FrameSink } from './decoder.js';
 import { TunnelError, type ErrorCode } from './errors.js';
 import { describeHeader, encodeHeader, type FrameHeader } from './frame.js';
@@ -473,7 +467,9 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
       this.decoder.push(chunk);
     } catch (err) {
       this.destroy(
-        err instanceof TunnelError ? err : new TunnelError('TUN_ERR_PROTOCOL', 'decode failed', { cause: err }),
+        err instanceof TunnelError
+          ? err
+          : new TunnelError('TUN_ERR_PROTOCOL', 'decode failed', { cause: err }),
       );
     }
   };
@@ -491,7 +487,9 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
 
   private readonly onTransportError = (err: Error): void => {
     if (this.destroyed) return;
-    this.destroy(new TunnelError('TUN_ERR_TRANSPORT_CLOSED', `transport failed: ${err.message}`, { cause: err }));
+    this.destroy(
+      new TunnelError('TUN_ERR_TRANSPORT_CLOSED', `transport failed: ${err.message}`, { cause: err }),
+    );
   };
 
   private readonly onTransportClose = (): void => {

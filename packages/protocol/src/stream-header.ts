@@ -63,7 +63,10 @@ const parseHeader: Parse<StreamHeader> = (buf) => {
 
 export function encodeStreamReply(reply: StreamReply): Buffer {
   if (reply.ok) return Buffer.from([STREAM_STATUS.ok, 0, 0]);
-  const body = Buffer.from(JSON.stringify({ code: reply.code, message: reply.message.slice(0, 1024) }), 'utf8');
+  const body = Buffer.from(
+    JSON.stringify({ code: reply.code, message: reply.message.slice(0, 1024) }),
+    'utf8',
+  );
   const head = Buffer.from([STREAM_STATUS.refused, 0, 0]);
   head.writeUInt16BE(body.length, 1);
   return Buffer.concat([head, body]);
@@ -84,7 +87,10 @@ const parseReply: Parse<StreamReply> = (buf) => {
   } catch {
     throw new TunnelError('TUN_ERR_BAD_STREAM_HEADER', 'stream refusal reason is not JSON');
   }
-  const code = typeof reason.code === 'string' && reason.code in ERROR_CODES ? (reason.code as ErrorCode) : 'TUN_ERR_PROTOCOL';
+  const code =
+    typeof reason.code === 'string' && reason.code in ERROR_CODES
+      ? (reason.code as ErrorCode)
+      : 'TUN_ERR_PROTOCOL';
   return { value: { ok: false, code, message: String(reason.message ?? '') }, consumed: 3 + length };
 };
 

@@ -52,7 +52,8 @@ export class AdminServer {
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const path = new URL(req.url ?? '/', 'http://admin').pathname;
     if (path === '/healthz') return text(res, 200, 'ok\n');
-    if (path === '/readyz') return this.o.isReady() ? text(res, 200, 'ready\n') : text(res, 503, 'not ready\n');
+    if (path === '/readyz')
+      return this.o.isReady() ? text(res, 200, 'ready\n') : text(res, 503, 'not ready\n');
     if (path === '/metrics') {
       res.writeHead(200, { 'Content-Type': this.o.metrics.registry.contentType });
       res.end(await this.o.metrics.registry.metrics());
@@ -70,7 +71,9 @@ export class AdminServer {
         rttMs: a.session.stats.rttMs,
       }));
       res.writeHead(200, { 'Content-Type': 'application/json' });
-      res.end(JSON.stringify({ serverId: this.o.serverId, routes: this.o.registry.labels(), agents }, null, 2));
+      res.end(
+        JSON.stringify({ serverId: this.o.serverId, routes: this.o.registry.labels(), agents }, null, 2),
+      );
       return;
     }
     text(res, 404, 'not found\n');

@@ -67,7 +67,8 @@ export class AgentEndpoint {
         throw new TunnelError('TUN_ERR_SERVER_FULL', `server holds ${this.o.maxAgents} agents`);
       }
     } catch (err) {
-      const e = err instanceof TunnelError ? err : new TunnelError('TUN_ERR_TOKEN_INVALID', 'token check failed');
+      const e =
+        err instanceof TunnelError ? err : new TunnelError('TUN_ERR_TOKEN_INVALID', 'token check failed');
       this.o.metrics.agentRefusals.inc({ code: e.code });
       this.o.log.warn({ code: e.code, remoteAddress, err: e.message }, 'agent refused');
       refuse(socket, HTTP_STATUS[e.code] ?? 401, e.code, e.message);
@@ -107,7 +108,10 @@ export class AgentEndpoint {
     this.register(session, token, remoteAddress).catch((err: unknown) => {
       const e = err instanceof TunnelError ? err : new TunnelError('TUN_ERR_PROTOCOL', String(err));
       this.o.metrics.agentRefusals.inc({ code: e.code });
-      this.o.log.warn({ clusterId: token.clusterId, remoteAddress, code: e.code, err: e.message }, 'agent registration failed');
+      this.o.log.warn(
+        { clusterId: token.clusterId, remoteAddress, code: e.code, err: e.message },
+        'agent registration failed',
+      );
       session.close().catch(() => undefined);
       setTimeout(() => session.destroy(), 2_000).unref();
     });
@@ -121,10 +125,14 @@ export class AgentEndpoint {
       control.send({ type: 'error', code, message: text });
       throw new TunnelError(code, text);
     };
-    if (message.type !== 'register') fail('TUN_ERR_BAD_CONTROL_MESSAGE', `expected register, got ${message.type}`);
+    if (message.type !== 'register')
+      fail('TUN_ERR_BAD_CONTROL_MESSAGE', `expected register, got ${message.type}`);
     if (message.type !== 'register') return; // narrowing only
     if (message.protocolVersion !== CONTROL_PROTOCOL_VERSION) {
-      fail('TUN_ERR_UNSUPPORTED_VERSION', `protocol version ${message.protocolVersion} is not ${CONTROL_PROTOCOL_VERSION}`);
+      fail(
+        'TUN_ERR_UNSUPPORTED_VERSION',
+        `protocol version ${message.protocolVersion} is not ${CONTROL_PROTOCOL_VERSION}`,
+      );
     }
     const labels = [...new Set(message.routes.map((r) => r.toLowerCase()))];
     const foreign = labels.filter((label) => clusterOfLabel(label) !== token.clusterId);
@@ -184,7 +192,14 @@ function firstStream(session: YamuxSession, timeoutMs: number): Promise<YamuxStr
 /** A refused upgrade: a plain HTTP response with the coded reason, then the socket closes. */
 function refuse(socket: Duplex, status: number, code: ErrorCode, message: string): void {
   const body = JSON.stringify({ code, message });
-  const reason = status === 401 ? 'Unauthorized' : status === 403 ? 'Forbidden' : status === 404 ? 'Not Found' : 'Service Unavailable';
+  const reason =
+    status === 401
+      ? 'Unauthorized'
+      : status === 403
+        ? 'Forbidden'
+        : status === 404
+          ? 'Not Found'
+          : 'Service Unavailable';
   socket.end(
     `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
   );

@@ -47,7 +47,10 @@ export async function forwardPassthrough(
     if (!reply.ok) {
       stream.destroy();
       lastError = new TunnelError(reply.code, reply.message);
-      o.log.warn({ route: label, agentId: agent.identity.agentId, code: reply.code, err: reply.message }, 'agent refused stream');
+      o.log.warn(
+        { route: label, agentId: agent.identity.agentId, code: reply.code, err: reply.message },
+        'agent refused stream',
+      );
       continue;
     }
     if (socket.destroyed) {
@@ -95,7 +98,14 @@ function splice(socket: Socket, stream: YamuxStream, o: PassthroughOptions, info
     o.metrics.bytes.inc({ direction: 'in' }, bytesIn);
     o.metrics.bytes.inc({ direction: 'out' }, bytesOut);
     o.log.info(
-      { route: info.route, agentId: info.agentId, remoteAddress: info.remoteAddress, bytesIn, bytesOut, durationMs: Date.now() - info.startedAt },
+      {
+        route: info.route,
+        agentId: info.agentId,
+        remoteAddress: info.remoteAddress,
+        bytesIn,
+        bytesOut,
+        durationMs: Date.now() - info.startedAt,
+      },
       'user connection closed',
     );
   });

@@ -37,7 +37,6 @@ export interface CreateTokenOptions {
   now?: () => number;
 }
 
-
 /**
  * The `kid` of a key: base64url of the first 8 bytes of SHA-256 over the raw 32-byte Ed25519
  * public key, so issuer and verifier derive the same id from either half of the pair.

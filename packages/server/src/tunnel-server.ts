@@ -171,7 +171,9 @@ export class TunnelServer {
       hello = await readClientHello(socket, { handshakeTimeoutMs: this.config.handshakeTimeoutMs });
     } catch (err) {
       const code = err instanceof TunnelError ? err.code : 'TUN_ERR_CLIENT_HELLO';
-      this.metrics.connections.inc({ outcome: code === 'TUN_ERR_HANDSHAKE_TIMEOUT' ? 'timeout' : 'bad-hello' });
+      this.metrics.connections.inc({
+        outcome: code === 'TUN_ERR_HANDSHAKE_TIMEOUT' ? 'timeout' : 'bad-hello',
+      });
       this.log.info({ remoteAddress, code }, 'connection refused before TLS');
       if (code === 'TUN_ERR_CLIENT_HELLO') socket.end(TLS_ALERT.handshakeFailure);
       else socket.end();
@@ -186,7 +188,10 @@ export class TunnelServer {
     const label = routeLabelOf(sni, this.config.domain);
     if (label === undefined) {
       this.metrics.connections.inc({ outcome: 'unknown-host' });
-      this.log.info({ remoteAddress, serverName: sni, code: 'TUN_ERR_UNKNOWN_HOST' }, 'connection refused: unknown host');
+      this.log.info(
+        { remoteAddress, serverName: sni, code: 'TUN_ERR_UNKNOWN_HOST' },
+        'connection refused: unknown host',
+      );
       socket.end(TLS_ALERT.unrecognizedName);
       return;
     }
@@ -218,9 +223,13 @@ export class TunnelServer {
     if (path === '/healthz') {
       res.writeHead(200, { 'Content-Type': 'text/plain' }).end('ok\n');
     } else if (path === '/readyz') {
-      res.writeHead(this.draining ? 503 : 200, { 'Content-Type': 'text/plain' }).end(this.draining ? 'draining\n' : 'ready\n');
+      res
+        .writeHead(this.draining ? 503 : 200, { 'Content-Type': 'text/plain' })
+        .end(this.draining ? 'draining\n' : 'ready\n');
     } else {
-      res.writeHead(404, { 'Content-Type': 'application/json' }).end(JSON.stringify({ code: 'TUN_ERR_PROTOCOL', message: 'not found' }));
+      res
+        .writeHead(404, { 'Content-Type': 'application/json' })
+        .end(JSON.stringify({ code: 'TUN_ERR_PROTOCOL', message: 'not found' }));
     }
   }
 }

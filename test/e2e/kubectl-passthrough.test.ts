@@ -1,0 +1,123 @@
+/**
+ * The Spectro Proxy "Palette-deployed" mode, end to end: the real tunnel-server and tunnel-client
+ * processes, a fake kube-apiserver whose certificate carries the route hostname, and the real
+ * kubectl with a kubeconfig printed by `tunnel-server kubeconfig`. TLS runs from kubectl to the
+ * API server; the tunnel never decrypts it (the API server sees kubectl's client certificate).
+ */
+import { createHash } from 'node:crypto';
+import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { startFakeApiServer, type FakeApiServer } from '../helpers/fake-apiserver.js';
+import { findKubectl, runKubectl, spawnKubectl } from '../helpers/kubectl.js';
+import {
+  createToken,
+  startAgent,
+  startServer,
+  tempDir,
+  tunnelKubeconfig,
+  writeTokenFile,
+  type CliProcess,
+  type ServerHandle,
+} from '../helpers/tunnel.js';
+
+const TIMEOUT_MS = 20_000;
+
+interface Tunnel {
+  server: ServerHandle;
+  agent: CliProcess;
+  api: FakeApiServer;
+  kubeconfig: string;
+  dir: string;
+}
+
+/** A fake API server for cluster `uid`, a tunnel server, an agent of that cluster and a kubeconfig. */
+export async function setupTunnel(uid = 'u1', server?: ServerHandle): Promise<Tunnel> {
+  const dir = await tempDir();
+  const api = await startFakeApiServer({ hostnames: [`cluster-${uid}.proxy.localhost`] });
+  onTestFinished(() => api.close());
+  api.addPod({ name: `${uid}-web-1` });
+  api.addPod({ name: `${uid}-web-2` });
+  const srv = server ?? (await startServer());
+  const tokenFile = await writeTokenFile(dir, await createToken(srv.dataDir, uid), `${uid}.token`);
+  const agent = await startAgent({
+    server: srv,
+    tokenFile,
+    routes: [`apiserver=127.0.0.1:${api.port}`],
+    agentId: `agent-${uid}`,
+  });
+  const alice = await api.issueClientCert(`alice-${uid}`, ['system:masters']);
+  const kubeconfig = await tunnelKubeconfig(dir, {
+    cluster: uid,
+    port: srv.port,
+    caPem: api.caCertPem,
+    certPem: alice.certPem,
+    keyPem: alice.keyPem,
+  });
+  return { server: srv, agent, api, kubeconfig, dir };
+}
+
+beforeAll(() => {
+  findKubectl(); // fails loudly when kubectl is missing
+});
+
+describe('kubectl through a passthrough route', () => {
+  it('lists pods, and the API server sees the kubeconfig client certificate (TLS end to end)', async () => {
+    const t = await setupTunnel();
+    const result = await runKubectl(['get', 'pods', '-o', 'name'], {
+      kubeconfig: t.kubeconfig,
+      timeoutMs: TIMEOUT_MS,
+    });
+    expect(result.stderr).toBe('');
+    expect(result.stdout.split('\n').filter(Boolean)).toEqual(['pod/u1-web-1', 'pod/u1-web-2']);
+    expect(t.api.seenIdentities).toContain('alice-u1');
+    // The server logged the user connection with its byte counts.
+    const closed = await t.server.proc.waitForLog(
+      (l) => l.msg === 'user connection closed' && l.route === 'cluster-u1',
+    );
+    expect(closed.bytesIn).toBeGreaterThan(0);
+    expect(closed.bytesOut).toBeGreaterThan(0);
+  });
+
+  it('streams a watch: pods added while kubectl watches appear', async () => {
+    const t = await setupTunnel();
+    const watch = spawnKubectl(['get', 'pods', '--watch', '-o', 'name'], { kubeconfig: t.kubeconfig });
+    onTestFinished(() => watch.kill());
+    await watch.waitForOutput(/u1-web-2/, TIMEOUT_MS);
+    t.api.addPod({ name: 'late-arrival' });
+    await watch.waitForOutput(/late-arrival/, TIMEOUT_MS);
+  });
+
+  it('follows logs as lines are appended', async () => {
+    const t = await setupTunnel();
+    t.api.setLog('u1-web-1', ['first line']);
+    const logs = spawnKubectl(['logs', '-f', 'u1-web-1'], { kubeconfig: t.kubeconfig });
+    onTestFinished(() => logs.kill());
+    await logs.waitForOutput(/first line/, TIMEOUT_MS);
+    t.api.appendLog('u1-web-1', 'appended later');
+    await logs.waitForOutput(/appended later/, TIMEOUT_MS);
+  });
+
+  it('execs with stdin echoed back over the WebSocket exec protocol', async () => {
+    const t = await setupTunnel();
+    const input = Buffer.alloc(300_000, 'tunnel-exec ').toString();
+    const result = await runKubectl(['exec', '-i', 'u1-web-1', '--', 'cat'], {
+      kubeconfig: t.kubeconfig,
+      input,
+      timeoutMs: TIMEOUT_MS,
+    });
+    expect(result.code).toBe(0);
+    expect(result.stdout.length).toBe(input.length);
+    expect(result.stdout === input).toBe(true);
+  });
+
+  it('returns an 8 MiB object byte-identical', async () => {
+    const t = await setupTunnel();
+    const big = t.api.bigObject(8 * 1024 * 1024);
+    const result = await runKubectl(['get', '--raw', big.path], {
+      kubeconfig: t.kubeconfig,
+      timeoutMs: TIMEOUT_MS,
+    });
+    expect(result.code).toBe(0);
+    expect(result.stdoutBytes.length).toBe(big.sizeBytes);
+    expect(createHash('sha256').update(result.stdoutBytes).digest('hex')).toBe(big.sha256);
+  });
+});

@@ -1,0 +1,256 @@
+/**
+ * Starts the real CLIs (`tunnel-server`, `tunnel-client`) as child processes on 127.0.0.1, reads
+ * their JSON log lines, and stops them when the test finishes.
+ */
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { promisify } from 'node:util';
+import { onTestFinished } from 'vitest';
+
+const execFileAsync = promisify(execFile);
+const ROOT = resolve(import.meta.dirname, '../..');
+export const SERVER_BIN = join(ROOT, 'packages/server/dist/bin.js');
+export const CLIENT_BIN = join(ROOT, 'packages/client/dist/bin.js');
+
+export interface LogLine {
+  level: number;
+  msg: string;
+  [key: string]: unknown;
+}
+
+export class CliProcess {
+  readonly logs: LogLine[] = [];
+  readonly stderr: string[] = [];
+  private waiters: Array<() => void> = [];
+  readonly exited: Promise<number | null>;
+
+  constructor(
+    readonly name: string,
+    readonly child: ChildProcess,
+  ) {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      try {
+        this.logs.push(JSON.parse(line) as LogLine);
+      } catch {
+        this.stderr.push(line);
+      }
+      for (const w of this.waiters) w();
+    });
+    createInterface({ input: child.stderr! }).on('line', (line) => {
+      this.stderr.push(line);
+      for (const w of this.waiters) w();
+    });
+    this.exited = new Promise((r) => child.once('exit', (code) => r(code)));
+  }
+
+  /** Resolves with the first log line (past or future) matching; fails after `timeoutMs`. */
+  waitForLog(match: (l: LogLine) => boolean, timeoutMs = 15_000, after = 0): Promise<LogLine> {
+    return new Promise((resolve, reject) => {
+      const check = (): boolean => {
+        const found = this.logs.slice(after).find(match);
+        if (!found) return false;
+        clearTimeout(timer);
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        resolve(found);
+        return true;
+      };
+      const waiter = (): void => void check();
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        reject(
+          new Error(
+            `${this.name}: no matching log line within ${timeoutMs} ms; last lines:\n` +
+              this.logs
+                .slice(-15)
+                .map((l) => JSON.stringify(l))
+                .join('\n') +
+              `\n${this.stderr.slice(-10).join('\n')}`,
+          ),
+        );
+      }, timeoutMs);
+      if (!check()) this.waiters.push(waiter);
+    });
+  }
+
+  /** SIGTERM, then SIGKILL if it has not exited within `graceMs`. */
+  async stop(graceMs = 5_000): Promise<number | null> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return this.child.exitCode;
+    this.child.kill('SIGTERM');
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
+    const code = await this.exited;
+    clearTimeout(timer);
+    return code;
+  }
+}
+
+function startCli(
+  name: string,
+  bin: string,
+  args: string[],
+  env: Record<string, string | undefined> = {},
+): CliProcess {
+  const child = spawn(process.execPath, [bin, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    // No proxy from the developer's environment leaks in; tests pass one explicitly.
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env },
+  });
+  const proc = new CliProcess(name, child);
+  onTestFinished(async () => {
+    await proc.stop(2_000);
+  });
+  return proc;
+}
+
+export async function tempDir(prefix = 'tunnel-test-'): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  onTestFinished(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+export interface ServerHandle {
+  proc: CliProcess;
+  port: number;
+  adminPort: number | undefined;
+  dataDir: string;
+  caFile: string;
+  url: string;
+}
+
+/** Starts `tunnel-server start` and waits until it listens. */
+export async function startServer(
+  options: { dataDir?: string; port?: number; args?: string[]; env?: Record<string, string> } = {},
+): Promise<ServerHandle> {
+  const dataDir = options.dataDir ?? (await tempDir('tunnel-server-'));
+  const proc = startCli(
+    'tunnel-server',
+    SERVER_BIN,
+    [
+      'start',
+      '--listen',
+      `127.0.0.1:${options.port ?? 0}`,
+      '--admin-listen',
+      '127.0.0.1:0',
+      '--data-dir',
+      dataDir,
+      '--log-level',
+      'debug',
+      '--drain-timeout-ms',
+      '2000',
+      ...(options.args ?? []),
+    ],
+    options.env,
+  );
+  const line = await proc.waitForLog((l) => l.msg === 'tunnel server listening');
+  const port = (line.listen as { port: number }).port;
+  const adminPort = (line.admin as { port: number } | undefined)?.port;
+  return {
+    proc,
+    port,
+    adminPort,
+    dataDir,
+    caFile: join(dataDir, 'ca.crt'),
+    url: `wss://127.0.0.1:${port}/connect`,
+  };
+}
+
+/** Mints a token with the real CLI (`tunnel-server token create`). */
+export async function createToken(dataDir: string, cluster: string, ttl = '1h'): Promise<string> {
+  const { stdout } = await execFileAsync(process.execPath, [
+    SERVER_BIN,
+    'token',
+    'create',
+    '--cluster',
+    cluster,
+    '--ttl',
+    ttl,
+    '--data-dir',
+    dataDir,
+  ]);
+  return stdout.trim();
+}
+
+export async function writeTokenFile(dir: string, token: string, name = 'agent.token'): Promise<string> {
+  const file = join(dir, name);
+  await writeFile(file, `${token}\n`, { mode: 0o600 });
+  return file;
+}
+
+export interface AgentOptions {
+  server: ServerHandle;
+  tokenFile: string;
+  routes: string[];
+  agentId?: string;
+  env?: Record<string, string>;
+  args?: string[];
+}
+
+/** Starts `tunnel-client` against a server; resolves once it has registered. */
+export async function startAgent(o: AgentOptions, waitRegistered = true): Promise<CliProcess> {
+  const args = [
+    '--server',
+    o.server.url,
+    '--ca-file',
+    o.server.caFile,
+    '--token-file',
+    o.tokenFile,
+    '--health-listen',
+    'off',
+    '--log-level',
+    'debug',
+    '--backoff-initial-ms',
+    '100',
+    '--backoff-max-ms',
+    '1000',
+    '--auth-retry-ms',
+    '1000',
+    '--drain-timeout-ms',
+    '2000',
+    ...(o.agentId ? ['--agent-id', o.agentId] : []),
+    ...o.routes.flatMap((r) => ['--route', r]),
+    ...(o.args ?? []),
+  ];
+  const proc = startCli(`tunnel-client ${o.agentId ?? ''}`.trim(), CLIENT_BIN, args, o.env);
+  if (waitRegistered) await proc.waitForLog((l) => l.msg === 'agent registered');
+  return proc;
+}
+
+/** Prints a kubeconfig with the real CLI (`tunnel-server kubeconfig`). */
+export async function tunnelKubeconfig(
+  dir: string,
+  o: { cluster: string; port: number; caPem: string; certPem?: string; keyPem?: string; token?: string },
+): Promise<string> {
+  const caFile = join(dir, `${o.cluster}-apiserver-ca.pem`);
+  await writeFile(caFile, o.caPem);
+  const args = [
+    SERVER_BIN,
+    'kubeconfig',
+    '--cluster',
+    o.cluster,
+    '--ca-file',
+    caFile,
+    '--server-url',
+    `https://127.0.0.1:${o.port}`,
+  ];
+  if (o.certPem && o.keyPem) {
+    await writeFile(join(dir, `${o.cluster}-client.crt`), o.certPem);
+    await writeFile(join(dir, `${o.cluster}-client.key`), o.keyPem, { mode: 0o600 });
+    args.push(
+      '--client-cert',
+      join(dir, `${o.cluster}-client.crt`),
+      '--client-key',
+      join(dir, `${o.cluster}-client.key`),
+    );
+  }
+  if (o.token) args.push('--token', o.token);
+  const { stdout } = await execFileAsync(process.execPath, args);
+  const file = join(dir, `${o.cluster}.kubeconfig`);
+  await writeFile(file, stdout, { mode: 0o600 });
+  return file;
+}
+
+export async function readText(path: string): Promise<string> {
+  return readFile(path, 'utf8');
+}

@@ -53,7 +53,8 @@ class RecordingSink implements FrameSink {
   onDataEnd(header: FrameHeader): void {
     const open = this.open;
     if (open?.header !== header) throw new Error('onDataEnd outside its Data frame');
-    if (open.bytes !== header.length) throw new Error(`payload of ${open.bytes} bytes, header said ${header.length}`);
+    if (open.bytes !== header.length)
+      throw new Error(`payload of ${open.bytes} bytes, header said ${header.length}`);
     this.frames.push({ header, payload: Buffer.concat(open.pieces, open.bytes) });
     this.open = undefined;
   }
@@ -82,13 +83,14 @@ function sameHeader(a: FrameHeader, b: FrameHeader): boolean {
   );
 }
 
-/** The first difference between two frame sequences, or undefined; cheap enough to call thousands of times. */
+/** The first difference between two frame sequences, or undefined; cheap enough for thousands of calls. */
 function difference(expected: readonly DecodedFrame[], actual: readonly DecodedFrame[]): string | undefined {
   if (expected.length !== actual.length) return `${actual.length} frames, expected ${expected.length}`;
   for (let i = 0; i < expected.length; i++) {
     const e = expected[i]!;
     const a = actual[i]!;
-    if (!sameHeader(e.header, a.header)) return `frame ${i}: header ${JSON.stringify(a.header)}, expected ${JSON.stringify(e.header)}`;
+    if (!sameHeader(e.header, a.header))
+      return `frame ${i}: header ${JSON.stringify(a.header)}, expected ${JSON.stringify(e.header)}`;
     if (!e.payload.equals(a.payload)) return `frame ${i}: payload differs`;
   }
   return undefined;
@@ -105,10 +107,7 @@ function frameBoundaries(frames: readonly DecodedFrame[]): Set<number> {
   return boundaries;
 }
 
-/**
- * Everything `stream` yields until 'end', read in flowing mode ('data' events). Not `for await`:
- * that path trips the window-update bug pinned by the BUG test at the end of this file.
- */
+/** Everything `stream` yields until 'end', read in flowing mode ('data' events). */
 function readAll(stream: Duplex): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -158,8 +157,8 @@ function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise
 
 /**
  * Runs a client and a server session over the in-memory pipe and returns every byte the client
- * wrote: several streams with data both ways, window updates (the client reads 400 KiB, more than one window), FIN,
- * RST, pings in both directions (SYN and ACK) and the closing GoAway.
+ * wrote: several streams with data both ways, window updates (the client reads 400 KiB, more
+ * than one window), FIN, RST, pings in both directions (SYN and ACK) and the closing GoAway.
  */
 async function recordClientBytes(): Promise<Buffer> {
   const { a, b } = pipePair();
@@ -179,7 +178,9 @@ async function recordClientBytes(): Promise<Buffer> {
       stream.write(chunk);
     });
     // Enough back on the first stream that the client's reads must grant window.
-    stream.on('end', () => stream.end(stream.id === 1 ? Buffer.alloc(400 * KiB, 7) : Buffer.from(`${received}`)));
+    stream.on('end', () =>
+      stream.end(stream.id === 1 ? Buffer.alloc(400 * KiB, 7) : Buffer.from(`${received}`)),
+    );
   });
 
   const first = client.open();
@@ -234,7 +235,8 @@ describe('frame decoder on a recorded session', () => {
       // Between the pieces the decoder knows whether it stopped inside a frame.
       if (decoder.atBoundary !== boundaries.has(offset)) failures.push(`offset ${offset}: atBoundary wrong`);
       decoder.push(recording.subarray(offset));
-      const diff = difference(frames, sink.frames) ?? (decoder.atBoundary ? undefined : 'not at a boundary at the end');
+      const diff =
+        difference(frames, sink.frames) ?? (decoder.atBoundary ? undefined : 'not at a boundary at the end');
       if (diff) failures.push(`offset ${offset}: ${diff}`);
       if (failures.length >= 5) break;
     }
@@ -353,18 +355,15 @@ describe('yamux session over a randomly re-chunking pipe', () => {
         for (const session of [client, server]) {
           session.on('close', (err?: Error) => failed(err ?? new Error('a session closed early')));
         }
+        function finished(stream: YamuxStream, payload: Buffer): void {
+          received.set(stream.id, { bytes: payload.length, sha256: sha256(payload) });
+          stream.end();
+          if (received.size === sizes.length) allReceived();
+        }
+        // Half the streams are read in flowing mode, half with `for await` (paused mode).
         server.on('stream', (stream: YamuxStream) => {
-          const hash = createHash('sha256');
-          let bytes = 0;
-          stream.on('data', (chunk: Buffer) => {
-            hash.update(chunk);
-            bytes += chunk.length;
-          });
-          stream.on('end', () => {
-            received.set(stream.id, { bytes, sha256: hash.digest('hex') });
-            stream.end();
-            if (received.size === sizes.length) allReceived();
-          });
+          const read = stream.id % 4 === 1 ? readAll(stream) : readAllPaused(stream);
+          read.then((payload) => finished(stream, payload), failed);
         });
         try {
           // Each stream's payload goes out in 1-4 writes; the writes of all streams are shuffled
@@ -414,14 +413,13 @@ describe('yamux session over a randomly re-chunking pipe', () => {
 
 describe('regressions found while recording', () => {
   /**
-   * BUG window-update-before-read (packages/protocol/src/stream.ts, `_read`): Node calls `_read`
-   * from inside `read()` *before* it removes the bytes it is about to return, so
-   * `maybeSendWindowUpdate` sees them as still unread and grants nothing. Node then calls `_read`
-   * again only after the next `push`, which never comes: the sender waits for window forever.
-   * Any paused-mode reader (`for await`, `pipeline`, 'readable' + `read()`) that lets a whole
-   * window (256 KiB) pile up stalls the stream. Flowing-mode readers ('data') are unaffected.
+   * Regression window-update-before-read (stream.ts): Node calls `_read` from inside `read()`
+   * *before* it removes the bytes it returns, so a window update computed there saw them as still
+   * unread and granted nothing; Node calls `_read` again only after the next push, which a sender
+   * without window never makes. A paused-mode reader (`for await`, `pipeline`, 'readable' +
+   * `read()`) that let a whole window pile up stalled for ever. Flowing readers were unaffected.
    */
-  it('BUG window-update-before-read: a for-await reader receives a reply larger than one window', async () => {
+  it('regression window-update-before-read: a for-await reader receives a reply larger than one window', async () => {
     const { a, b } = pipePair();
     onTestFinished(() => {
       a.destroy();

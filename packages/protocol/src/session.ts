@@ -291,6 +291,8 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
 
   streamGone(stream: YamuxStream): void {
     if (this.streams.get(stream.id) === stream) this.streams.delete(stream.id);
+    // A queued stream the peer reset frees its backlog slot.
+    if (this.backlog.length > 0) this.backlog = this.backlog.filter((s) => s !== stream);
     this.maybeFinishClose();
   }
 

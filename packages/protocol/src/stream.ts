@@ -79,11 +79,13 @@ export class YamuxStream extends Duplex {
     if (header.length > 0 && this.remoteFin) {
       throw new TunnelError('TUN_ERR_PROTOCOL', `stream ${this.id}: data after FIN`);
     }
-    this.recvWindow -= header.length;
   }
 
   /** @internal */
   onData(payload: Buffer): void {
+    // Window is spent per piece as it arrives, not per header: bytes still in flight must not
+    // count as read, or a window update would grant room that is not free.
+    this.recvWindow -= payload.length;
     if (this.state === StreamState.Gone) return;
     this.push(payload);
     // A flowing consumer took the bytes at once (readableLength did not grow): room to grant.
@@ -188,8 +190,10 @@ export class YamuxStream extends Duplex {
   private sendOpen(): void {
     // A SYN (or ACK) travels on a WindowUpdate that also grants any window above the spec's 256 KiB.
     const delta = this.targetWindow - INITIAL_STREAM_WINDOW_BYTES;
+    const flag = this.takeOpenFlag();
+    if (flag === 0 && delta === 0) return; // the flag already left on an earlier frame
     this.recvWindow += delta;
-    this.host.sendFrame(FrameType.WindowUpdate, this.takeOpenFlag(), this.id, delta);
+    this.host.sendFrame(FrameType.WindowUpdate, flag, this.id, delta);
   }
 
   private accept(): void {

@@ -1,0 +1,173 @@
+/**
+ * Agent credentials at the public port: a refused agent gets an HTTP status and a coded reason
+ * before any WebSocket exists, and a token binds its agent to its own cluster's hostnames.
+ */
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { decodeJwt } from 'jose';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { WebSocket } from 'ws';
+import {
+  CONTROL_PROTOCOL_VERSION,
+  ControlChannel,
+  YamuxSession,
+  createWebSocketDuplex,
+} from '../../packages/protocol/src/index.js';
+import { createToken as signToken, generateSigningKeyPair } from '../../packages/server/src/token-issuer.js';
+import { createToken, startAgent, startServer, tempDir, writeTokenFile, type ServerHandle } from '../helpers/tunnel.js';
+
+interface Refusal {
+  status: number;
+  body: { code: string; message: string };
+}
+
+/** Dials /connect like an agent; resolves with the refusal, or with the open socket. */
+async function dial(server: ServerHandle, token?: string): Promise<Refusal | WebSocket> {
+  const ca = await readFile(server.caFile, 'utf8');
+  const ws = new WebSocket(server.url, {
+    ca,
+    headers: token === undefined ? {} : { Authorization: `Bearer ${token}` },
+  });
+  onTestFinished(() => ws.terminate());
+  return new Promise((resolve, reject) => {
+    ws.once('open', () => resolve(ws));
+    ws.once('error', reject);
+    ws.once('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(body) as Refusal['body'] }));
+    });
+  });
+}
+
+async function refusal(server: ServerHandle, token?: string): Promise<Refusal> {
+  const result = await dial(server, token);
+  if (result instanceof WebSocket) throw new Error('the server accepted the agent');
+  return result;
+}
+
+async function signingKey(server: ServerHandle): Promise<string> {
+  return readFile(join(server.dataDir, 'token-signing.key'), 'utf8');
+}
+
+describe('agent authentication on the WebSocket upgrade', () => {
+  it('refuses a missing token with 401 TUN_ERR_AUTH_REQUIRED', async () => {
+    const server = await startServer();
+    const r = await refusal(server);
+    expect(r.status).toBe(401);
+    expect(r.body.code).toBe('TUN_ERR_AUTH_REQUIRED');
+    const line = await server.proc.waitForLog((l) => l.msg === 'agent refused');
+    expect(line.code).toBe('TUN_ERR_AUTH_REQUIRED');
+  });
+
+  it('refuses an expired token with 401 TUN_ERR_TOKEN_EXPIRED', async () => {
+    const server = await startServer();
+    const expired = await signToken({
+      privateKeyPem: await signingKey(server),
+      clusterId: 'u1',
+      ttlMs: 60_000,
+      now: () => Date.now() - 3_600_000,
+    });
+    const r = await refusal(server, expired);
+    expect(r.status).toBe(401);
+    expect(r.body.code).toBe('TUN_ERR_TOKEN_EXPIRED');
+  });
+
+  it('refuses forged tokens: a foreign key and a tampered payload', async () => {
+    const server = await startServer();
+    const foreignDir = await tempDir();
+    const foreign = await generateSigningKeyPair(foreignDir);
+    const byForeignKey = await signToken({ privateKeyPem: foreign.privateKeyPem, clusterId: 'u1', ttlMs: 60_000 });
+    expect((await refusal(server, byForeignKey)).body.code).toBe('TUN_ERR_UNKNOWN_KEY');
+
+    const genuine = await createToken(server.dataDir, 'u1');
+    const [h, , s] = genuine.split('.');
+    const payload = { ...decodeJwt(genuine), cluster: 'victim', sub: 'cluster:victim' };
+    const tampered = `${h}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}.${s}`;
+    const r = await refusal(server, tampered);
+    expect(r.status).toBe(401);
+    expect(r.body.code).toBe('TUN_ERR_TOKEN_INVALID');
+  });
+
+  it('refuses a revoked token with 403 TUN_ERR_TOKEN_REVOKED, noticing the file change while running', async () => {
+    const dir = await tempDir();
+    const revokedFile = join(dir, 'revoked');
+    await writeFile(revokedFile, '# revoked token ids\n');
+    const server = await startServer({ args: ['--revoked-file', revokedFile] });
+    const token = await createToken(server.dataDir, 'u1');
+    const accepted = await dial(server, token);
+    expect(accepted).toBeInstanceOf(WebSocket);
+    (accepted as WebSocket).terminate();
+    await writeFile(revokedFile, `# revoked token ids\n${decodeJwt(token).jti}\n`);
+    let r: Refusal | WebSocket = accepted;
+    for (let i = 0; i < 40 && r instanceof WebSocket; i++) {
+      await new Promise((res) => setTimeout(res, 100));
+      r = await dial(server, token);
+      if (r instanceof WebSocket) r.terminate();
+    }
+    expect(r).not.toBeInstanceOf(WebSocket);
+    expect((r as Refusal).status).toBe(403);
+    expect((r as Refusal).body.code).toBe('TUN_ERR_TOKEN_REVOKED');
+  });
+
+  it('the real agent logs a refused token as an operator error and keeps retrying slowly', async () => {
+    const server = await startServer();
+    const dir = await tempDir();
+    const expired = await signToken({
+      privateKeyPem: await signingKey(server),
+      clusterId: 'u1',
+      ttlMs: 60_000,
+      now: () => Date.now() - 3_600_000,
+    });
+    const agent = await startAgent(
+      { server, tokenFile: await writeTokenFile(dir, expired), routes: ['apiserver=127.0.0.1:1'] },
+      false,
+    );
+    const first = await agent.waitForLog((l) => l.msg === 'agent credentials refused');
+    expect(first.code).toBe('TUN_ERR_TOKEN_EXPIRED');
+    expect(first.level).toBe(50); // error: an operator must act
+    // It tries again (auth retry is 1 s in tests) and stays alive: no crash loop.
+    await agent.waitForLog((l) => l.msg === 'agent credentials refused', 10_000, agent.logs.indexOf(first) + 1);
+    expect(agent.child.exitCode).toBeNull();
+    expect(JSON.stringify(agent.logs)).not.toContain(expired);
+  });
+});
+
+describe('route ownership', () => {
+  it("refuses cluster a's agent that claims cluster-b with TUN_ERR_ROUTE_FORBIDDEN", async () => {
+    const server = await startServer();
+    const ws = await dial(server, await createToken(server.dataDir, 'a'));
+    if (!(ws instanceof WebSocket)) throw new Error(`refused: ${ws.body.code}`);
+    const session = new YamuxSession(createWebSocketDuplex(ws), { role: 'client', keepaliveIntervalMs: 0 });
+    onTestFinished(() => session.destroy());
+    const control = new ControlChannel(session.open());
+    const claim = (routes: string[]) => {
+      control.send({ type: 'register', protocolVersion: CONTROL_PROTOCOL_VERSION, agentId: 'rogue', agentVersion: 't', routes });
+      return control.next(5_000);
+    };
+    const answer = await claim(['cluster-a', 'cluster-b']);
+    expect(answer).toMatchObject({ type: 'error', code: 'TUN_ERR_ROUTE_FORBIDDEN' });
+    const line = await server.proc.waitForLog((l) => l.msg === 'agent registration failed');
+    expect(line.code).toBe('TUN_ERR_ROUTE_FORBIDDEN');
+  });
+
+  it('accepts an agent that claims its own apiserver and named routes', async () => {
+    const server = await startServer();
+    const ws = await dial(server, await createToken(server.dataDir, 'a'));
+    if (!(ws instanceof WebSocket)) throw new Error(`refused: ${ws.body.code}`);
+    const session = new YamuxSession(createWebSocketDuplex(ws), { role: 'client', keepaliveIntervalMs: 0 });
+    onTestFinished(() => session.destroy());
+    const control = new ControlChannel(session.open());
+    control.send({
+      type: 'register',
+      protocolVersion: CONTROL_PROTOCOL_VERSION,
+      agentId: 'good',
+      agentVersion: 't',
+      routes: ['cluster-a', 'cluster-a-dashboard'],
+    });
+    expect(await control.next(5_000)).toMatchObject({
+      type: 'registered',
+      hostnames: ['cluster-a.proxy.localhost', 'cluster-a-dashboard.proxy.localhost'],
+    });
+  });
+});

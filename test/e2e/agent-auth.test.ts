@@ -14,7 +14,14 @@ import {
   createWebSocketDuplex,
 } from '../../packages/protocol/src/index.js';
 import { createToken as signToken, generateSigningKeyPair } from '../../packages/server/src/token-issuer.js';
-import { createToken, startAgent, startServer, tempDir, writeTokenFile, type ServerHandle } from '../helpers/tunnel.js';
+import {
+  createToken,
+  startAgent,
+  startServer,
+  tempDir,
+  writeTokenFile,
+  type ServerHandle,
+} from '../helpers/tunnel.js';
 
 interface Refusal {
   status: number;
@@ -35,7 +42,9 @@ async function dial(server: ServerHandle, token?: string): Promise<Refusal | Web
     ws.once('unexpected-response', (_req, res) => {
       let body = '';
       res.on('data', (c: Buffer) => (body += c.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(body) as Refusal['body'] }));
+      res.on('end', () =>
+        resolve({ status: res.statusCode ?? 0, body: JSON.parse(body) as Refusal['body'] }),
+      );
     });
   });
 }
@@ -77,7 +86,11 @@ describe('agent authentication on the WebSocket upgrade', () => {
     const server = await startServer();
     const foreignDir = await tempDir();
     const foreign = await generateSigningKeyPair(foreignDir);
-    const byForeignKey = await signToken({ privateKeyPem: foreign.privateKeyPem, clusterId: 'u1', ttlMs: 60_000 });
+    const byForeignKey = await signToken({
+      privateKeyPem: foreign.privateKeyPem,
+      clusterId: 'u1',
+      ttlMs: 60_000,
+    });
     expect((await refusal(server, byForeignKey)).body.code).toBe('TUN_ERR_UNKNOWN_KEY');
 
     const genuine = await createToken(server.dataDir, 'u1');
@@ -127,7 +140,11 @@ describe('agent authentication on the WebSocket upgrade', () => {
     expect(first.code).toBe('TUN_ERR_TOKEN_EXPIRED');
     expect(first.level).toBe(50); // error: an operator must act
     // It tries again (auth retry is 1 s in tests) and stays alive: no crash loop.
-    await agent.waitForLog((l) => l.msg === 'agent credentials refused', 10_000, agent.logs.indexOf(first) + 1);
+    await agent.waitForLog(
+      (l) => l.msg === 'agent credentials refused',
+      10_000,
+      agent.logs.indexOf(first) + 1,
+    );
     expect(agent.child.exitCode).toBeNull();
     expect(JSON.stringify(agent.logs)).not.toContain(expired);
   });
@@ -142,7 +159,13 @@ describe('route ownership', () => {
     onTestFinished(() => session.destroy());
     const control = new ControlChannel(session.open());
     const claim = (routes: string[]) => {
-      control.send({ type: 'register', protocolVersion: CONTROL_PROTOCOL_VERSION, agentId: 'rogue', agentVersion: 't', routes });
+      control.send({
+        type: 'register',
+        protocolVersion: CONTROL_PROTOCOL_VERSION,
+        agentId: 'rogue',
+        agentVersion: 't',
+        routes,
+      });
       return control.next(5_000);
     };
     const answer = await claim(['cluster-a', 'cluster-b']);

@@ -6,54 +6,10 @@
  */
 import { createHash } from 'node:crypto';
 import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { startFakeApiServer, type FakeApiServer } from '../helpers/fake-apiserver.js';
 import { findKubectl, runKubectl, spawnKubectl } from '../helpers/kubectl.js';
-import {
-  createToken,
-  startAgent,
-  startServer,
-  tempDir,
-  tunnelKubeconfig,
-  writeTokenFile,
-  type CliProcess,
-  type ServerHandle,
-} from '../helpers/tunnel.js';
+import { setupClusterTunnel } from '../helpers/cluster-tunnel.js';
 
 const TIMEOUT_MS = 20_000;
-
-interface Tunnel {
-  server: ServerHandle;
-  agent: CliProcess;
-  api: FakeApiServer;
-  kubeconfig: string;
-  dir: string;
-}
-
-/** A fake API server for cluster `uid`, a tunnel server, an agent of that cluster and a kubeconfig. */
-export async function setupTunnel(uid = 'u1', server?: ServerHandle): Promise<Tunnel> {
-  const dir = await tempDir();
-  const api = await startFakeApiServer({ hostnames: [`cluster-${uid}.proxy.localhost`] });
-  onTestFinished(() => api.close());
-  api.addPod({ name: `${uid}-web-1` });
-  api.addPod({ name: `${uid}-web-2` });
-  const srv = server ?? (await startServer());
-  const tokenFile = await writeTokenFile(dir, await createToken(srv.dataDir, uid), `${uid}.token`);
-  const agent = await startAgent({
-    server: srv,
-    tokenFile,
-    routes: [`apiserver=127.0.0.1:${api.port}`],
-    agentId: `agent-${uid}`,
-  });
-  const alice = await api.issueClientCert(`alice-${uid}`, ['system:masters']);
-  const kubeconfig = await tunnelKubeconfig(dir, {
-    cluster: uid,
-    port: srv.port,
-    caPem: api.caCertPem,
-    certPem: alice.certPem,
-    keyPem: alice.keyPem,
-  });
-  return { server: srv, agent, api, kubeconfig, dir };
-}
 
 beforeAll(() => {
   findKubectl(); // fails loudly when kubectl is missing
@@ -61,7 +17,7 @@ beforeAll(() => {
 
 describe('kubectl through a passthrough route', () => {
   it('lists pods, and the API server sees the kubeconfig client certificate (TLS end to end)', async () => {
-    const t = await setupTunnel();
+    const t = await setupClusterTunnel();
     const result = await runKubectl(['get', 'pods', '-o', 'name'], {
       kubeconfig: t.kubeconfig,
       timeoutMs: TIMEOUT_MS,
@@ -78,7 +34,7 @@ describe('kubectl through a passthrough route', () => {
   });
 
   it('streams a watch: pods added while kubectl watches appear', async () => {
-    const t = await setupTunnel();
+    const t = await setupClusterTunnel();
     const watch = spawnKubectl(['get', 'pods', '--watch', '-o', 'name'], { kubeconfig: t.kubeconfig });
     onTestFinished(() => watch.kill());
     await watch.waitForOutput(/u1-web-2/, TIMEOUT_MS);
@@ -87,7 +43,7 @@ describe('kubectl through a passthrough route', () => {
   });
 
   it('follows logs as lines are appended', async () => {
-    const t = await setupTunnel();
+    const t = await setupClusterTunnel();
     t.api.setLog('u1-web-1', ['first line']);
     const logs = spawnKubectl(['logs', '-f', 'u1-web-1'], { kubeconfig: t.kubeconfig });
     onTestFinished(() => logs.kill());
@@ -97,7 +53,7 @@ describe('kubectl through a passthrough route', () => {
   });
 
   it('execs with stdin echoed back over the WebSocket exec protocol', async () => {
-    const t = await setupTunnel();
+    const t = await setupClusterTunnel();
     const input = Buffer.alloc(300_000, 'tunnel-exec ').toString();
     const result = await runKubectl(['exec', '-i', 'u1-web-1', '--', 'cat'], {
       kubeconfig: t.kubeconfig,
@@ -110,7 +66,7 @@ describe('kubectl through a passthrough route', () => {
   });
 
   it('returns an 8 MiB object byte-identical', async () => {
-    const t = await setupTunnel();
+    const t = await setupClusterTunnel();
     const big = t.api.bigObject(8 * 1024 * 1024);
     const result = await runKubectl(['get', '--raw', big.path], {
       kubeconfig: t.kubeconfig,

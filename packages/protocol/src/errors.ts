@@ -24,10 +24,6 @@ export const ERROR_CODES = {
   TUN_ERR_TRANSPORT_CLOSED: { retryable: true, summary: 'the underlying connection ended or failed' },
   TUN_ERR_TIMEOUT: { retryable: true, summary: 'the peer did not answer within the deadline' },
   TUN_ERR_STREAM_RESET: { retryable: true, summary: 'the peer reset the stream (RST)' },
-  TUN_ERR_STREAM_REFUSED: {
-    retryable: true,
-    summary: 'the peer refused a new stream (accept backlog full or too many streams)',
-  },
   TUN_ERR_STREAMS_EXHAUSTED: { retryable: true, summary: 'no stream ids are left on this session' },
   TUN_ERR_BAD_CONTROL_MESSAGE: { retryable: false, summary: 'a control message was malformed or unexpected' },
   TUN_ERR_BAD_STREAM_HEADER: { retryable: false, summary: 'a stream header was malformed or too long' },

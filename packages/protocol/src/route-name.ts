@@ -37,5 +37,7 @@ export function clusterOfLabel(label: string): string | undefined {
   const clusterId = dash === -1 ? rest : rest.slice(0, dash);
   const routeName = dash === -1 ? API_SERVER_ROUTE : rest.slice(dash + 1);
   if (!isValidClusterId(clusterId) || !ROUTE_NAME_PATTERN.test(routeName)) return undefined;
+  // `cluster-<uid>-apiserver` is never published: the API server is the bare label.
+  if (dash !== -1 && routeName === API_SERVER_ROUTE) return undefined;
   return clusterId;
 }

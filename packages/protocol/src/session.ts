@@ -374,7 +374,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     }
     const stream = new YamuxStream(this, header.streamId, false, this.options.initialWindowBytes);
     this.streams.set(header.streamId, stream);
-    if (listening) this.emit('stream', stream);
+    if (listening) this.deliver(stream);
     else this.backlog.push(stream);
     return stream;
   }
@@ -386,10 +386,15 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
       const queued = this.backlog;
       this.backlog = [];
       for (const stream of queued) {
-        if (!stream.destroyed) this.emit('stream', stream);
+        if (!stream.destroyed) this.deliver(stream);
       }
     });
   };
+
+  private deliver(stream: YamuxStream): void {
+    stream.markDelivered();
+    this.emit('stream', stream);
+  }
 
   private badStreamId(header: FrameHeader, why: string): TunnelError {
     return new TunnelError('TUN_ERR_BAD_STREAM_ID', `${why}: ${describeHeader(header)}`);
@@ -418,6 +423,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     this.remoteGoAway = true;
     this.emit('goaway', header.length);
     if (header.length !== GoAwayCode.Normal) {
+      this.localGoAway = true; // the peer is already leaving: no GoAway back
       const what = header.length === GoAwayCode.ProtocolError ? 'a protocol error' : 'an internal error';
       this.destroy(new TunnelError('TUN_ERR_REMOTE_GOAWAY', `peer ended the session with ${what}`));
     }

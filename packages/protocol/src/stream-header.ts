@@ -28,7 +28,7 @@ export type StreamReply = { ok: true } | { ok: false; code: ErrorCode; message: 
 
 export function encodeStreamHeader(header: StreamHeader): Buffer {
   const route = Buffer.from(header.route, 'utf8');
-  const remote = Buffer.from(header.remoteAddress.slice(0, 255), 'utf8');
+  const remote = Buffer.from(header.remoteAddress, 'utf8').subarray(0, 255);
   if (route.length === 0 || route.length > 255) {
     throw new TunnelError('TUN_ERR_BAD_STREAM_HEADER', 'route label must be 1-255 bytes');
   }

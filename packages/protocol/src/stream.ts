@@ -36,6 +36,7 @@ export class YamuxStream extends Duplex {
   /** Flags still owed to the peer on our next frame (SYN for outbound, ACK for inbound). */
   private pendingOpenFlag: number;
   private accepted: boolean;
+  private delivered: boolean;
   private sendWindow = INITIAL_STREAM_WINDOW_BYTES;
   private recvWindow = INITIAL_STREAM_WINDOW_BYTES;
   /** The receive window we aim to keep open; grows with measured RTT (auto-tuning). */
@@ -58,6 +59,7 @@ export class YamuxStream extends Duplex {
     this.targetWindow = initialWindowBytes;
     this.epochStartMs = host.now();
     this.accepted = outbound;
+    this.delivered = outbound;
     this.pendingOpenFlag = outbound ? Flag.SYN : Flag.ACK;
     if (outbound) this.sendOpen();
   }
@@ -189,15 +191,22 @@ export class YamuxStream extends Duplex {
 
   private sendOpen(): void {
     // A SYN (or ACK) travels on a WindowUpdate that also grants any window above the spec's 256 KiB.
-    const delta = this.targetWindow - INITIAL_STREAM_WINDOW_BYTES;
-    const flag = this.takeOpenFlag();
-    if (flag === 0 && delta === 0) return; // the flag already left on an earlier frame
+    const delta = Math.max(0, this.targetWindow - this.readableLength - this.recvWindow);
     this.recvWindow += delta;
-    this.host.sendFrame(FrameType.WindowUpdate, flag, this.id, delta);
+    this.host.sendFrame(FrameType.WindowUpdate, this.takeOpenFlag(), this.id, delta);
   }
 
+  /** @internal The session handed this inbound stream to the application ('stream' event). */
+  markDelivered(): void {
+    this.delivered = true;
+  }
+
+  /**
+   * ACK goes out when the application first reads, writes or ends the stream, never for a
+   * stream still waiting in the session's backlog (Node reads ahead as soon as data arrives).
+   */
   private accept(): void {
-    if (this.accepted) return;
+    if (this.accepted || !this.delivered) return;
     this.accepted = true;
     if (this.state === StreamState.Open) this.sendOpen();
   }
@@ -233,7 +242,8 @@ export class YamuxStream extends Duplex {
   }
 
   private maybeSendWindowUpdate(): void {
-    if (this.remoteFin || this.state === StreamState.Gone) return;
+    // Before acceptance the ACK frame carries the first grant; until then the peer has 256 KiB.
+    if (!this.accepted || this.remoteFin || this.state === StreamState.Gone) return;
     const unread = this.readableLength;
     let delta = this.targetWindow - unread - this.recvWindow;
     // Batch updates: one per half window keeps update frames rare without stalling the sender.

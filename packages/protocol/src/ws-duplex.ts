@@ -17,8 +17,6 @@ export interface WebSocketDuplexOptions {
 }
 
 const DEFAULT_HIGH_WATER_MARK_BYTES = 1024 * 1024;
-// A writev batch below this becomes one message: one frame header, one socket write.
-const COALESCE_LIMIT_BYTES = 64 * 1024;
 // Larger chunks are split so no message nears the peer's maxPayload (ws default 100 MiB).
 const MAX_MESSAGE_BYTES = 1024 * 1024;
 // Received bytes held before the socket is paused.
@@ -44,11 +42,7 @@ export function createWebSocketDuplex(ws: WebSocket, opts: WebSocketDuplexOption
       whenReady(cb, () => send(split(chunk), cb));
     },
     writev(chunks: Array<{ chunk: Buffer }>, cb: Callback) {
-      const buffers = chunks.map((c) => c.chunk);
-      let totalBytes = 0;
-      for (const buffer of buffers) totalBytes += buffer.length;
-      const messages =
-        totalBytes < COALESCE_LIMIT_BYTES ? [Buffer.concat(buffers, totalBytes)] : buffers.flatMap(split);
+      const messages = pack(chunks.map((c) => c.chunk));
       whenReady(cb, () => send(messages, cb));
     },
     read() {
@@ -164,6 +158,35 @@ export function createWebSocketDuplex(ws: WebSocket, opts: WebSocketDuplexOption
   if (ws.readyState === ws.CLOSING || ws.readyState === ws.CLOSED)
     duplex.destroy(closedError('the WebSocket is closed'));
   return duplex;
+}
+
+/**
+ * Packs a writev batch into as few messages as fit MAX_MESSAGE_BYTES: a 12-byte yamux header
+ * never travels as a message of its own (each message costs a frame header, a mask and a
+ * callback).
+ */
+function pack(buffers: Buffer[]): Buffer[] {
+  const messages: Buffer[] = [];
+  let group: Buffer[] = [];
+  let groupBytes = 0;
+  const flush = (): void => {
+    if (group.length === 1) messages.push(group[0]!);
+    else if (group.length > 1) messages.push(Buffer.concat(group, groupBytes));
+    group = [];
+    groupBytes = 0;
+  };
+  for (const buffer of buffers) {
+    if (buffer.length > MAX_MESSAGE_BYTES) {
+      flush();
+      messages.push(...split(buffer));
+      continue;
+    }
+    if (groupBytes + buffer.length > MAX_MESSAGE_BYTES) flush();
+    group.push(buffer);
+    groupBytes += buffer.length;
+  }
+  flush();
+  return messages;
 }
 
 function split(chunk: Buffer): Buffer[] {

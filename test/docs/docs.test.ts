@@ -1,0 +1,136 @@
+/**
+ * The documentation's tables are checked against the code's tables: a code, frame type, flag
+ * or message added on one side and not the other fails here.
+ */
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import {
+  CONTROL_MESSAGES,
+  ERROR_CODES,
+  Flag,
+  FrameType,
+  GoAwayCode,
+  STREAM_STATUS,
+  encodeHeader,
+  encodeStreamHeader,
+  encodeStreamReply,
+  type ErrorCode,
+} from '../../packages/protocol/src/index.js';
+
+function readDoc(name: string): string {
+  return readFileSync(new URL(`../../docs/${name}`, import.meta.url), 'utf8');
+}
+
+/** Splits a Markdown table line into trimmed cells; a `|` inside backticks stays in its cell. */
+function cells(line: string): string[] {
+  const out: string[] = [];
+  let cell = '';
+  let inCode = false;
+  for (const ch of line.trim().replace(/^\|/, '').replace(/\|$/, '')) {
+    if (ch === '`') inCode = !inCode;
+    if (ch === '|' && !inCode) {
+      out.push(cell.trim());
+      cell = '';
+    } else {
+      cell += ch;
+    }
+  }
+  out.push(cell.trim());
+  return out;
+}
+
+/** Every row of every table in the page, header rows included, separator rows left out. */
+function tableRows(markdown: string): string[][] {
+  return markdown
+    .split('\n')
+    .filter((line) => line.trimStart().startsWith('|') && !/^\|[\s|:-]+\|$/.test(line.trim()))
+    .map(cells);
+}
+
+const unquote = (cell: string): string => cell.replace(/^`(.*)`$/, '$1');
+
+/** True when some table row has a cell naming `name` and a cell holding one of `values`. */
+function hasRow(rows: string[][], name: string, values: string[]): boolean {
+  return rows.some((row) => {
+    const plain = row.map(unquote);
+    return plain.includes(name) && plain.some((c) => values.includes(c));
+  });
+}
+
+const hex = (buf: Buffer): string => buf.toString('hex').replace(/(..)(?!$)/g, '$1 ');
+
+describe('docs/ERRORS.md', () => {
+  const rows = tableRows(readDoc('ERRORS.md')).filter((row) => /^TUN_ERR_/.test(unquote(row[0] ?? '')));
+  const documented = rows.map((row) => unquote(row[0]!));
+
+  it('has exactly one row for every code in ERROR_CODES', () => {
+    expect([...documented].sort()).toEqual(Object.keys(ERROR_CODES).sort());
+    expect(new Set(documented).size).toBe(documented.length);
+  });
+
+  it('names no code that does not exist', () => {
+    const unknown = documented.filter((code) => !Object.hasOwn(ERROR_CODES, code));
+    expect(unknown).toEqual([]);
+  });
+
+  it('gives every code the retryable default of the table in errors.ts', () => {
+    for (const row of rows) {
+      const code = unquote(row[0]!);
+      if (!Object.hasOwn(ERROR_CODES, code)) continue; // reported by the test above
+      expect(row[1], code).toBe(ERROR_CODES[code as ErrorCode].retryable ? 'yes' : 'no');
+    }
+  });
+
+  it('fills all five columns of every row', () => {
+    for (const row of rows) {
+      expect(row, row[0]).toHaveLength(5);
+      expect(
+        row.every((c) => c.length > 0),
+        row[0],
+      ).toBe(true);
+    }
+  });
+});
+
+describe('docs/PROTOCOL.md', () => {
+  const doc = readDoc('PROTOCOL.md');
+  const rows = tableRows(doc);
+
+  it.each(Object.entries(FrameType))('lists frame type %s with its value %i', (name, value) => {
+    expect(hasRow(rows, name, [String(value), `0x${value.toString(16)}`])).toBe(true);
+  });
+
+  it.each(Object.entries(Flag))('lists flag %s with its value %i', (name, value) => {
+    const h = value.toString(16);
+    expect(hasRow(rows, name, [String(value), `0x${h}`, `0x${h.padStart(4, '0')}`])).toBe(true);
+  });
+
+  it.each(Object.entries(GoAwayCode))('lists GoAway code %s with its value %i', (name, value) => {
+    expect(hasRow(rows, name, [String(value)])).toBe(true);
+  });
+
+  it.each(Object.keys(CONTROL_MESSAGES))('describes the control message %s in a table row', (type) => {
+    expect(rows.some((row) => unquote(row[0] ?? '') === type)).toBe(true);
+  });
+
+  it.each(Object.entries(STREAM_STATUS))('lists stream status %s with its value %i', (name, value) => {
+    expect(hasRow(rows, name, [String(value)])).toBe(true);
+  });
+
+  it('shows byte examples that are what the encoders produce', () => {
+    const dataFrame = Buffer.concat([encodeHeader(FrameType.Data, 0, 1, 5), Buffer.from('hello')]);
+    expect(doc).toContain(hex(dataFrame));
+    expect(doc).toContain(hex(encodeHeader(FrameType.WindowUpdate, Flag.SYN, 1, 0)));
+    expect(doc).toContain(hex(encodeHeader(FrameType.WindowUpdate, Flag.ACK, 2, 128 * 1024)));
+    expect(doc).toContain(hex(encodeHeader(FrameType.Ping, Flag.SYN, 0, 1)));
+    expect(doc).toContain(hex(encodeHeader(FrameType.GoAway, 0, 0, GoAwayCode.Normal)));
+    expect(doc).toContain(hex(encodeStreamHeader({ route: 'cluster-u1', remoteAddress: '203.0.113.9:51234' })));
+    expect(doc).toContain(hex(encodeStreamReply({ ok: true })));
+    const refused = encodeStreamReply({
+      ok: false,
+      code: 'TUN_ERR_UNKNOWN_ROUTE',
+      message: 'no target for cluster-u1-grafana',
+    });
+    expect(doc).toContain(`${hex(refused.subarray(0, 3))} ${refused.subarray(3).toString('utf8')}`);
+  });
+});

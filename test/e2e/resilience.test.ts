@@ -41,7 +41,9 @@ describe('reconnect', () => {
     expect(await t.server.proc.stop()).toBe(0);
     // Same port and data dir (same CA and signing key), as after a pod restart behind a Service.
     const restarted = await startServer({ dataDir: t.server.dataDir, port: t.server.port });
-    onTestFinished(() => restarted.proc.stop());
+    onTestFinished(async () => {
+      await restarted.proc.stop();
+    });
     await t.agent.waitForLog((l) => l.msg === 'agent registered', TIMEOUT_MS, logsBefore);
     expect(await getPods(t.kubeconfig)).toContain('u1-web-1');
   });

@@ -137,7 +137,7 @@ describe('a ClientHello that arrives one byte per TCP segment', () => {
     const t = await setupClusterTunnel();
     const user = await t.api.issueClientCert('slow-user', []);
     const raw = net.connect(t.server.port, '127.0.0.1');
-    onTestFinished(() => raw.destroy());
+    onTestFinished(() => void raw.destroy());
     await new Promise((r) => raw.once('connect', r));
     const secure = tls.connect({
       socket: new DribbleSocket(raw, 2_000),
@@ -146,7 +146,7 @@ describe('a ClientHello that arrives one byte per TCP segment', () => {
       cert: user.certPem,
       key: user.keyPem,
     });
-    onTestFinished(() => secure.destroy());
+    onTestFinished(() => void secure.destroy());
     await new Promise((resolve, reject) => {
       secure.once('secureConnect', resolve);
       secure.once('error', reject);

@@ -207,7 +207,7 @@ const violations: Violation[] = [
     bytes: () => data(1, Flag.SYN, Buffer.alloc(1025, 1)),
   },
   {
-    // One frame, so the header alone decides; the same byte sent as a second frame is the BUG test below.
+    // One frame, so the header alone decides; the same byte sent as a second frame is the regression test below.
     what: 'a Data frame one byte beyond the 256 KiB initial window of a fresh stream',
     code: 'TUN_ERR_WINDOW_EXCEEDED',
     bytes: () => data(1, Flag.SYN, Buffer.alloc(256 * KiB + 1, 2)),

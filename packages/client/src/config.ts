@@ -17,7 +17,8 @@ import {
 } from '@cluster-tunnel/protocol';
 import type { ConfigSchema, HostPort, LogFormat, LogLevel, RouteTarget } from '@cluster-tunnel/protocol';
 
-const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/;
+// At most 128 characters: the `register` control message refuses longer agent ids (control.ts).
+const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
 // Timer keys share their bounds; drainTimeoutMs alone may be 0 (exit without waiting).

@@ -105,6 +105,7 @@ export class ControlChannel extends EventEmitter {
     stream.on('data', this.onData);
     stream.on('close', this.onClose);
     stream.on('error', this.onError);
+    stream.on('end', this.onEnd);
   }
 
   send(message: ControlMessage): void {
@@ -167,6 +168,11 @@ export class ControlChannel extends EventEmitter {
 
   private readonly onError = (): void => {
     // The stream's own failure surfaces as 'close'; the session reports the cause.
+  };
+
+  /** The peer finished its side: a control channel has no use for half-close, so finish ours. */
+  private readonly onEnd = (): void => {
+    this.stream.end();
   };
 
   private readonly onClose = (): void => {

@@ -104,7 +104,8 @@ export function readStreamReply(stream: Readable, timeoutMs: number): Promise<St
 
 /**
  * Reads a prefix off a stream and puts back whatever follows it, so the caller can pipe the
- * rest untouched. Bounded in bytes and time.
+ * rest untouched. Bounded in bytes and time. The stream is left paused: the caller must pipe()
+ * or resume() it (a new 'data' listener alone does not restart an explicitly paused stream).
  */
 function readPrefix<T>(stream: Readable, parse: Parse<T>, maxBytes: number, timeoutMs: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {

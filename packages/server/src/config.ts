@@ -20,7 +20,8 @@ import {
 import type { ConfigSchema, HostPort, LogFormat, LogLevel } from '@cluster-tunnel/protocol';
 
 /** Ids travel in logs, metrics labels and the register reply: keep them to a safe alphabet. */
-const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/;
+// 128 characters at most: the registered control message carries it (control.ts).
+const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 export const SERVER_CONFIG_SCHEMA = {
   configFile: {

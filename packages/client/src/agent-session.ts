@@ -1,0 +1,191 @@
+/**
+ * One agent session: a yamux session (client role) over an open WebSocket to one server
+ * replica. Its first stream is the control stream (register → registered | error), kept open
+ * for the session's life; every stream the server opens afterwards is a user connection.
+ *
+ * Events: 'goaway' (the server is draining: no new streams will come), 'close' (err?) once.
+ */
+import { EventEmitter } from 'node:events';
+import {
+  CONTROL_PROTOCOL_VERSION,
+  ControlChannel,
+  TunnelError,
+  YamuxSession,
+  createWebSocketDuplex,
+} from '@cluster-tunnel/protocol';
+import type { Logger, RegisteredMessage, YamuxStream } from '@cluster-tunnel/protocol';
+import type { WebSocket } from 'ws';
+import { forwardStream } from './forward.js';
+import type { RouteTable } from './route-table.js';
+
+export interface AgentSessionOptions {
+  ws: WebSocket;
+  routes: RouteTable;
+  agentId: string;
+  agentVersion: string;
+  keepaliveIntervalMs: number;
+  keepaliveTimeoutMs: number;
+  /** How long the server may take to answer `register`. */
+  registerTimeoutMs: number;
+  streamHeaderTimeoutMs: number;
+  targetDialTimeoutMs: number;
+  logger: Logger;
+}
+
+export class AgentSession extends EventEmitter {
+  readonly session: YamuxSession;
+  private readonly control: ControlChannel;
+  private readonly options: AgentSessionOptions;
+  private log: Logger;
+  private registration: RegisteredMessage | undefined;
+  private closePromise: Promise<void> | undefined;
+  private activeStreams = 0;
+  /** Set once the session is gone; why, if it failed. */
+  private ended: { err: TunnelError | undefined } | undefined;
+
+  constructor(options: AgentSessionOptions) {
+    super();
+    this.options = options;
+    this.log = options.logger;
+    this.session = new YamuxSession(createWebSocketDuplex(options.ws), {
+      role: 'client',
+      keepaliveIntervalMs: options.keepaliveIntervalMs,
+      keepaliveTimeoutMs: options.keepaliveTimeoutMs,
+    });
+    this.session.on('goaway', this.onGoAway);
+    this.session.once('close', this.onSessionClose);
+    // The first stream we open is the control stream (the server expects it to be id 1).
+    this.control = new ControlChannel(this.session.open());
+    this.control.on('message', this.onLateControlMessage);
+    this.control.on('close', this.onControlClose);
+  }
+
+  get serverId(): string | undefined {
+    return this.registration?.serverId;
+  }
+
+  get hostnames(): readonly string[] {
+    return this.registration?.hostnames ?? [];
+  }
+
+  /** Registered, and neither side has said GoAway: the server may route new streams here. */
+  get isServing(): boolean {
+    return this.registration !== undefined && this.ended === undefined && !this.session.isGoingAway;
+  }
+
+  /** Either side sent GoAway: no new streams on this session. */
+  get isGoingAway(): boolean {
+    return this.session.isGoingAway;
+  }
+
+  get streams(): number {
+    return this.activeStreams;
+  }
+
+  /**
+   * Sends `register` and waits for the answer. Rejects with the server's coded error (e.g.
+   * TUN_ERR_ROUTE_FORBIDDEN, TUN_ERR_UNSUPPORTED_VERSION), a timeout, or the session's failure.
+   */
+  async register(): Promise<RegisteredMessage> {
+    const { routes, agentId, agentVersion, registerTimeoutMs } = this.options;
+    const answer = this.control.next(registerTimeoutMs);
+    this.control.send({
+      type: 'register',
+      protocolVersion: CONTROL_PROTOCOL_VERSION,
+      agentId,
+      agentVersion,
+      routes: routes.labels,
+    });
+    let message;
+    try {
+      message = await answer;
+    } catch (err) {
+      // The control stream closed because the session died: report the session's reason.
+      throw this.ended?.err ?? err;
+    }
+    if (message.type === 'error') {
+      throw new TunnelError(message.code, `the server refused the registration: ${message.message}`, {
+        details: { serverCode: message.code },
+      });
+    }
+    if (message.type !== 'registered') {
+      throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', `expected registered, got ${message.type}`);
+    }
+    this.registration = message;
+    this.log = this.log.child({ serverId: message.serverId });
+    this.session.on('stream', this.onStream);
+    return message;
+  }
+
+  /** Resolves when the session has ended, with its failure (undefined after a clean close). */
+  whenClosed(): Promise<TunnelError | undefined> {
+    if (this.ended) return Promise.resolve(this.ended.err);
+    return new Promise((resolve) => this.once('close', resolve));
+  }
+
+  /**
+   * Graceful: GoAway, end the control stream, let user streams finish; after `deadlineMs` the
+   * rest are reset. Idempotent; resolves when the session has closed.
+   */
+  close(deadlineMs: number): Promise<void> {
+    this.closePromise ??= (async () => {
+      if (this.ended) return;
+      this.control.close();
+      const timer = setTimeout(() => {
+        if (this.activeStreams > 0) this.log.warn({ streams: this.activeStreams }, 'drain deadline passed');
+        this.session.destroy();
+      }, deadlineMs);
+      try {
+        await Promise.all([this.session.close(), this.whenClosed()]);
+      } finally {
+        clearTimeout(timer);
+      }
+    })();
+    return this.closePromise;
+  }
+
+  destroy(err?: TunnelError): void {
+    this.session.destroy(err);
+  }
+
+  private readonly onStream = (stream: YamuxStream): void => {
+    this.activeStreams += 1;
+    void forwardStream(stream, {
+      routes: this.options.routes,
+      logger: this.log,
+      headerTimeoutMs: this.options.streamHeaderTimeoutMs,
+      dialTimeoutMs: this.options.targetDialTimeoutMs,
+    }).finally(() => {
+      this.activeStreams -= 1;
+    });
+  };
+
+  private readonly onGoAway = (code: number): void => {
+    this.log.info({ goAwayCode: code }, 'server sent goaway');
+    this.emit('goaway', code);
+  };
+
+  private readonly onLateControlMessage = (message: { type: string; code?: string }): void => {
+    // Before registration the answer is taken by next(); later messages are only logged.
+    if (this.registration === undefined) return;
+    if (message.type === 'error') this.log.warn({ code: message.code }, 'server reported a control error');
+    else this.log.debug({ type: message.type }, 'unexpected control message');
+  };
+
+  private readonly onControlClose = (): void => {
+    // The control stream lives as long as the session; a server that ends it is dropping us.
+    if (this.ended || this.closePromise || this.session.isGoingAway) return;
+    if (this.registration === undefined) return; // register() reports it
+    this.log.warn('server closed the control stream');
+    this.session.destroy(new TunnelError('TUN_ERR_SESSION_CLOSED', 'the server closed the control stream'));
+  };
+
+  private readonly onSessionClose = (err: TunnelError | undefined): void => {
+    this.ended = { err };
+    this.session.off('goaway', this.onGoAway);
+    this.session.off('stream', this.onStream);
+    this.control.off('message', this.onLateControlMessage);
+    this.control.off('close', this.onControlClose);
+    this.emit('close', err);
+  };
+}

@@ -1,0 +1,220 @@
+/**
+ * Dials the tunnel server: one WebSocket over TLS to `/connect`, authenticated on the HTTP
+ * upgrade with `Authorization: Bearer <token>`, through the egress proxy unless NO_PROXY says
+ * otherwise. Resolves with an OPEN socket or rejects with a TunnelError:
+ *
+ * - HTTP 401/403 on the upgrade: the code from the server's JSON body (`TUN_ERR_TOKEN_*` and
+ *   friends; TUN_ERR_TOKEN_INVALID when the body names none), `retryable: false`,
+ *   `details.status`. The caller retries slowly: a refused token stays refused until an operator acts.
+ * - anything else (DNS, TCP, TLS, proxy, timeout, other statuses): TUN_ERR_TRANSPORT_CLOSED,
+ *   retryable, with the errno or status in `details`.
+ */
+import { readFile } from 'node:fs/promises';
+import type { ClientRequest, IncomingMessage } from 'node:http';
+import { rootCertificates } from 'node:tls';
+import { HttpsProxyAgent } from 'https-proxy-agent';
+import { WebSocket } from 'ws';
+import type { ClientOptions } from 'ws';
+import { ERROR_CODES, TunnelError } from '@cluster-tunnel/protocol';
+import type { ErrorCode } from '@cluster-tunnel/protocol';
+import { bypassesProxy } from './no-proxy.js';
+
+/** The agent endpoint, used when the configured server URL has no path of its own. */
+export const CONNECT_PATH = '/connect';
+/** HTTP statuses that mean "these credentials are refused", as opposed to "try again". */
+export const REFUSAL_STATUSES: ReadonlySet<number> = new Set([401, 403]);
+const MAX_REFUSAL_BODY_BYTES = 8 * 1024;
+const MAX_SERVER_MESSAGE_CHARS = 512;
+
+export interface DialOptions {
+  /** The configured server URL (wss:, or ws: to loopback). */
+  server: string;
+  token: string;
+  /** PEM file trusted for the server besides the system roots; read on every dial (rotation). */
+  caFile?: string | undefined;
+  /** TLS server name (SNI and certificate check) when it differs from the URL host. */
+  serverName?: string | undefined;
+  proxyUrl?: string | undefined;
+  noProxy: readonly string[];
+  /** TCP connect, TLS, proxy CONNECT and the HTTP upgrade must all finish within this. */
+  timeoutMs: number;
+  signal?: AbortSignal;
+}
+
+export interface DialedServer {
+  ws: WebSocket;
+  url: string;
+  /** The proxy the socket went through, credentials masked; undefined when direct. */
+  proxy: string | undefined;
+}
+
+/** `wss://host` and `wss://host/` mean `wss://host/connect`; any other path is used as given. */
+export function connectUrl(server: string): string {
+  const url = new URL(server);
+  if (url.pathname === '/' || url.pathname === '') url.pathname = CONNECT_PATH;
+  return url.href;
+}
+
+/** True for the error dial() raises when the server refused the agent's credentials. */
+export function isCredentialRefusal(err: unknown): boolean {
+  if (!(err instanceof TunnelError)) return false;
+  const status = err.details?.status;
+  // Our server always names its reason; an uncoded 401/403 came from something in between.
+  return typeof status === 'number' && REFUSAL_STATUSES.has(status) && err.details?.serverCode !== undefined;
+}
+
+function maskCredentials(url: string): string {
+  const u = new URL(url);
+  if (u.username || u.password) {
+    u.username = '***';
+    u.password = '';
+  }
+  return u.href;
+}
+
+export async function dial(options: DialOptions): Promise<DialedServer> {
+  const url = connectUrl(options.server);
+  const target = new URL(url);
+  const port = Number(target.port || (target.protocol === 'wss:' ? 443 : 80));
+  const useProxy = options.proxyUrl !== undefined && !bypassesProxy(target.hostname, port, options.noProxy);
+  let ca: string[] | undefined;
+  if (options.caFile !== undefined) {
+    try {
+      ca = [...rootCertificates, await readFile(options.caFile, 'utf8')];
+    } catch (cause) {
+      throw new TunnelError('TUN_ERR_TRANSPORT_CLOSED', `cannot read caFile ${options.caFile}`, { cause });
+    }
+  }
+  const wsOptions: ClientOptions = {
+    headers: { Authorization: `Bearer ${options.token}` },
+    perMessageDeflate: false,
+    handshakeTimeout: options.timeoutMs,
+    followRedirects: false,
+    ...(ca === undefined ? {} : { ca }),
+    ...(options.serverName === undefined ? {} : { servername: options.serverName }),
+    // https-proxy-agent issues CONNECT (with Proxy-Authorization from the URL's credentials),
+    // then starts TLS to the server with the ca/servername above: the proxy sees only ciphertext.
+    ...(useProxy ? { agent: new HttpsProxyAgent(options.proxyUrl as string) } : {}),
+  };
+  const proxy = useProxy ? maskCredentials(options.proxyUrl as string) : undefined;
+  if (options.signal?.aborted) throw abortedError();
+  const ws = new WebSocket(url, wsOptions);
+
+  return new Promise<DialedServer>((resolve, reject) => {
+    let settled = false;
+    const signal = options.signal;
+    // ws's handshakeTimeout is a socket idle timer: it does not cover a proxy CONNECT that hangs.
+    const timer = setTimeout(() => {
+      fail(
+        new TunnelError('TUN_ERR_TIMEOUT', `no WebSocket to ${url} within ${options.timeoutMs} ms`, {
+          retryable: true,
+          details: { errno: 'ETIMEDOUT' },
+        }),
+      );
+    }, options.timeoutMs);
+    const cleanup = (): void => {
+      settled = true;
+      clearTimeout(timer);
+      ws.off('open', onOpen);
+      ws.off('error', onError);
+      ws.off('unexpected-response', onUnexpectedResponse);
+      signal?.removeEventListener('abort', onAbort);
+    };
+    const fail = (err: TunnelError): void => {
+      if (settled) return;
+      cleanup();
+      // terminate() during the handshake emits 'error' on a later tick: nobody needs it.
+      ws.on('error', ignoreError);
+      ws.terminate();
+      reject(err);
+    };
+    function onOpen(): void {
+      cleanup();
+      resolve({ ws, url, proxy });
+    }
+    function onError(err: Error & { code?: string }): void {
+      const via = proxy === undefined ? '' : ` via proxy ${proxy}`;
+      fail(
+        new TunnelError('TUN_ERR_TRANSPORT_CLOSED', `cannot connect to ${url}${via}: ${err.message}`, {
+          cause: err,
+          details: { errno: err.code },
+        }),
+      );
+    }
+    function onUnexpectedResponse(_req: ClientRequest, res: IncomingMessage): void {
+      readBody(res, Math.min(options.timeoutMs, 5_000)).then((body) => fail(refusalError(res, body, proxy)));
+    }
+    function onAbort(): void {
+      fail(abortedError());
+    }
+    ws.on('open', onOpen);
+    ws.on('error', onError);
+    ws.on('unexpected-response', onUnexpectedResponse);
+    signal?.addEventListener('abort', onAbort);
+  });
+}
+
+function ignoreError(): void {}
+
+function abortedError(): TunnelError {
+  return new TunnelError('TUN_ERR_SESSION_CLOSED', 'the dial was abandoned: the agent is closing');
+}
+
+/** Reads at most MAX_REFUSAL_BODY_BYTES of a refusal body; never rejects. */
+function readBody(res: IncomingMessage, timeoutMs: number): Promise<string> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let length = 0;
+    const done = (): void => {
+      clearTimeout(timer);
+      res.off('data', onData);
+      res.off('end', done);
+      res.off('close', done);
+      res.off('error', done);
+      resolve(Buffer.concat(chunks).toString('utf8'));
+    };
+    const onData = (chunk: Buffer): void => {
+      if (length >= MAX_REFUSAL_BODY_BYTES) return done();
+      chunks.push(chunk.subarray(0, MAX_REFUSAL_BODY_BYTES - length));
+      length += chunk.length;
+    };
+    const timer = setTimeout(done, timeoutMs);
+    res.on('data', onData);
+    res.on('end', done);
+    res.on('close', done);
+    res.on('error', done);
+  });
+}
+
+function refusalError(res: IncomingMessage, body: string, proxy: string | undefined): TunnelError {
+  const status = res.statusCode ?? 0;
+  let serverCode: unknown;
+  let serverMessage: unknown;
+  try {
+    const parsed = JSON.parse(body) as { code?: unknown; message?: unknown };
+    serverCode = parsed.code;
+    serverMessage = parsed.message;
+  } catch {
+    // Not our server's JSON (a load balancer's or proxy's page): the status alone must do.
+  }
+  const message = typeof serverMessage === 'string' ? serverMessage.slice(0, MAX_SERVER_MESSAGE_CHARS) : '';
+  const known = typeof serverCode === 'string' && Object.hasOwn(ERROR_CODES, serverCode);
+  const details = { status, serverCode: known ? serverCode : undefined, serverMessage: message || undefined };
+  // Only our server's coded answer is a verdict on the credentials; a 403 page from a proxy or
+  // load balancer in between is a path problem, retried with ordinary backoff.
+  if (REFUSAL_STATUSES.has(status) && known) {
+    const code = serverCode as ErrorCode;
+    return new TunnelError(
+      code,
+      `the server refused the agent (HTTP ${status})${message ? `: ${message}` : ''}`,
+      {
+        retryable: false,
+        details,
+      },
+    );
+  }
+  const who = (status === 407 || status === 403) && proxy !== undefined ? `the proxy ${proxy}` : 'the server';
+  return new TunnelError('TUN_ERR_TRANSPORT_CLOSED', `${who} answered the upgrade with HTTP ${status}`, {
+    details,
+  });
+}

@@ -1,0 +1,167 @@
+/**
+ * One user connection: a stream the server opened, carrying a stream header (route label, user
+ * address) and then raw bytes. The agent looks the label up in its own route table, dials the
+ * configured target, answers with a one-frame reply and splices the two byte streams:
+ *
+ * - bytes that arrive before the dial completes wait in the stream (readStreamHeader leaves it
+ *   paused), held back by the yamux window, and flow once the target is connected;
+ * - half-close is preserved: target EOF → stream FIN (end), stream FIN → target EOF;
+ * - an abnormal end on one side (RST, socket error, session loss) resets the other.
+ */
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import { TunnelError, encodeStreamReply, readStreamHeader } from '@cluster-tunnel/protocol';
+import type { ErrorCode, Logger, StreamHeader } from '@cluster-tunnel/protocol';
+import type { RouteEntry, RouteTable } from './route-table.js';
+
+export interface ForwardOptions {
+  routes: RouteTable;
+  logger: Logger;
+  /** How long the server may take to send the stream header. */
+  headerTimeoutMs: number;
+  /** How long the TCP connect to a target may take. */
+  dialTimeoutMs: number;
+}
+
+export interface ForwardSummary {
+  /** The route label, when the header could be read. */
+  route: string | undefined;
+  outcome: 'closed' | 'reset' | 'refused' | 'bad-header';
+  /** Bytes from the user to the target. */
+  bytesIn: number;
+  /** Bytes from the target to the user. */
+  bytesOut: number;
+  durationMs: number;
+}
+
+/** Handles one inbound stream to its end; never rejects. */
+export async function forwardStream(stream: Duplex, options: ForwardOptions): Promise<ForwardSummary> {
+  const startedAt = performance.now();
+  const summary = (route: string | undefined, outcome: ForwardSummary['outcome']): ForwardSummary => ({
+    route,
+    outcome,
+    bytesIn: 0,
+    bytesOut: 0,
+    durationMs: Math.round(performance.now() - startedAt),
+  });
+  // A write to a stream the peer already reset fails with 'error': it must never crash the agent.
+  stream.on('error', ignoreError);
+  let header: StreamHeader;
+  try {
+    header = await readStreamHeader(stream, options.headerTimeoutMs);
+  } catch (err) {
+    options.logger.warn({ err }, 'bad stream header');
+    stream.destroy();
+    return summary(undefined, 'bad-header');
+  }
+  const log = options.logger.child({ route: header.route, remoteAddress: header.remoteAddress });
+  const entry = options.routes.lookup(header.route);
+  if (entry === undefined) {
+    // The server asked for something this agent does not serve: refuse, never guess a target.
+    log.warn('route not configured');
+    refuse(stream, 'TUN_ERR_UNKNOWN_ROUTE', `this agent serves no route ${header.route}`);
+    return summary(header.route, 'refused');
+  }
+  log.debug({ target: entry.target, streamId: (stream as { id?: number }).id }, 'user connection opened');
+  const socket = await dialTarget(entry, options.dialTimeoutMs).catch((err: NodeJS.ErrnoException) => err);
+  if (socket instanceof Error) {
+    const errno = socket.code ?? 'EUNKNOWN';
+    log.warn({ target: entry.target, errno }, 'target dial failed');
+    refuse(stream, 'TUN_ERR_DIAL_FAILED', `cannot connect to ${entry.target}: ${errno}`);
+    return summary(header.route, 'refused');
+  }
+  if (stream.destroyed) {
+    // The user (or the session) gave up while we dialed.
+    socket.destroy();
+    log.debug('user connection gone before the target answered');
+    return summary(header.route, 'reset');
+  }
+  const result = await splice(stream, socket, encodeStreamReply({ ok: true }));
+  const closed: ForwardSummary = {
+    ...summary(header.route, result.reset ? 'reset' : 'closed'),
+    bytesIn: socket.bytesWritten,
+    bytesOut: socket.bytesRead,
+  };
+  const { bytesIn, bytesOut, durationMs } = closed;
+  log.info(
+    { bytesIn, bytesOut, durationMs, ...(result.reset ? { reset: true, code: result.code } : {}) },
+    'user connection closed',
+  );
+  return closed;
+}
+
+function ignoreError(): void {}
+
+/** Answers a refusal, then resets the stream (RST carries no reason; the reply does). */
+function refuse(stream: Duplex, code: ErrorCode, message: string): void {
+  if (stream.destroyed) return;
+  stream.write(encodeStreamReply({ ok: false, code, message }), () => stream.destroy());
+}
+
+function dialTarget(entry: RouteEntry, timeoutMs: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: entry.host, port: entry.port, allowHalfOpen: true });
+    const timer = setTimeout(() => {
+      const err = new Error(`connect to ${entry.target} timed out`) as NodeJS.ErrnoException;
+      err.code = 'ETIMEDOUT';
+      socket.destroy(err);
+    }, timeoutMs);
+    function onConnect(): void {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      resolve(socket);
+    }
+    function onError(err: Error): void {
+      clearTimeout(timer);
+      socket.off('connect', onConnect);
+      reject(err);
+    }
+    socket.once('connect', onConnect);
+    socket.once('error', onError);
+  });
+}
+
+interface SpliceResult {
+  reset: boolean;
+  code: string | undefined;
+}
+
+/** Writes the ok reply, pipes both ways, resolves once both sides have closed. */
+function splice(stream: Duplex, socket: net.Socket, reply: Buffer): Promise<SpliceResult> {
+  return new Promise((resolve) => {
+    let code: string | undefined;
+    let reset = false;
+    let open = 2;
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 30_000);
+    const noteError = (err: Error & { code?: string }): void => {
+      code ??= err instanceof TunnelError ? err.code : (err.code ?? err.message);
+    };
+    const cleanClose = (s: Duplex): boolean => s.readableEnded && s.writableFinished;
+    function onStreamClose(): void {
+      if (!cleanClose(stream)) {
+        reset = true;
+        code ??= (stream as { resetReason?: TunnelError }).resetReason?.code ?? 'TUN_ERR_STREAM_RESET';
+        // Tell the target with a TCP RST too: it must not take a truncated exchange for a complete one.
+        if (!socket.destroyed) socket.resetAndDestroy();
+      }
+      if (--open === 0) resolve({ reset, code });
+    }
+    function onSocketClose(hadError: boolean): void {
+      if (hadError || !cleanClose(socket)) {
+        reset = true;
+        code ??= 'ECONNRESET';
+        stream.destroy();
+      }
+      if (--open === 0) resolve({ reset, code });
+    }
+    stream.on('error', noteError);
+    socket.on('error', noteError);
+    stream.once('close', onStreamClose);
+    socket.once('close', onSocketClose);
+    // The reply goes first: the server reads it before any byte of the target's.
+    stream.write(reply);
+    socket.pipe(stream);
+    stream.pipe(socket);
+  });
+}

@@ -112,7 +112,7 @@ describe('createToken', () => {
     expect(decodeJwt(other).jti).not.toBe(claims.jti);
   });
 
-  it.each(['', 'U1', '-u1', 'u1-', 'u_1', 'a'.repeat(43), 'u1.x'])(
+  it.each(['', 'U1', '-u1', 'u1-', 'u1-prod', 'u_1', 'a'.repeat(33), 'u1.x'])(
     'refuses the bad cluster id %j',
     async (clusterId) => {
       const { privateKeyPem } = keyPair();
@@ -125,7 +125,7 @@ describe('createToken', () => {
   it('accepts the longest and shortest valid cluster ids', async () => {
     const { privateKeyPem, publicKeyPem } = keyPair();
     const tokenVerifier = verifier({ publicKeyPems: [publicKeyPem] });
-    for (const clusterId of ['a', '0', 'a'.repeat(42), 'u1-prod-eu']) {
+    for (const clusterId of ['a', '0', 'a'.repeat(32), 'u1prodeu']) {
       const token = await createToken({ privateKeyPem, clusterId, ttlMs: HOUR_MS });
       await expect(tokenVerifier.verify(token)).resolves.toMatchObject({ clusterId });
     }

@@ -32,6 +32,8 @@ const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
 
 export interface AgentEndpointOptions {
   serverId: string;
+  /** Replicas behind the load balancer: the agent dials until it holds a session to each. */
+  serverCount: number;
   domain: string;
   keepaliveIntervalMs: number;
   keepaliveTimeoutMs: number;
@@ -157,7 +159,12 @@ export class AgentEndpoint {
     this.o.registry.add(agent);
     this.o.metrics.agentsConnected.inc();
     const hostnames = labels.map((l) => `${l}.${this.o.domain}`);
-    control.send({ type: 'registered', serverId: this.o.serverId, hostnames });
+    control.send({
+      type: 'registered',
+      serverId: this.o.serverId,
+      hostnames,
+      serverCount: this.o.serverCount,
+    });
     const log = this.o.log.child({ agentId: identity.agentId, clusterId: identity.clusterId });
     log.info({ hostnames, remoteAddress, agentVersion: identity.agentVersion }, 'agent connected');
     session.once('close', (err?: TunnelError) => {

@@ -1,5 +1,5 @@
 import { createPrivateKey, createPublicKey, randomBytes, webcrypto } from 'node:crypto';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   AuthorityKeyIdentifierExtension,
@@ -17,6 +17,7 @@ import {
 } from '@peculiar/x509';
 import type { Extension, GeneralName, JsonGeneralNames, PublicKeyType } from '@peculiar/x509';
 import { TunnelError } from '@cluster-tunnel/protocol';
+import { readOptional, writeAtomic } from './data-file.js';
 
 type CryptoKey = webcrypto.CryptoKey;
 
@@ -364,27 +365,6 @@ function randomSerialNumber(): string {
   const bytes = randomBytes(16);
   bytes[0] = ((bytes[0] as number) & 0x7f) | 0x40;
   return bytes.toString('hex');
-}
-
-async function readOptional(file: string): Promise<string | undefined> {
-  try {
-    return await readFile(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new TunnelError('TUN_ERR_CONFIG', `cannot read ${file}`, { cause: err });
-  }
-}
-
-/** Write-then-rename, so a crash never leaves a half-written key or certificate behind. */
-async function writeAtomic(file: string, content: string, mode: number): Promise<void> {
-  const temporary = `${file}.${randomBytes(6).toString('hex')}.tmp`;
-  try {
-    await writeFile(temporary, content, { mode, flag: 'wx' });
-    await rename(temporary, file);
-  } catch (cause) {
-    await rm(temporary, { force: true });
-    throw configError(`cannot write ${file}`, cause);
-  }
 }
 
 function configError(message: string, cause?: unknown): TunnelError {

@@ -11,6 +11,7 @@ import { parse as parseYaml } from 'yaml';
 import {
   LOG_FORMATS,
   LOG_LEVELS,
+  MAX_SERVER_COUNT,
   MAX_TIMER_MS,
   deepFreeze,
   flagsFromArgv,
@@ -103,6 +104,16 @@ export const SERVER_CONFIG_SCHEMA = {
     defaultText: '<hostname>-<6 hex digits>',
     description: 'id of this replica; agents keep one session to each distinct id',
   },
+  serverCount: {
+    type: 'int',
+    flag: 'server-count',
+    env: 'TUNNEL_SERVER_SERVER_COUNT',
+    default: 1,
+    min: 1,
+    // The registered control message carries it, and its validator allows no more (control.ts).
+    max: MAX_SERVER_COUNT,
+    description: 'server replicas behind the load balancer; each agent keeps one session to every one',
+  },
   keepaliveIntervalMs: {
     type: 'duration-ms',
     flag: 'keepalive-interval-ms',
@@ -175,6 +186,8 @@ export interface ServerConfig {
   /** undefined: the admin port is off. */
   readonly adminListen: HostPort | undefined;
   readonly serverId: string;
+  /** Replicas behind the load balancer, told to every agent in `registered` (1–64). */
+  readonly serverCount: number;
   readonly keepaliveIntervalMs: number;
   readonly keepaliveTimeoutMs: number;
   readonly drainTimeoutMs: number;

@@ -1,9 +1,10 @@
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SignJWT } from 'jose';
 import { CLUSTER_ID_PATTERN, TunnelError, isValidClusterId } from '@cluster-tunnel/protocol';
+import { readOptional, writeAtomic } from './data-file.js';
 
 /** The `iss` claim of every agent token. */
 export const TOKEN_ISSUER = 'cluster-tunnel';
@@ -128,26 +129,5 @@ function parsePublicKey(pem: string, source: string): KeyObject {
     return createPublicKey(pem);
   } catch (cause) {
     throw new TunnelError('TUN_ERR_CONFIG', `${source} is not a PEM public key`, { cause });
-  }
-}
-
-async function readOptional(file: string): Promise<string | undefined> {
-  try {
-    return await readFile(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new TunnelError('TUN_ERR_CONFIG', `cannot read ${file}`, { cause: err });
-  }
-}
-
-/** Write-then-rename, so a crash never leaves a half-written key behind. */
-async function writeAtomic(file: string, content: string, mode: number): Promise<void> {
-  const temporary = `${file}.${randomBytes(6).toString('hex')}.tmp`;
-  try {
-    await writeFile(temporary, content, { mode, flag: 'wx' });
-    await rename(temporary, file);
-  } catch (cause) {
-    await rm(temporary, { force: true });
-    throw new TunnelError('TUN_ERR_CONFIG', `cannot write ${file}`, { cause });
   }
 }

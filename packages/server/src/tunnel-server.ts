@@ -85,6 +85,7 @@ export class TunnelServer {
     this.verifier = new TokenVerifier({ publicKeyPems, revocationFile: c.revokedFile });
     this.endpoint = new AgentEndpoint({
       serverId: c.serverId,
+      serverCount: c.serverCount,
       domain: c.domain,
       keepaliveIntervalMs: c.keepaliveIntervalMs,
       keepaliveTimeoutMs: c.keepaliveTimeoutMs,
@@ -113,7 +114,13 @@ export class TunnelServer {
       await this.admin.listen();
     }
     this.log.info(
-      { serverId: c.serverId, listen: this.address, admin: this.adminAddress, domain: c.domain },
+      {
+        serverId: c.serverId,
+        serverCount: c.serverCount,
+        listen: this.address,
+        admin: this.adminAddress,
+        domain: c.domain,
+      },
       'tunnel server listening',
     );
   }

@@ -64,6 +64,11 @@ export class YamuxStream extends Duplex {
     if (outbound) this.sendOpen();
   }
 
+  /** The receive window this stream currently aims to keep open (grows with auto-tuning). */
+  get receiveWindowBytes(): number {
+    return this.targetWindow;
+  }
+
   /** Bytes this stream holds in memory: unread received data plus data waiting for window. */
   get bufferedBytes(): number {
     const pending = this.pendingChunk ? this.pendingChunk.length - this.pendingOffset : 0;

@@ -3,10 +3,7 @@
  * (DESIGN.md: "the frame decoder accepts frames split or joined across messages in any way").
  * The input is a real session's bytes, recorded off an in-memory pipe, not hand-made frames.
  */
-import { createHash } from 'node:crypto';
-import { once } from 'node:events';
 import { Transform } from 'node:stream';
-import type { Duplex } from 'node:stream';
 import fc from 'fast-check';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import {
@@ -19,6 +16,15 @@ import {
   type FrameSink,
   type YamuxStream,
 } from '../../packages/protocol/src/index.js';
+import { seededRandom } from '../helpers/random.js';
+import { recordClientToServerBytes } from '../helpers/session-recording.js';
+import {
+  pipePairForTest,
+  readToEnd,
+  readToEndWithForAwait,
+  sha256,
+  withDeadline,
+} from '../helpers/streams.js';
 import { pipePair } from '../helpers/transports.js';
 
 const KiB = 1024;
@@ -107,23 +113,6 @@ function frameBoundaries(frames: readonly DecodedFrame[]): Set<number> {
   return boundaries;
 }
 
-/** Everything `stream` yields until 'end', read in flowing mode ('data' events). */
-function readAll(stream: Duplex): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    stream.on('data', (chunk: Buffer) => chunks.push(chunk));
-    stream.once('end', () => resolve(Buffer.concat(chunks)));
-    stream.once('error', reject);
-  });
-}
-
-/** Everything `stream` yields until 'end', read with `for await` (paused mode, `read()`). */
-async function readAllPaused(stream: Duplex): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
-}
-
 /** Fills `n` bytes from a seeded PRNG, so a failing case replays byte for byte. */
 function pseudoRandomBytes(n: number, random: () => number): Buffer {
   const buf = Buffer.alloc(n);
@@ -131,85 +120,9 @@ function pseudoRandomBytes(n: number, random: () => number): Buffer {
   return buf;
 }
 
-/** A deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function sha256(buf: Buffer): string {
-  return createHash('sha256').update(buf).digest('hex');
-}
-
-function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
-}
-
-/**
- * Runs a client and a server session over the in-memory pipe and returns every byte the client
- * wrote: several streams with data both ways, window updates (the client reads 400 KiB, more
- * than one window), FIN, RST, pings in both directions (SYN and ACK) and the closing GoAway.
- */
-async function recordClientBytes(): Promise<Buffer> {
-  const { a, b } = pipePair();
-  onTestFinished(() => {
-    a.destroy();
-    b.destroy();
-  });
-  const recorded: Buffer[] = [];
-  b.on('data', (chunk: Buffer) => recorded.push(Buffer.from(chunk)));
-  const client = new YamuxSession(a, { role: 'client', keepaliveIntervalMs: 0 });
-  const server = new YamuxSession(b, { role: 'server', keepaliveIntervalMs: 0 });
-  server.on('stream', (stream: YamuxStream) => {
-    stream.on('error', () => undefined);
-    let received = 0;
-    stream.on('data', (chunk: Buffer) => {
-      received += chunk.length;
-      stream.write(chunk);
-    });
-    // Enough back on the first stream that the client's reads must grant window.
-    stream.on('end', () =>
-      stream.end(stream.id === 1 ? Buffer.alloc(400 * KiB, 7) : Buffer.from(`${received}`)),
-    );
-  });
-
-  const first = client.open();
-  const firstReply = readAll(first);
-  first.write(Buffer.alloc(1500, 1));
-  first.write(Buffer.alloc(1500, 2));
-  first.end(Buffer.from('last words'));
-  expect((await firstReply).length).toBe(3010 + 400 * KiB);
-
-  const second = client.open();
-  second.on('error', () => undefined);
-  second.write(Buffer.alloc(1000, 3));
-  await once(second, 'data');
-  second.destroy(); // RST
-
-  const third = client.open();
-  const thirdReply = readAll(third);
-  third.end(Buffer.from('x'));
-  await thirdReply;
-
-  await client.ping(); // Ping SYN from the client
-  await server.ping(); // Ping ACK from the client
-  await withDeadline(Promise.all([client.close(), once(server, 'close')]), 5_000, 'sessions closing');
-  return Buffer.concat(recorded);
-}
-
 describe('frame decoder on a recorded session', () => {
   it('decodes the same frames however the recording is split in two, and byte by byte', async () => {
-    const recording = await recordClientBytes();
+    const recording = await recordClientToServerBytes();
     const reference = decodePieces([recording]);
     expect(reference.atBoundary).toBe(true);
 
@@ -250,7 +163,7 @@ describe('frame decoder on a recorded session', () => {
   });
 
   it('decodes random splits of the recording identically (property)', async () => {
-    const recording = await recordClientBytes();
+    const recording = await recordClientToServerBytes();
     const reference = decodePieces([recording]).frames;
     const cuts = fc.uniqueArray(fc.integer({ min: 1, max: recording.length - 1 }), { maxLength: 64 });
     fc.assert(
@@ -331,7 +244,7 @@ describe('yamux session over a randomly re-chunking pipe', () => {
     });
     await fc.assert(
       fc.asyncProperty(scenario, async ({ sizes, seed }) => {
-        const random = prng(seed);
+        const random = seededRandom(seed);
         const left = pipePair();
         const right = pipePair();
         const toServer = rechunker(random);
@@ -362,7 +275,7 @@ describe('yamux session over a randomly re-chunking pipe', () => {
         }
         // Half the streams are read in flowing mode, half with `for await` (paused mode).
         server.on('stream', (stream: YamuxStream) => {
-          const read = stream.id % 4 === 1 ? readAll(stream) : readAllPaused(stream);
+          const read = stream.id % 4 === 1 ? readToEnd(stream) : readToEndWithForAwait(stream);
           read.then((payload) => finished(stream, payload), failed);
         });
         try {
@@ -420,11 +333,7 @@ describe('regressions found while recording', () => {
    * `read()`) that let a whole window pile up stalled for ever. Flowing readers were unaffected.
    */
   it('regression window-update-before-read: a for-await reader receives a reply larger than one window', async () => {
-    const { a, b } = pipePair();
-    onTestFinished(() => {
-      a.destroy();
-      b.destroy();
-    });
+    const { a, b } = pipePairForTest();
     const client = new YamuxSession(a, { role: 'client', keepaliveIntervalMs: 0 });
     const server = new YamuxSession(b, { role: 'server', keepaliveIntervalMs: 0 });
     onTestFinished(() => {
@@ -437,7 +346,11 @@ describe('regressions found while recording', () => {
     });
     const stream = client.open();
     stream.end();
-    const reply = await withDeadline(readAllPaused(stream), 2_000, 'a 300 KiB reply read with for await');
+    const reply = await withDeadline(
+      readToEndWithForAwait(stream),
+      2_000,
+      'a 300 KiB reply read with for await',
+    );
     expect(reply.length).toBe(300 * KiB);
   });
 });

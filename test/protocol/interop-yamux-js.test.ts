@@ -17,7 +17,7 @@
  *   carrying SYN loses its payload, RST is not surfaced to the stream, and bytes after a GoAway
  *   in the same chunk are dropped.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import type { RawData } from 'ws';
@@ -31,6 +31,7 @@ import {
   encodeHeader,
   type YamuxStream,
 } from '../../packages/protocol/src/index.js';
+import { readAtLeast, sha256, withDeadline } from '../helpers/streams.js';
 import { webSocketPair } from '../helpers/transports.js';
 
 const KiB = 1024;
@@ -41,36 +42,6 @@ const PAYLOAD_BYTES = 320 * KiB;
 const theirConfig = { enableKeepAlive: false, logger: (): void => undefined };
 
 type TheirSession = Client | Server;
-
-function sha256(buf: Buffer): string {
-  return createHash('sha256').update(buf).digest('hex');
-}
-
-function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
-}
-
-/** Resolves with the first `n` bytes `stream` yields; yamux-js never ends its streams, so count. */
-function readBytes(stream: Duplex, n: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let got = 0;
-    function onData(chunk: Buffer): void {
-      chunks.push(chunk);
-      got += chunk.length;
-      if (got >= n) {
-        stream.off('data', onData);
-        resolve(Buffer.concat(chunks));
-      }
-    }
-    stream.on('data', onData);
-    stream.once('error', reject);
-  });
-}
 
 function toBuffer(data: RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;
@@ -116,7 +87,8 @@ describe('interoperability with yamux-js 0.2.0 over a WebSocket', () => {
       const stream = theirs.open();
       stream.on('error', () => undefined);
       const payload = randomBytes(PAYLOAD_BYTES);
-      const echoed = readBytes(stream, payload.length);
+      // yamux-js never ends its streams (no FIN), so count the echo's bytes rather than wait for 'end'.
+      const echoed = readAtLeast(stream, payload.length);
       stream.write(payload);
       expect(sha256(await echoed)).toBe(sha256(payload));
       // close() sends FIN (its end() does not); our stream must see 'end'.
@@ -140,7 +112,7 @@ describe('interoperability with yamux-js 0.2.0 over a WebSocket', () => {
       const stream = ours.open();
       stream.on('error', () => undefined);
       const payload = randomBytes(PAYLOAD_BYTES);
-      const echoed = readBytes(stream, payload.length);
+      const echoed = readAtLeast(stream, payload.length);
       stream.write(payload);
       expect(sha256(await echoed)).toBe(sha256(payload));
       // Its side never sends FIN back, so the stream cannot finish cleanly: reset it.

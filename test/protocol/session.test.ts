@@ -2,13 +2,15 @@
  * One body of session behaviour run over every transport the tunnel uses: an in-memory pipe,
  * TCP, TLS and WebSocket over TLS (hashicorp/yamux's habit). Real sockets on 127.0.0.1.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import type { TunnelError } from '../../packages/protocol/src/index.js';
 import { YamuxSession, type SessionOptions, type YamuxStream } from '../../packages/protocol/src/index.js';
+import { closeOf, echoStreams } from '../helpers/sessions.js';
+import { delay, pollUntil, readToEnd, sha256 } from '../helpers/streams.js';
 import { transports, type Transport } from '../helpers/transports.js';
 
 interface Pair {
@@ -32,35 +34,19 @@ async function sessions(
   return { client, server };
 }
 
-/** Echoes every inbound stream back to its opener, ending when the opener ends. */
-function echo(session: YamuxSession): void {
-  session.on('stream', (stream: YamuxStream) => {
-    stream.on('error', () => undefined);
-    stream.pipe(stream);
-  });
+/** Resolves once neither session has a stream left in its table. */
+function untilStreamTablesEmpty(client: YamuxSession, server: YamuxSession): Promise<void> {
+  return pollUntil(
+    () => client.stats.openStreams === 0 && server.stats.openStreams === 0,
+    10_000,
+    'empty tables',
+  );
 }
 
-/** Reads to 'end' without destroying the stream (for-await would, resetting a half-open stream). */
-function readAll(stream: YamuxStream): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    stream.on('data', (chunk: Buffer) => chunks.push(chunk));
-    stream.once('end', () => resolve(Buffer.concat(chunks)));
-    stream.once('error', reject);
-  });
-}
-
-function sha256(buf: Buffer): string {
-  return createHash('sha256').update(buf).digest('hex');
-}
-
-/** Resolves when `predicate` holds, polling; fails after `timeoutMs`. */
-async function until(predicate: () => boolean, timeoutMs = 10_000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
+/** The next stream the peer opens to `session`. */
+async function nextStream(session: YamuxSession): Promise<YamuxStream> {
+  const [stream] = (await once(session, 'stream')) as [YamuxStream];
+  return stream;
 }
 
 function errorOf(stream: YamuxStream): Promise<TunnelError> {
@@ -70,104 +56,100 @@ function errorOf(stream: YamuxStream): Promise<TunnelError> {
 describe.each(transports)('yamux session over $name', (transport) => {
   it('echoes data on streams opened from either side', async () => {
     const { client, server } = await sessions(transport);
-    echo(server);
-    echo(client);
+    echoStreams(server);
+    echoStreams(client);
     const payload = randomBytes(300_000);
     const fromClient = client.open();
     fromClient.end(payload);
-    expect(sha256(await readAll(fromClient))).toBe(sha256(payload));
+    expect(sha256(await readToEnd(fromClient))).toBe(sha256(payload));
     const fromServer = server.open();
     fromServer.end(payload);
-    expect(sha256(await readAll(fromServer))).toBe(sha256(payload));
+    expect(sha256(await readToEnd(fromServer))).toBe(sha256(payload));
     expect(fromClient.id % 2).toBe(1);
     expect(fromServer.id % 2).toBe(0);
   });
 
   it('carries 1,000 concurrent streams of random sizes without losing or mixing a byte', async () => {
     const { client, server } = await sessions(transport);
-    echo(server);
+    echoStreams(server);
     const results = await Promise.all(
       Array.from({ length: 1000 }, async (_, i) => {
         const payload = randomBytes(i % 10 === 0 ? 200_000 + i : Math.floor(Math.random() * 20_000));
         const stream = client.open();
         stream.end(payload);
-        return sha256(await readAll(stream)) === sha256(payload);
+        return sha256(await readToEnd(stream)) === sha256(payload);
       }),
     );
     expect(results.filter((ok) => !ok)).toHaveLength(0);
-    await until(
-      () => client.stats.openStreams === 0 && server.stats.openStreams === 0,
-      10_000,
-      'empty tables',
-    );
+    await untilStreamTablesEmpty(client, server);
   });
 
   it('half-closes in each direction: the other direction keeps flowing', async () => {
     const { client, server } = await sessions(transport);
-    const inbound = once(server, 'stream') as Promise<[YamuxStream]>;
+    const inbound = nextStream(server);
     const stream = client.open();
     stream.end('request');
-    const [serverStream] = await inbound;
-    expect((await readAll(serverStream)).toString()).toBe('request');
+    const serverStream = await inbound;
+    expect((await readToEnd(serverStream)).toString()).toBe('request');
     // The client has finished writing, yet still reads what the server sends after that.
     serverStream.write('response part 1, ');
     serverStream.end('part 2');
-    expect((await readAll(stream)).toString()).toBe('response part 1, part 2');
-    await until(() => client.stats.openStreams === 0 && server.stats.openStreams === 0);
+    expect((await readToEnd(stream)).toString()).toBe('response part 1, part 2');
+    await untilStreamTablesEmpty(client, server);
 
     // And the other way: the server ends first while the client keeps writing.
-    const inbound2 = once(server, 'stream') as Promise<[YamuxStream]>;
+    const inbound2 = nextStream(server);
     const stream2 = client.open();
     stream2.write('hello');
-    const [serverStream2] = await inbound2;
+    const serverStream2 = await inbound2;
     serverStream2.end('bye');
-    expect((await readAll(stream2)).toString()).toBe('bye');
+    expect((await readToEnd(stream2)).toString()).toBe('bye');
     stream2.end(' and more after your FIN');
-    expect((await readAll(serverStream2)).toString()).toBe('hello and more after your FIN');
+    expect((await readToEnd(serverStream2)).toString()).toBe('hello and more after your FIN');
   });
 
   it('propagates a reset in both directions with TUN_ERR_STREAM_RESET', async () => {
     const { client, server } = await sessions(transport);
-    let inbound = once(server, 'stream') as Promise<[YamuxStream]>;
+    let inbound = nextStream(server);
     const a = client.open();
     a.write('x');
-    let [b] = await inbound;
+    let b = await inbound;
     const bError = errorOf(b);
     a.destroy();
     expect((await bError).code).toBe('TUN_ERR_STREAM_RESET');
 
-    inbound = once(server, 'stream') as Promise<[YamuxStream]>;
+    inbound = nextStream(server);
     const c = client.open();
     c.write('y');
-    [b] = await inbound;
+    b = await inbound;
     const cError = errorOf(c);
     b.destroy();
     expect((await cError).code).toBe('TUN_ERR_STREAM_RESET');
-    await until(() => client.stats.openStreams === 0 && server.stats.openStreams === 0);
+    await untilStreamTablesEmpty(client, server);
     // The session itself is unharmed.
-    echo(server);
+    echoStreams(server);
     const d = client.open();
     d.end('still alive');
-    expect((await readAll(d)).toString()).toBe('still alive');
+    expect((await readToEnd(d)).toString()).toBe('still alive');
   });
 
   it('GoAway refuses new streams while open streams finish, then both sessions close cleanly', async () => {
     const { client, server } = await sessions(transport);
-    const inbound = once(server, 'stream') as Promise<[YamuxStream]>;
+    const inbound = nextStream(server);
     const open = client.open();
     open.write('before goaway');
-    const [serverSide] = await inbound;
+    const serverSide = await inbound;
     const goaway = once(server, 'goaway');
-    const serverClose = new Promise<TunnelError | undefined>((resolve) => server.on('close', resolve));
+    const serverClose = closeOf(server);
     const clientClosed = client.close();
     await goaway;
     expect(() => server.open()).toThrow(expect.objectContaining({ code: 'TUN_ERR_SESSION_CLOSED' }));
     expect(() => client.open()).toThrow(expect.objectContaining({ code: 'TUN_ERR_SESSION_CLOSED' }));
     // The stream opened before GoAway still works both ways.
     serverSide.end('answer');
-    expect((await readAll(open)).toString()).toBe('answer');
+    expect((await readToEnd(open)).toString()).toBe('answer');
     open.end(' tail');
-    expect((await readAll(serverSide)).toString()).toBe('before goaway tail');
+    expect((await readToEnd(serverSide)).toString()).toBe('before goaway tail');
     await clientClosed;
     const serverErr = await serverClose;
     expect(serverErr).toBeUndefined();
@@ -185,15 +167,14 @@ describe.each(transports)('yamux session over $name', (transport) => {
       keepaliveTimeoutMs: 150,
     });
     const started = Date.now();
-    // Not events.once: it would listen for 'error' too and reject with the very error we inspect.
-    const err = await new Promise<TunnelError>((resolve) => session.on('close', resolve));
-    expect(err.code).toBe('TUN_ERR_TIMEOUT');
+    const err = await closeOf(session);
+    expect(err?.code).toBe('TUN_ERR_TIMEOUT');
     expect(Date.now() - started).toBeLessThan(5_000);
   });
 
   it('keeps memory bounded behind a stalled reader while 1 GiB is offered', async () => {
     const { client, server } = await sessions(transport);
-    const inbound = once(server, 'stream') as Promise<[YamuxStream]>;
+    const inbound = nextStream(server);
     const stream = client.open();
     stream.on('error', () => undefined);
     let offered = 0;
@@ -207,12 +188,12 @@ describe.each(transports)('yamux session over $name', (transport) => {
       })(),
     );
     const sending = pipeline(source, stream).catch(() => undefined);
-    const [serverStream] = await inbound;
+    const serverStream = await inbound;
     serverStream.on('error', () => undefined);
     serverStream.pause(); // the reader stops
-    await until(() => client.stats.blockedStreams === 1, 10_000, 'the writer to block on the window');
+    await pollUntil(() => client.stats.blockedStreams === 1, 10_000, 'the writer to block on the window');
     const offeredWhenBlocked = offered;
-    await new Promise((r) => setTimeout(r, 300));
+    await delay(300);
     // Nothing more leaves the producer: its writes wait for window that never comes.
     expect(offered - offeredWhenBlocked).toBeLessThanOrEqual(256 * 1024);
     expect(offered).toBeLessThan(8 * 1024 * 1024);
@@ -223,7 +204,7 @@ describe.each(transports)('yamux session over $name', (transport) => {
     let received = 0;
     serverStream.on('data', (d: Buffer) => (received += d.length));
     serverStream.resume();
-    await until(() => received > 16 * 1024 * 1024, 20_000, 'the flow to resume');
+    await pollUntil(() => received > 16 * 1024 * 1024, 20_000, 'the flow to resume');
     source.destroy();
     stream.destroy();
     await sending;
@@ -231,7 +212,7 @@ describe.each(transports)('yamux session over $name', (transport) => {
 
   it('leaves an empty stream table after 100,000 short streams', async () => {
     const { client, server } = await sessions(transport);
-    echo(server);
+    echoStreams(server);
     const total = 100_000;
     const concurrency = 200;
     let next = 0;
@@ -241,15 +222,11 @@ describe.each(transports)('yamux session over $name', (transport) => {
         next++;
         const s = client.open();
         s.end('ping');
-        if ((await readAll(s)).toString() === 'ping') ok++;
+        if ((await readToEnd(s)).toString() === 'ping') ok++;
       }
     };
     await Promise.all(Array.from({ length: concurrency }, worker));
     expect(ok).toBe(total);
-    await until(
-      () => client.stats.openStreams === 0 && server.stats.openStreams === 0,
-      10_000,
-      'empty tables',
-    );
+    await untilStreamTablesEmpty(client, server);
   }, 180_000);
 });

@@ -4,8 +4,7 @@
  * nothing out of an event handler, and every other session in the process carries on.
  * The misbehaving peer is a raw transport end writing crafted bytes, not a session.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { once } from 'node:events';
+import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
@@ -24,6 +23,9 @@ import {
   type SessionOptions,
   type YamuxStream,
 } from '../../packages/protocol/src/index.js';
+import { recordClientToServerBytes } from '../helpers/session-recording.js';
+import { closeOf, echoStreams } from '../helpers/sessions.js';
+import { flushIo, pipePairForTest, readToEnd, sha256, withDeadline } from '../helpers/streams.js';
 import { pipePair, transports, type Transport, type TransportPair } from '../helpers/transports.js';
 
 const KiB = 1024;
@@ -47,33 +49,24 @@ function windowUpdate(streamId: number, flags: number, delta = 0): Buffer {
   return header(0, FrameType.WindowUpdate, flags, streamId, delta);
 }
 
-/** Every frame in `bytes`, payloads dropped; a trailing partial frame is ignored. */
-function decodeFrames(bytes: Buffer): FrameHeader[] {
-  const frames: FrameHeader[] = [];
-  const decoder = new FrameDecoder(
+/** A decoder of any frame size that calls `onFrame` with each whole frame's header; payloads are dropped. */
+function headerDecoder(onFrame: (h: FrameHeader) => void): FrameDecoder {
+  return new FrameDecoder(
     {
       onDataStart: () => undefined,
       onData: () => undefined,
-      onDataEnd: (h) => frames.push(h),
-      onControl: (h) => frames.push(h),
+      onDataEnd: onFrame,
+      onControl: onFrame,
     },
     0xffff_ffff,
   );
-  decoder.push(bytes);
+}
+
+/** Every frame in `bytes`, payloads dropped; a trailing partial frame is ignored. */
+function decodeFrames(bytes: Buffer): FrameHeader[] {
+  const frames: FrameHeader[] = [];
+  headerDecoder((h) => frames.push(h)).push(bytes);
   return frames;
-}
-
-function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
-}
-
-/** Lets queued I/O callbacks, nextTicks and microtasks run. */
-async function flushIo(turns = 3): Promise<void> {
-  for (let i = 0; i < turns; i++) await new Promise((r) => setImmediate(r));
 }
 
 /** Everything the raw peer reads until the session hangs up on it. */
@@ -105,30 +98,8 @@ function watchUncaught(): unknown[] {
   return seen;
 }
 
-/**
- * Resolves with the session's 'close' argument. Not `events.once`: that also listens for
- * 'error', and a session emits 'error' only when someone listens, which would change what is tested.
- */
-function closeOf(session: YamuxSession): Promise<TunnelError | undefined> {
-  return new Promise((resolve) => session.once('close', (err?: TunnelError) => resolve(err)));
-}
-
 function isCodedTunnelError(err: unknown): err is TunnelError {
   return err instanceof TunnelError && Object.hasOwn(ERROR_CODES, err.code);
-}
-
-function sha256(buf: Buffer): string {
-  return createHash('sha256').update(buf).digest('hex');
-}
-
-/** Flowing-mode read of everything until 'end'. */
-function readAll(stream: Duplex): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    stream.on('data', (chunk: Buffer) => chunks.push(chunk));
-    stream.once('end', () => resolve(Buffer.concat(chunks)));
-    stream.once('error', reject);
-  });
 }
 
 // ---- the bystander: a healthy session pair in the same process, carrying traffic throughout ----
@@ -147,10 +118,7 @@ beforeAll(async () => {
   const pair = await tcp.pair();
   const client = new YamuxSession(pair.a, { role: 'client', keepaliveIntervalMs: 0 });
   const server = new YamuxSession(pair.b, { role: 'server', keepaliveIntervalMs: 0 });
-  server.on('stream', (stream: YamuxStream) => {
-    stream.on('error', () => undefined);
-    stream.pipe(stream);
-  });
+  echoStreams(server);
   const state: Bystander = { client, server, pair, closed: false };
   for (const s of [client, server]) s.on('close', () => (state.closed = true));
   bystander = state;
@@ -168,7 +136,7 @@ async function bystanderEcho(bytes = 256 * KiB): Promise<void> {
   const { client } = bystander!;
   const payload = randomBytes(bytes);
   const stream = client.open();
-  const reply = readAll(stream);
+  const reply = readToEnd(stream);
   stream.end(payload);
   expect(sha256(await withDeadline(reply, 5_000, 'bystander echo'))).toBe(sha256(payload));
 }
@@ -315,26 +283,14 @@ describe('receive window of a stream nobody reads', () => {
    */
   it('regression window-credit-for-bytes-in-flight: grants no window while a frame is arriving, so one byte past 256 KiB is a violation', async () => {
     const uncaught = watchUncaught();
-    const { a, b } = pipePair();
-    onTestFinished(() => {
-      a.destroy();
-      b.destroy();
-    });
+    const { a, b } = pipePairForTest();
     const session = new YamuxSession(a, { role: 'server', keepaliveIntervalMs: 0 });
     onTestFinished(() => session.destroy());
     const held: YamuxStream[] = [];
     session.on('stream', (stream: YamuxStream) => held.push(stream));
     const closed = closeOf(session);
     const heard: FrameHeader[] = [];
-    const tap = new FrameDecoder(
-      {
-        onDataStart: () => undefined,
-        onData: () => undefined,
-        onDataEnd: (h) => heard.push(h),
-        onControl: (h) => heard.push(h),
-      },
-      0xffff_ffff,
-    );
+    const tap = headerDecoder((h) => heard.push(h));
     b.on('data', (chunk: Buffer) => tap.push(chunk));
 
     // A 256 KiB frame whose payload arrives in two pieces, as it would over TCP.
@@ -362,14 +318,12 @@ interface SessionPair {
 }
 
 function pipeSessions(serverOptions: Partial<SessionOptions> = {}): SessionPair {
-  const { a, b } = pipePair();
+  const { a, b } = pipePairForTest();
   const client = new YamuxSession(a, { role: 'client', keepaliveIntervalMs: 0 });
   const server = new YamuxSession(b, { ...serverOptions, role: 'server', keepaliveIntervalMs: 0 });
   onTestFinished(() => {
     client.destroy();
     server.destroy();
-    a.destroy();
-    b.destroy();
   });
   return { client, server };
 }
@@ -380,13 +334,6 @@ function openRecording(session: YamuxSession): { stream: YamuxStream; errors: Tu
   const errors: TunnelError[] = [];
   stream.on('error', (err: TunnelError) => errors.push(err));
   return { stream, errors };
-}
-
-function echoStreams(session: YamuxSession): void {
-  session.on('stream', (stream: YamuxStream) => {
-    stream.on('error', () => undefined);
-    stream.pipe(stream);
-  });
 }
 
 describe('accept backlog', () => {
@@ -423,7 +370,7 @@ describe('accept backlog', () => {
     server.on('stream', (stream: YamuxStream) => delivered.push(stream.id));
     echoStreams(server);
     const queued = opened.slice(0, 4).map(({ stream }, i) => {
-      const reply = readAll(stream);
+      const reply = readToEnd(stream);
       stream.end();
       return reply.then((buf) => expect(buf.toString()).toBe(`hello ${i}`));
     });
@@ -432,7 +379,7 @@ describe('accept backlog', () => {
 
     const later = Array.from({ length: 6 }, () => openRecording(client));
     const replies = later.map(({ stream }, i) => {
-      const reply = readAll(stream);
+      const reply = readToEnd(stream);
       stream.end(`later ${i}`);
       return reply.then((buf) => expect(buf.toString()).toBe(`later ${i}`));
     });
@@ -461,42 +408,6 @@ describe('accept backlog', () => {
 });
 
 // ---- fuzzing ----
-
-/**
- * Client-to-server bytes of a short real conversation: SYNs, data, window updates, FIN, RST, pings, GoAway.
- */
-async function recordConversation(): Promise<Buffer> {
-  const { a, b } = pipePair();
-  onTestFinished(() => {
-    a.destroy();
-    b.destroy();
-  });
-  const recorded: Buffer[] = [];
-  b.on('data', (chunk: Buffer) => recorded.push(Buffer.from(chunk)));
-  const client = new YamuxSession(a, { role: 'client', keepaliveIntervalMs: 0 });
-  const server = new YamuxSession(b, { role: 'server', keepaliveIntervalMs: 0 });
-  server.on('stream', (stream: YamuxStream) => {
-    stream.on('error', () => undefined);
-    // A short request gets 200 KiB back: more than half a window, so the client grants more.
-    stream.on('data', (chunk: Buffer) =>
-      stream.write(chunk.length > 100 ? Buffer.alloc(200 * KiB, 2) : chunk),
-    );
-    stream.on('end', () => stream.end());
-  });
-  const echoed = openRecording(client).stream;
-  const reply = readAll(echoed);
-  echoed.write(Buffer.alloc(300, 1));
-  echoed.end('done');
-  await withDeadline(reply, 5_000, 'recording reply');
-  const reset = openRecording(client).stream;
-  reset.write('bye');
-  await once(reset, 'data');
-  reset.destroy();
-  await client.ping();
-  await server.ping();
-  await withDeadline(client.close(), 5_000, 'recording close');
-  return Buffer.concat(recorded);
-}
 
 type Mutation =
   | { kind: 'flip'; at: number; bit: number }
@@ -614,7 +525,7 @@ function expectSettled(outcome: FuzzOutcome): void {
 describe('fuzzing a session with broken input', () => {
   it('either stays open or closes with a coded TunnelError, never hangs and never throws', async () => {
     const uncaught = watchUncaught();
-    const recording = await recordConversation();
+    const recording = await recordClientToServerBytes();
     const recorded = decodeFrames(recording);
     expect(recorded.some((h) => h.type === FrameType.WindowUpdate && h.flags === 0 && h.length > 0)).toBe(
       true,
@@ -692,11 +603,7 @@ describe('keepalive on a fake clock', () => {
 
   it('ends a session whose peer never answers with TUN_ERR_TIMEOUT right after interval + timeout', async () => {
     const uncaught = watchUncaught();
-    const { a, b } = pipePair();
-    onTestFinished(() => {
-      a.destroy();
-      b.destroy();
-    });
+    const { a, b } = pipePairForTest();
     const clock = new ManualClock();
     const session = new YamuxSession(a, { role: 'client', keepaliveIntervalMs, keepaliveTimeoutMs, clock });
     onTestFinished(() => session.destroy());
@@ -721,11 +628,7 @@ describe('keepalive on a fake clock', () => {
   });
 
   it('keeps a session whose peer answers every ping open through many intervals', async () => {
-    const { a, b } = pipePair();
-    onTestFinished(() => {
-      a.destroy();
-      b.destroy();
-    });
+    const { a, b } = pipePairForTest();
     const clock = new ManualClock();
     const session = new YamuxSession(a, { role: 'client', keepaliveIntervalMs, keepaliveTimeoutMs, clock });
     const peer = new YamuxSession(b, { role: 'server', keepaliveIntervalMs: 0 });
@@ -734,17 +637,9 @@ describe('keepalive on a fake clock', () => {
       peer.destroy();
     });
     let pingsSeen = 0;
-    const tap = new FrameDecoder(
-      {
-        onDataStart: () => undefined,
-        onData: () => undefined,
-        onDataEnd: () => undefined,
-        onControl: (h) => {
-          if (h.type === FrameType.Ping && h.flags === Flag.SYN) pingsSeen++;
-        },
-      },
-      0xffff_ffff,
-    );
+    const tap = headerDecoder((h) => {
+      if (h.type === FrameType.Ping && h.flags === Flag.SYN) pingsSeen++;
+    });
     b.on('data', (chunk: Buffer) => tap.push(chunk));
     // Time moves one interval at a time, and the answer gets the real event-loop turns it needs.
     for (let step = 0; step < 10; step++) {

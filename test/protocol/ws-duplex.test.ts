@@ -9,66 +9,12 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { WebSocket } from 'ws';
 import { isTunnelError } from '../../packages/protocol/src/errors.js';
 import { createWebSocketDuplex } from '../../packages/protocol/src/ws-duplex.js';
-import { pipePair, transports, webSocketEndpoint, webSocketPair } from '../helpers/transports.js';
+import { seededRandom } from '../helpers/random.js';
+import { delay, pipePairForTest, readAtLeast, readToEndWithForAwait } from '../helpers/streams.js';
+import { transports, webSocketEndpoint, webSocketPair } from '../helpers/transports.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-
-/** Resolves with exactly `n` bytes from `stream`, then pauses it. */
-function readBytes(stream: Duplex, n: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let got = 0;
-    function onData(chunk: Buffer): void {
-      chunks.push(chunk);
-      got += chunk.length;
-      if (got >= n) {
-        done();
-        resolve(Buffer.concat(chunks));
-      }
-    }
-    function onEnd(): void {
-      done();
-      reject(new Error(`stream ended after ${got} of ${n} bytes`));
-    }
-    function onError(err: Error): void {
-      done();
-      reject(err);
-    }
-    function done(): void {
-      stream.off('data', onData);
-      stream.off('end', onEnd);
-      stream.off('error', onError);
-      stream.pause();
-    }
-    stream.on('data', onData);
-    stream.on('end', onEnd);
-    stream.on('error', onError);
-  });
-}
-
-/** Everything `stream` yields until 'end'. */
-async function readAll(stream: Duplex): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
-}
-
-/** A deterministic PRNG (mulberry32), so a failing split can be replayed. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 async function rawPair(): Promise<{ client: WebSocket; server: WebSocket }> {
   const pair = await webSocketPair();
@@ -97,10 +43,10 @@ async function duplexPair(opts?: { highWaterMarkBytes?: number }) {
 describe('createWebSocketDuplex over wss', () => {
   it('carries bytes both ways', async () => {
     const { a, b } = await duplexPair();
-    const toB = readBytes(b, 5);
+    const toB = readAtLeast(b, 5);
     a.write('hello');
     expect((await toB).toString()).toBe('hello');
-    const toA = readBytes(a, 5);
+    const toA = readAtLeast(a, 5);
     b.write(Buffer.from('world'));
     expect((await toA).toString()).toBe('world');
   });
@@ -115,12 +61,12 @@ describe('createWebSocketDuplex over wss', () => {
     a.write('early ');
     a.write('bytes');
     const b = wrap(await accepted);
-    expect((await readBytes(b, 11)).toString()).toBe('early bytes');
+    expect((await readAtLeast(b, 11)).toString()).toBe('early bytes');
   });
 
   it('pipes 64 MiB intact (sha256) with the sender bufferedAmount bounded', async () => {
     const { client, a, b } = await duplexPair();
-    const random = prng(64);
+    const random = seededRandom(64);
     const chunks: Buffer[] = [];
     let total = 0;
     for (let i = 0; i < 10_000 && total < 64 * MiB; i++) {
@@ -184,7 +130,7 @@ describe('createWebSocketDuplex over wss', () => {
     expect(client.bufferedAmount).toBeGreaterThan(0); // the held write is still in ws/socket buffers
     expect(server.isPaused).toBe(true); // the reader side stopped reading its socket
 
-    const all = readBytes(b, attemptedBytes);
+    const all = readAtLeast(b, attemptedBytes);
     expect((await all).length).toBe(attemptedBytes);
     for (let i = 0; i < 100 && ackedBytes < attemptedBytes; i++) await delay(10);
     expect(ackedBytes).toBe(attemptedBytes);
@@ -194,7 +140,7 @@ describe('createWebSocketDuplex over wss', () => {
     const { client, server } = await rawPair();
     const a = wrap(client);
     const payload = randomBytes(4 * MiB);
-    const random = prng(7);
+    const random = seededRandom(7);
     let offset = 0;
     for (let i = 0; i < 100_000 && offset < payload.length; i++) {
       const roll = random();
@@ -212,7 +158,7 @@ describe('createWebSocketDuplex over wss', () => {
     }
     expect(offset).toBe(payload.length);
     server.close(1000);
-    expect((await readAll(a)).equals(payload)).toBe(true);
+    expect((await readToEndWithForAwait(a)).equals(payload)).toBe(true);
   });
 
   it('end() sends everything, then the peer sees end', async () => {
@@ -223,7 +169,7 @@ describe('createWebSocketDuplex over wss', () => {
     const closed = Promise.all([once(a, 'close'), once(b, 'close')]);
     a.end(payload);
     a.resume();
-    expect((await readAll(b)).equals(payload)).toBe(true);
+    expect((await readToEndWithForAwait(b)).equals(payload)).toBe(true);
     await finished;
     await closed;
   });
@@ -291,11 +237,7 @@ describe('createWebSocketDuplex over wss', () => {
 
 describe('pipePair', () => {
   it('holds a write until the other side reads, and ends the peer on destroy', async () => {
-    const { a, b } = pipePair();
-    onTestFinished(() => {
-      a.destroy();
-      b.destroy();
-    });
+    const { a, b } = pipePairForTest();
     const chunk = Buffer.alloc(64 * KiB);
     let acked = 0;
     let attempted = 0;
@@ -303,7 +245,7 @@ describe('pipePair', () => {
     attempted += 1;
     await delay(10);
     expect(acked).toBeLessThan(attempted);
-    expect((await readBytes(b, attempted * chunk.length)).length).toBe(attempted * chunk.length);
+    expect((await readAtLeast(b, attempted * chunk.length)).length).toBe(attempted * chunk.length);
     for (let i = 0; i < 10 && acked < attempted; i++) await delay(1);
     expect(acked).toBe(attempted);
     const ended = once(b, 'end');
@@ -319,7 +261,7 @@ describe.each(transports)('$name transport', (transport) => {
     onTestFinished(close);
     b.pipe(b); // echo; ends b's writable when b's readable ends
     const payload = randomBytes(MiB);
-    const echoed = readBytes(a, payload.length);
+    const echoed = readAtLeast(a, payload.length);
     a.write(payload);
     expect((await echoed).equals(payload)).toBe(true);
     const bEnded = once(b, 'end');
@@ -336,6 +278,6 @@ describe.each(transports)('$name transport', (transport) => {
     b.once('end', () => b.end('late reply'));
     b.resume();
     a.end();
-    expect((await readAll(a)).toString()).toBe('late reply');
+    expect((await readToEndWithForAwait(a)).toString()).toBe('late reply');
   });
 });

@@ -1,5 +1,6 @@
 /**
- * A real, minimal tunnel-server peer for agent tests: HTTPS on 127.0.0.1 port 0, the agent
+ * A real, minimal tunnel-server peer for agent tests (one replica; put several behind
+ * test/helpers/load-balancer.ts for the agent's one-session-per-replica logic): HTTPS on 127.0.0.1 port 0, the agent
  * endpoint `/connect` (bearer token checked on the upgrade, 401/403 with a JSON body otherwise),
  * a server-role yamux session per agent, `registered` on the control stream, and user streams
  * opened with a stream header exactly as the server does. Not a mock: every byte crosses TLS,
@@ -39,6 +40,8 @@ export interface UpgradeRecord {
 
 export interface PeerOptions {
   serverId?: string;
+  /** Sent in the default `registered` answer; default: left out, as an older server does. */
+  serverCount?: number;
   /** Decides each upgrade; default: accept the bearer token `token`. */
   verdict?: (token: string | undefined, req: IncomingMessage) => Verdict;
   /** The answer to `register`; default: registered with `<label>.<domain>` hostnames. */
@@ -80,6 +83,8 @@ export class TunnelPeer {
   readonly caFile: string;
   readonly upgrades: UpgradeRecord[] = [];
   readonly sessions: PeerSession[] = [];
+  /** What the default `registered` says; change it to tell agents of a new replica count. */
+  serverCount: number | undefined;
   verdict: (token: string | undefined, req: IncomingMessage) => Verdict;
   onRegister: (message: RegisterMessage) => ControlMessage;
   private readonly server: https.Server;
@@ -101,6 +106,7 @@ export class TunnelPeer {
     this.dir = dir;
     this.caFile = caFile;
     this.serverId = options.serverId ?? 'peer-1';
+    this.serverCount = options.serverCount;
     this.url = `wss://127.0.0.1:${(server.address() as AddressInfo).port}/connect`;
     this.verdict =
       options.verdict ??
@@ -111,6 +117,7 @@ export class TunnelPeer {
         type: 'registered',
         serverId: this.serverId,
         hostnames: m.routes.map((r) => `${r}.${DOMAIN}`),
+        ...(this.serverCount === undefined ? {} : { serverCount: this.serverCount }),
       }));
     this.wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
     server.on('secureConnection', (socket: Socket) => {

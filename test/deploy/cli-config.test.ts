@@ -91,6 +91,7 @@ const COMPARED_KEYS: Record<Cli, string[]> = {
     'revokedFile',
     'adminListen',
     'serverId',
+    'serverCount',
     'drainTimeoutMs',
   ],
   'tunnel-client': ['server', 'tokenFile', 'caFile', 'route', 'agentId', 'healthListen', 'drainTimeoutMs'],
@@ -285,6 +286,13 @@ describe.each(kustomizationDirs)('%s', (dir) => {
     for (const s of subjects(dir)) {
       const config = resolveOrExplain(s);
       expect('serverId' in config ? config.serverId : config.agentId).toBe(s.view.podName);
+    }
+  });
+
+  test("each server tells agents its Deployment's replica count, so they hold a session to every replica", () => {
+    for (const s of subjects(dir).filter((x) => x.cli === 'tunnel-server')) {
+      const server = resolveOrExplain(s) as ServerConfig;
+      expect(server.serverCount, s.template.name).toBe(s.template.owner.spec?.replicas ?? 1);
     }
   });
 

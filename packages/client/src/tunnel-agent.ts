@@ -1,42 +1,32 @@
 /**
- * The agent's connect loop: read the token, dial the server, register the routes, serve user
- * streams until the session ends, then reconnect, forever.
+ * The agent: one connect loop (a slot, connect-slot.ts) per server replica it wants a session
+ * to, so that every replica behind the load balancer can route to it (DESIGN.md, "Many
+ * machines"). It starts with one slot; a `registered` that says serverCount = k grows it to k
+ * (at most MAX_SLOTS). A lower count retires the slots beyond it once their session ends: no
+ * live session is closed for it. A slot whose session lands on a replica another serving
+ * session already holds closes it and dials again (connect-slot.ts says how soon).
  *
- * - Refused credentials (HTTP 401/403) and operator errors (a route outside the token's cluster,
- *   an unsupported protocol version, an unusable token) are logged at error level and retried
- *   after `authRetryMs`: slow, so a misconfigured fleet never hammers the server.
- * - Every other failure backs off exponentially with full jitter; a session that stayed up
- *   `healthyResetMs` resets the delay.
- * - A server that sends GoAway (it is draining) keeps its streams until they finish while the
- *   agent dials a new session at once (the load balancer picks another replica).
+ * Ready while registered with at least one server. close()/destroy() cover every slot.
  *
  * Events: 'registered' ({ serverId, hostnames }), 'disconnected' ({ serverId, err }).
  */
 import { EventEmitter } from 'node:events';
-import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import type { AddressInfo } from 'node:net';
-import { decodeJwt } from 'jose';
-import { TunnelError, isValidClusterId } from '@cluster-tunnel/protocol';
-import type { Clock, ErrorCode, Logger } from '@cluster-tunnel/protocol';
-import { AgentSession } from './agent-session.js';
-import { Backoff } from './backoff.js';
+import type { Clock, Logger, RegisteredMessage, TunnelError } from '@cluster-tunnel/protocol';
+import type { AgentSession } from './agent-session.js';
 import type { ClientConfig } from './config.js';
-import { dial, isCredentialRefusal } from './dialer.js';
+import { ConnectSlot } from './connect-slot.js';
+import type { SlotHost } from './connect-slot.js';
 import { HealthServer } from './health.js';
-import { RouteTable } from './route-table.js';
 
 /** The package version, sent in `register` and shown by --version. */
 export const AGENT_VERSION: string = (
   createRequire(import.meta.url)('../package.json') as { version: string }
 ).version;
 
-/** Codes after which retrying soon cannot help: an operator must change something. */
-const OPERATOR_ERROR_CODES: ReadonlySet<ErrorCode> = new Set([
-  'TUN_ERR_ROUTE_FORBIDDEN',
-  'TUN_ERR_UNSUPPORTED_VERSION',
-  'TUN_ERR_CONFIG',
-]);
+/** The most server replicas an agent keeps sessions to, whatever serverCount says. */
+export const MAX_SLOTS = 16;
 
 /** Timers that keep the process alive: an agent waiting to reconnect must not exit. */
 const agentClock: Clock = {
@@ -73,41 +63,41 @@ export interface AgentDisconnectedEvent {
   err: TunnelError | undefined;
 }
 
-type Phase = 'token' | 'dial' | 'register';
-
 export class TunnelAgent extends EventEmitter {
   readonly config: Readonly<ClientConfig>;
   private readonly log: Logger;
   private readonly clock: Clock;
-  private readonly backoff: Backoff;
-  private readonly timeouts: Required<Omit<TunnelAgentOptions, 'logger' | 'clock' | 'random'>>;
+  /** What every slot shares with the agent. */
+  private readonly host: SlotHost;
   private readonly sessions = new Set<AgentSession>();
+  /** Running slots by index. Indexes below wantedSlots keep dialing; the rest end after their session. */
+  private readonly slots = new Map<number, ConnectSlot>();
+  private wantedSlots = 1;
   private health: HealthServer | undefined;
-  private loop: Promise<void> | undefined;
+  private started = false;
   private stopping = false;
   private closePromise: Promise<void> | undefined;
-  private dialAbort: AbortController | undefined;
-  private wake: (() => void) | undefined;
-  /** How far the current attempt got: decides how its failure is logged and retried. */
-  private phase: Phase = 'token';
 
   constructor(config: Readonly<ClientConfig>, options: TunnelAgentOptions) {
     super();
     this.config = config;
     this.log = options.logger;
     this.clock = options.clock ?? agentClock;
-    this.backoff = new Backoff({
-      initialMs: config.backoffInitialMs,
-      maxMs: config.backoffMaxMs,
-      healthyResetMs: config.healthyResetMs,
-      now: () => this.clock.now(),
-      ...(options.random === undefined ? {} : { random: options.random }),
-    });
-    this.timeouts = {
-      registerTimeoutMs: options.registerTimeoutMs ?? 10_000,
-      dialTimeoutMs: options.dialTimeoutMs ?? 15_000,
-      streamHeaderTimeoutMs: options.streamHeaderTimeoutMs ?? 10_000,
-      targetDialTimeoutMs: options.targetDialTimeoutMs ?? 5_000,
+    this.host = {
+      config,
+      clock: this.clock,
+      random: options.random ?? Math.random,
+      timeouts: {
+        registerTimeoutMs: options.registerTimeoutMs ?? 10_000,
+        dialTimeoutMs: options.dialTimeoutMs ?? 15_000,
+        streamHeaderTimeoutMs: options.streamHeaderTimeoutMs ?? 10_000,
+        targetDialTimeoutMs: options.targetDialTimeoutMs ?? 5_000,
+      },
+      agentVersion: AGENT_VERSION,
+      isStopping: () => this.stopping,
+      keepDialing: (slot) => this.keepDialing(slot),
+      track: (session) => this.track(session),
+      registered: (slot, session, message) => this.onRegistered(slot, session, message),
     };
   }
 
@@ -123,6 +113,11 @@ export class TunnelAgent extends EventEmitter {
       .map((s) => ({ serverId: s.serverId as string, hostnames: s.hostnames }));
   }
 
+  /** How many connect loops run: one per server replica wanted (until a retired one's session ends). */
+  get slotCount(): number {
+    return this.slots.size;
+  }
+
   /** User connections being forwarded, over all sessions. */
   get activeStreams(): number {
     let n = 0;
@@ -135,9 +130,10 @@ export class TunnelAgent extends EventEmitter {
     return this.health?.address;
   }
 
-  /** Opens the health port (rejects if it cannot) and starts the connect loop. */
+  /** Opens the health port (rejects if it cannot) and starts the first connect slot. */
   async start(): Promise<void> {
-    if (this.loop || this.stopping) throw new Error('TunnelAgent.start() may be called once');
+    if (this.started || this.stopping) throw new Error('TunnelAgent.start() may be called once');
+    this.started = true;
     if (this.config.healthListen !== undefined) {
       this.health = new HealthServer({
         listen: this.config.healthListen,
@@ -146,11 +142,11 @@ export class TunnelAgent extends EventEmitter {
       });
       await this.health.listen();
     }
-    this.loop = this.run();
+    this.fillSlots();
   }
 
   /**
-   * Graceful and idempotent: stop reconnecting, GoAway every session, let open streams finish
+   * Graceful and idempotent: stop every slot, GoAway every session, let open streams finish
    * within drainTimeoutMs (then reset them), close the health port.
    */
   close(): Promise<void> {
@@ -162,181 +158,82 @@ export class TunnelAgent extends EventEmitter {
         'agent draining',
       );
       await Promise.all([...this.sessions].map((s) => s.close(drainTimeoutMs)));
-      await this.loop;
+      await Promise.all([...this.slots.values()].map((slot) => slot.done));
       await this.health?.close();
       this.log.info('agent stopped');
     })();
     return this.closePromise;
   }
 
-  /** Immediate: every session and stream is reset. */
+  /** Immediate: every slot stops, every session and stream is reset. */
   destroy(): void {
     this.stop();
     for (const s of this.sessions) s.destroy();
     void this.health?.close();
   }
 
-  private stop(): void {
-    this.stopping = true;
-    this.dialAbort?.abort();
-    this.wake?.();
+  private keepDialing(slot: ConnectSlot): boolean {
+    if (this.stopping) return false;
+    if (slot.index < this.wantedSlots) return true;
+    // Retired by a lower serverCount: leave the map now, so a later rise starts a fresh slot.
+    if (this.slots.get(slot.index) === slot) this.slots.delete(slot.index);
+    slot.log.debug({ wantedSlots: this.wantedSlots }, 'connect slot retired');
+    return false;
   }
 
-  private async run(): Promise<void> {
-    while (!this.stopping) {
-      let delayMs: number;
-      try {
-        await this.connectOnce();
-        if (this.stopping) break;
-        delayMs = this.backoff.next();
-        this.log.info({ delayMs, attempt: this.backoff.attempt }, 'reconnecting');
-      } catch (err) {
-        if (this.stopping) break;
-        delayMs = this.failureDelay(asTunnelError(err), this.phase);
-      }
-      await this.sleep(delayMs);
-    }
-  }
-
-  /** One session from dial to its end (or to the server's GoAway). Throws if it never registered. */
-  private async connectOnce(): Promise<void> {
-    this.phase = 'token';
-    const token = await this.readToken();
-    const routes = new RouteTable(clusterIdOf(token), this.config.route);
-    this.phase = 'dial';
-    this.dialAbort = new AbortController();
-    const dialed = await dial({
-      server: this.config.server,
-      token,
-      caFile: this.config.caFile,
-      serverName: this.config.serverName,
-      proxyUrl: this.config.proxyUrl,
-      noProxy: this.config.noProxy,
-      timeoutMs: this.timeouts.dialTimeoutMs,
-      signal: this.dialAbort.signal,
-    });
-    this.dialAbort = undefined;
-    if (this.stopping) {
-      dialed.ws.terminate();
-      return;
-    }
-    this.log.debug({ url: dialed.url, proxy: dialed.proxy }, 'connected');
-    this.phase = 'register';
-    const session = new AgentSession({
-      ws: dialed.ws,
-      routes,
-      agentId: this.config.agentId,
-      agentVersion: AGENT_VERSION,
-      keepaliveIntervalMs: this.config.keepaliveIntervalMs,
-      keepaliveTimeoutMs: this.config.keepaliveTimeoutMs,
-      registerTimeoutMs: this.timeouts.registerTimeoutMs,
-      streamHeaderTimeoutMs: this.timeouts.streamHeaderTimeoutMs,
-      targetDialTimeoutMs: this.timeouts.targetDialTimeoutMs,
-      logger: this.log,
-    });
+  private track(session: AgentSession): void {
     this.sessions.add(session);
-    const ended = session.whenClosed();
-    let registered;
-    try {
-      registered = await session.register();
-    } catch (err) {
-      session.destroy();
-      this.sessions.delete(session);
-      throw err;
+    void session.whenClosed().then(() => this.sessions.delete(session));
+  }
+
+  /** Adopts the serverCount; 'duplicate' when another serving session holds the serverId, else serving. */
+  private onRegistered(
+    slot: ConnectSlot,
+    session: AgentSession,
+    message: RegisteredMessage,
+  ): 'serving' | 'duplicate' {
+    const { serverId, hostnames, serverCount } = message;
+    // Every answer tells the replica count, a duplicate's too; an older server says nothing.
+    if (serverCount !== undefined) this.setServerCount(serverCount);
+    for (const other of this.sessions) {
+      if (other !== session && other.isServing && other.serverId === serverId) return 'duplicate';
     }
-    const { serverId, hostnames } = registered;
     const upSince = this.clock.now();
-    this.backoff.connected();
-    this.log.info({ serverId, hostnames }, 'agent registered');
+    slot.log.info({ serverId, serverCount, hostnames }, 'agent registered');
     this.emit('registered', { serverId, hostnames } satisfies AgentRegisteredEvent);
-    void ended.then((err) => {
-      this.sessions.delete(session);
+    void session.whenClosed().then((err) => {
       const upMs = Math.round(this.clock.now() - upSince);
-      if (err && !this.stopping) this.log.warn({ serverId, upMs, err }, 'session ended');
-      else this.log.info({ serverId, upMs }, 'session ended');
+      if (err && !this.stopping) slot.log.warn({ serverId, upMs, err }, 'session ended');
+      else slot.log.info({ serverId, upMs }, 'session ended');
       this.emit('disconnected', { serverId, err } satisfies AgentDisconnectedEvent);
     });
-    const wentAway = new Promise<void>((resolve) => session.once('goaway', () => resolve()));
-    await Promise.race([ended, wentAway]);
-    if (!this.stopping && session.isGoingAway) {
-      // The server is draining: its open streams finish in the background while we redial.
-      void session.close(this.config.drainTimeoutMs);
-    }
-    this.backoff.disconnected();
+    return 'serving';
   }
 
-  /** Logs why the attempt failed and picks the delay before the next one. */
-  private failureDelay(err: TunnelError, phase: Phase): number {
-    const authRetryMs = this.config.authRetryMs;
-    if (isCredentialRefusal(err)) {
-      const { status, serverMessage } = err.details ?? {};
-      this.log.error(
-        { code: err.code, status, serverMessage, retryInMs: authRetryMs },
-        'agent credentials refused',
-      );
-      return authRetryMs;
-    }
-    if (phase === 'token' || OPERATOR_ERROR_CODES.has(err.code)) {
-      const message = phase === 'token' ? 'agent token unusable' : 'registration refused';
-      this.log.error({ code: err.code, err, retryInMs: authRetryMs }, message);
-      return authRetryMs;
-    }
-    const delayMs = this.backoff.next();
-    const what = phase === 'register' ? 'registration failed' : 'connect failed';
-    this.log.warn({ err, attempt: this.backoff.attempt, delayMs }, what);
-    return delayMs;
+  /** Grows to one slot per replica (at most MAX_SLOTS); a lower count retires slots lazily. */
+  private setServerCount(serverCount: number): void {
+    const wanted = Math.min(serverCount, MAX_SLOTS);
+    if (wanted === this.wantedSlots) return;
+    this.log.info({ serverCount, slots: wanted, previousSlots: this.wantedSlots }, 'server count changed');
+    this.wantedSlots = wanted;
+    this.fillSlots();
   }
 
-  /** The token, read afresh on every connect so a rotated Secret is picked up. */
-  private async readToken(): Promise<string> {
-    if (this.config.token !== undefined) return this.config.token;
-    const file = this.config.tokenFile as string;
-    let text: string;
-    try {
-      text = await readFile(file, 'utf8');
-    } catch (cause) {
-      const errno = (cause as NodeJS.ErrnoException).code;
-      throw new TunnelError('TUN_ERR_CONFIG', `cannot read tokenFile ${file}: ${errno ?? 'error'}`, {
-        cause,
+  /** Starts a slot for every wanted index that has none running. */
+  private fillSlots(): void {
+    if (this.stopping) return;
+    for (let i = 0; i < this.wantedSlots; i++) {
+      if (this.slots.has(i)) continue;
+      const slot = new ConnectSlot(i, this.host, this.log);
+      this.slots.set(i, slot);
+      void slot.done.then(() => {
+        if (this.slots.get(i) === slot) this.slots.delete(i);
       });
     }
-    const token = text.trim();
-    if (token === '') throw new TunnelError('TUN_ERR_CONFIG', `tokenFile ${file} is empty`);
-    return token;
   }
 
-  private sleep(ms: number): Promise<void> {
-    if (this.stopping) return Promise.resolve();
-    return new Promise((resolve) => {
-      const handle = this.clock.setTimeout(() => {
-        this.wake = undefined;
-        resolve();
-      }, ms);
-      this.wake = () => {
-        this.wake = undefined;
-        this.clock.clearTimeout(handle);
-        resolve();
-      };
-    });
+  private stop(): void {
+    this.stopping = true;
+    for (const slot of this.slots.values()) slot.stop();
   }
-}
-
-/** The cluster id from the token's `cluster` claim; the server verifies the signature, not us. */
-function clusterIdOf(token: string): string {
-  let cluster: unknown;
-  try {
-    cluster = decodeJwt(token)['cluster'];
-  } catch (cause) {
-    throw new TunnelError('TUN_ERR_TOKEN_INVALID', 'the agent token is not a JWT', { cause });
-  }
-  if (typeof cluster !== 'string' || !isValidClusterId(cluster)) {
-    throw new TunnelError('TUN_ERR_TOKEN_INVALID', 'the agent token has no valid cluster claim');
-  }
-  return cluster;
-}
-
-function asTunnelError(err: unknown): TunnelError {
-  if (err instanceof TunnelError) return err;
-  const message = err instanceof Error ? err.message : String(err);
-  return new TunnelError('TUN_ERR_PROTOCOL', `unexpected failure: ${message}`, { cause: err });
 }

@@ -9,6 +9,8 @@ import { ERROR_CODES, TunnelError, type ErrorCode } from './errors.js';
 
 /** The control protocol version an agent announces in `register`. */
 export const CONTROL_PROTOCOL_VERSION = 1;
+/** The most replicas a `registered` may announce (its `serverCount`). */
+export const MAX_SERVER_COUNT = 64;
 export const MAX_CONTROL_MESSAGE_BYTES = 64 * 1024;
 
 export interface RegisterMessage {
@@ -24,6 +26,11 @@ export interface RegisteredMessage {
   serverId: string;
   /** Full hostnames now routed to this agent. */
   hostnames: string[];
+  /**
+   * How many replicas run behind the load balancer: the agent keeps one session to each
+   * distinct serverId. Always sent by this server; absent from older ones (1–64).
+   */
+  serverCount?: number;
 }
 export interface ErrorMessage {
   type: 'error';
@@ -36,6 +43,9 @@ type Validator = (m: Record<string, unknown>) => string | undefined;
 
 const isString = (v: unknown, max = 253): v is string =>
   typeof v === 'string' && v.length > 0 && v.length <= max;
+
+const isCount = (v: unknown, max: number): v is number =>
+  Number.isInteger(v) && (v as number) >= 1 && (v as number) <= max;
 
 /** Every control message type and what makes it well formed. */
 export const CONTROL_MESSAGES: Readonly<Record<ControlMessage['type'], Validator>> = {
@@ -50,7 +60,9 @@ export const CONTROL_MESSAGES: Readonly<Record<ControlMessage['type'], Validator
   registered: (m) =>
     !isString(m.serverId, 128) || !Array.isArray(m.hostnames) || !m.hostnames.every((h) => isString(h))
       ? 'serverId and hostnames are required'
-      : undefined,
+      : m.serverCount !== undefined && !isCount(m.serverCount, MAX_SERVER_COUNT)
+        ? `serverCount must be an integer from 1 to ${MAX_SERVER_COUNT}`
+        : undefined,
   error: (m) =>
     typeof m.code !== 'string' || !(m.code in ERROR_CODES) || typeof m.message !== 'string'
       ? 'code must be a known TUN_ERR_* code'

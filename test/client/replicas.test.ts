@@ -1,0 +1,244 @@
+// The agent behind an L4 load balancer in front of several server replicas: one connect slot per
+// replica the servers announce (serverCount), one session to each distinct serverId, duplicates
+// closed and redialed soon, a streak of them backed off, a lower count retiring slots lazily, and
+// close() covering every slot. Real peers (TLS + WebSocket + yamux) behind a real TCP relay.
+import { randomBytes } from 'node:crypto';
+import { SignJWT } from 'jose';
+import { describe, expect, onTestFinished, test } from 'vitest';
+import { decodeControlMessage } from '../../packages/protocol/src/control.js';
+import { resolveClientConfig } from '../../packages/client/src/config.js';
+import { MAX_QUICK_DUPLICATES } from '../../packages/client/src/connect-slot.js';
+import { MAX_SLOTS, TunnelAgent } from '../../packages/client/src/tunnel-agent.js';
+import { startLoadBalancer } from '../helpers/load-balancer.js';
+import { LEVEL, captureLogs, echoTarget, readAll, tempDir, until, writeFile } from './fixtures.js';
+import type { LogLine } from './fixtures.js';
+import { TunnelPeer } from './tunnel-peer.js';
+import type { PeerSession } from './tunnel-peer.js';
+
+const SIGNING_KEY = new TextEncoder().encode('replica-tests-hmac-key-replica-tests-hmac');
+
+function agentToken(cluster: string): Promise<string> {
+  return new SignJWT({ cluster })
+    .setProtectedHeader({ alg: 'HS256' })
+    .setJti(randomBytes(8).toString('hex'))
+    .sign(SIGNING_KEY);
+}
+
+interface ReplicaOptions {
+  /** What every peer says in `registered`; undefined: nothing, as an older server. */
+  serverCount: number | undefined;
+  /** Peer ids; default two replicas. */
+  serverIds?: string[];
+  /** Upstream index for the n-th connection through the balancer; default round robin. */
+  pick?: (n: number) => number;
+  argv?: string[];
+  random?: () => number;
+}
+
+async function setupReplicas(o: ReplicaOptions) {
+  const token = await agentToken('u1');
+  const peers: TunnelPeer[] = [];
+  for (const serverId of o.serverIds ?? ['peer-a', 'peer-b']) {
+    const peer = await TunnelPeer.start(token, { serverId, serverCount: o.serverCount });
+    onTestFinished(() => peer.close());
+    peers.push(peer);
+  }
+  const lb = await startLoadBalancer(peers.map((p) => Number(new URL(p.url).port)));
+  if (o.pick) lb.pick = o.pick;
+  const echo = await echoTarget();
+  const dir = tempDir();
+  const argv = [
+    ...['--server', `wss://127.0.0.1:${lb.port}/connect`, '--token-file', writeFile(dir, 'token', token)],
+    // The peers share one certificate (tlsCredentials() is made once per process).
+    ...['--ca-file', peers[0]!.caFile, '--server-name', 'localhost', '--agent-id', 'agent-test'],
+    ...['--route', `apiserver=127.0.0.1:${echo.port}`, '--health-listen', 'off'],
+    ...['--backoff-initial-ms', '10', '--backoff-max-ms', '50', '--healthy-reset-ms', '1s'],
+    ...['--auth-retry-ms', '400', '--keepalive-interval-ms', '2s', '--drain-timeout-ms', '1s'],
+    ...(o.argv ?? []),
+  ];
+  const config = resolveClientConfig({ argv, env: {}, cwd: dir, hostname: 'test-host' });
+  const logs = captureLogs();
+  const agent = new TunnelAgent(config, { logger: logs.logger, ...(o.random ? { random: o.random } : {}) });
+  onTestFinished(async () => {
+    agent.destroy();
+    await agent.close();
+  });
+  const events = { registered: 0, disconnected: 0 };
+  agent.on('registered', () => (events.registered += 1));
+  agent.on('disconnected', () => (events.disconnected += 1));
+  await agent.start();
+  const servedBy = () => agent.servers.map((s) => s.serverId).sort();
+  return { agent, peers, lb, logs, events, servedBy };
+}
+
+/** The peer's sessions the agent has neither left nor lost. */
+const live = (peer: TunnelPeer): PeerSession[] =>
+  peer.sessions.filter((s) => !s.goAwayReceived && !s.session.isClosed);
+
+const warnings = (lines: LogLine[]) => lines.filter((l) => l.level >= LEVEL.warn);
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('TunnelAgent behind a load balancer', () => {
+  test('holds one session to each replica the servers announce, and each replica can route to it', async () => {
+    const { agent, peers, logs, servedBy } = await setupReplicas({ serverCount: 2 });
+    await until(() => agent.servers.length === 2, 'a session to each replica');
+    expect(servedBy()).toEqual(['peer-a', 'peer-b']);
+    expect(agent.slotCount).toBe(2);
+    expect(agent.isReady).toBe(true);
+    for (const peer of peers) {
+      expect(live(peer)).toHaveLength(1);
+      const { stream, reply } = await live(peer)[0]!.openUserStream('cluster-u1', Buffer.from(peer.serverId));
+      expect(reply).toEqual({ ok: true });
+      stream.end();
+      expect((await readAll(stream)).toString()).toBe(`${peer.serverId}<eof>`);
+    }
+    const registered = logs.find('agent registered');
+    expect(registered.map((l) => [l.level, l.serverCount, l.slot, l.serverId])).toEqual([
+      [LEVEL.info, 2, 0, 'peer-a'],
+      [LEVEL.info, 2, 1, 'peer-b'],
+    ]);
+    expect(logs.find('server count changed')).toEqual([
+      expect.objectContaining({ serverCount: 2, slots: 2, previousSlots: 1 }),
+    ]);
+    expect(warnings(logs.lines)).toEqual([]);
+  });
+
+  test('a session that lands on a replica it already holds is closed with GoAway and redialed soon, without growing the backoff', async () => {
+    const { agent, peers, lb, logs, events, servedBy } = await setupReplicas({
+      serverCount: 2,
+      // Three connections in a row to peer-a: the second slot finds peer-b on its third dial.
+      pick: (n) => (n < 3 ? 0 : 1),
+      argv: ['--backoff-initial-ms', '200', '--backoff-max-ms', '10s'],
+      random: () => 0.5,
+    });
+    await until(() => agent.servers.length === 2, 'a session to each replica', 10_000);
+    expect(servedBy()).toEqual(['peer-a', 'peer-b']);
+    expect(lb.routed).toHaveLength(4);
+    const [a] = peers;
+    await until(() => a!.sessions.filter((s) => s.goAwayReceived).length === 2, 'GoAway on both duplicates');
+    await Promise.all(a!.sessions.filter((s) => s.goAwayReceived).map((s) => s.sessionClosed));
+    expect(live(a!)).toHaveLength(1);
+    // Drawn in [0, backoffInitialMs] each time (0.5 × 200): a failure would have doubled the second.
+    const duplicates = logs.find('duplicate server session');
+    expect(duplicates.map((l) => [l.level, l.slot, l.duplicates, l.delayMs])).toEqual([
+      [LEVEL.debug, 1, 1, 100],
+      [LEVEL.debug, 1, 2, 100],
+    ]);
+    expect(a!.upgrades[2]!.at - a!.upgrades[1]!.at).toBeGreaterThanOrEqual(95);
+    // Neither an error nor a session of ours: no warning, no events, one 'agent registered' per replica.
+    expect(warnings(logs.lines)).toEqual([]);
+    expect(logs.find('agent registered').map((l) => l.serverId)).toEqual(['peer-a', 'peer-b']);
+    expect(events).toEqual({ registered: 2, disconnected: 0 });
+  });
+
+  test(`after ${MAX_QUICK_DUPLICATES} duplicates in a row a slot backs off as after failures (serverCount above the replicas)`, async () => {
+    const { agent, logs, servedBy } = await setupReplicas({
+      serverCount: 3,
+      argv: ['--backoff-initial-ms', '10', '--backoff-max-ms', '400'],
+      random: () => 0.99,
+    });
+    const streak = () => {
+      const bySlot = new Map<unknown, LogLine[]>();
+      for (const l of logs.find('duplicate server session'))
+        bySlot.set(l.slot, [...(bySlot.get(l.slot) ?? []), l]);
+      return [...bySlot.values()].find((lines) => lines.length >= MAX_QUICK_DUPLICATES + 4);
+    };
+    const lines = await until(streak, `${MAX_QUICK_DUPLICATES + 4} duplicates on one slot`, 15_000);
+    // Quick and flat (0.99 × 10) while the streak is short; then 0.99 × 10, 20, 40, 80: the backoff.
+    expect(lines.slice(0, MAX_QUICK_DUPLICATES).map((l) => l.delayMs)).toEqual(
+      Array(MAX_QUICK_DUPLICATES).fill(9),
+    );
+    expect(lines.slice(MAX_QUICK_DUPLICATES, MAX_QUICK_DUPLICATES + 4).map((l) => l.delayMs)).toEqual([
+      9, 19, 39, 79,
+    ]);
+    expect(lines.map((l) => l.duplicates)).toEqual(lines.map((_, i) => i + 1));
+    expect(logs.find('backing off after duplicate sessions')).toEqual([
+      expect.objectContaining({
+        level: LEVEL.info,
+        slot: lines[0]!.slot,
+        duplicates: MAX_QUICK_DUPLICATES + 1,
+      }),
+    ]);
+    expect(servedBy()).toEqual(['peer-a', 'peer-b']);
+    expect(agent.slotCount).toBe(3);
+    expect(agent.isReady).toBe(true);
+    expect(warnings(logs.lines)).toEqual([]);
+  });
+
+  test('a lower serverCount retires the extra slot once its session ends; no live session is closed for it', async () => {
+    const { agent, peers, lb, logs, servedBy } = await setupReplicas({ serverCount: 2 });
+    await until(() => agent.servers.length === 2, 'a session to each replica');
+    const slotOf = (serverId: string) =>
+      logs.find('agent registered').find((l) => l.serverId === serverId)?.slot as number;
+    const [a, b] = peers as [TunnelPeer, TunnelPeer];
+    for (const peer of peers) peer.serverCount = 1;
+    // peer-a drops slot 0's session; it comes back to peer-a and learns the count is now 1.
+    expect(slotOf('peer-a')).toBe(0);
+    lb.pick = () => 0;
+    live(a)[0]!.ws.terminate();
+    await until(
+      () => logs.find('server count changed').find((l) => l.serverCount === 1),
+      'the lower count to be adopted',
+    );
+    await until(() => live(a).length === 1 && agent.servers.length === 2, 'slot 0 back on peer-a');
+    // Slot 1 keeps its session to peer-b: a lower count closes nothing.
+    expect(live(b)).toHaveLength(1);
+    expect(agent.slotCount).toBe(2);
+    expect(servedBy()).toEqual(['peer-a', 'peer-b']);
+    // Once that session ends, slot 1 retires instead of dialing again.
+    const dialsBefore = lb.routed.length;
+    live(b)[0]!.ws.terminate();
+    await until(() => agent.slotCount === 1, 'slot 1 to retire');
+    await sleep(200); // four times backoffMaxMs: a slot still dialing would have dialed by now
+    expect(lb.routed.length).toBe(dialsBefore);
+    expect(logs.find('connect slot retired')).toEqual([expect.objectContaining({ slot: 1 })]);
+    expect(servedBy()).toEqual(['peer-a']);
+    expect(agent.isReady).toBe(true);
+  });
+
+  test(`runs at most ${MAX_SLOTS} slots whatever the count, and close() ends every one: GoAway on each session, no dial after`, async () => {
+    const { agent, peers, lb, logs } = await setupReplicas({
+      serverCount: 64,
+      argv: ['--backoff-initial-ms', '300', '--backoff-max-ms', '10s'],
+    });
+    await until(() => agent.servers.length === 2 && agent.slotCount === MAX_SLOTS, 'all slots running');
+    expect(logs.find('server count changed')[0]).toMatchObject({ serverCount: 64, slots: MAX_SLOTS });
+    await agent.close();
+    expect(agent.slotCount).toBe(0);
+    // Both serving sessions, and any duplicate caught mid-flight, left with GoAway and closed.
+    const all = peers.flatMap((p) => p.sessions);
+    await Promise.all(all.map((s) => s.sessionClosed));
+    expect(all.filter((s) => !s.goAwayReceived)).toEqual([]);
+    const dialsAtClose = lb.routed.length;
+    await sleep(400); // longer than a duplicate's delay: a slot left running would dial again
+    expect(lb.routed.length).toBe(dialsAtClose);
+    expect(logs.find('agent stopped')).toHaveLength(1);
+  });
+
+  test('a server that announces no count (an older one) keeps the agent at one session', async () => {
+    const { agent, lb, logs } = await setupReplicas({ serverCount: undefined });
+    await until(() => agent.isReady, 'the first session');
+    await sleep(100);
+    expect(agent.slotCount).toBe(1);
+    expect(lb.routed).toHaveLength(1);
+    expect(logs.find('agent registered')[0]).toMatchObject({ serverId: 'peer-a', slot: 0 });
+    expect(logs.find('agent registered')[0]?.serverCount).toBeUndefined();
+  });
+});
+
+describe('the registered message', () => {
+  const registered = (extra: Record<string, unknown>) =>
+    Buffer.from(JSON.stringify({ type: 'registered', serverId: 's-1', hostnames: ['a.b'], ...extra }));
+
+  test('carries serverCount, an integer from 1 to 64, or leaves it out', () => {
+    expect(decodeControlMessage(registered({ serverCount: 3 }))).toMatchObject({ serverCount: 3 });
+    expect(decodeControlMessage(registered({ serverCount: 64 }))).toMatchObject({ serverCount: 64 });
+    expect(decodeControlMessage(registered({}))).not.toHaveProperty('serverCount');
+    for (const serverCount of [0, 65, 1.5, '2', null, -1]) {
+      expect(() => decodeControlMessage(registered({ serverCount })), String(serverCount)).toThrow(
+        expect.objectContaining({ code: 'TUN_ERR_BAD_CONTROL_MESSAGE' }),
+      );
+    }
+  });
+});

@@ -27,11 +27,18 @@ import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import selfsigned from 'selfsigned';
 import { WebSocket, WebSocketServer } from 'ws';
-import { YamuxSession, createWebSocketDuplex } from '../packages/protocol/dist/index.js';
+
+// The built protocol package (or, with --protocol <dir>, another build of it: A/B comparisons).
+const DEFAULT_PROTOCOL_DIR = path.join(
+  path.dirname(fileURLToPath(import.meta.url)),
+  '../packages/protocol/dist',
+);
+let YamuxSession;
+let createWebSocketDuplex;
 
 const SCRIPT = fileURLToPath(import.meta.url);
 const BENCH_DIR = path.dirname(SCRIPT);
@@ -61,6 +68,10 @@ const HELP = `usage: node bench/mux.js [options]
                     write bench/results/*.cpuprofile and print the top self-time functions;
                     no JSON is written in this mode
   --top <n>         rows in the profile tables (default 10)
+  --protocol <dir>  use this build of packages/protocol instead of packages/protocol/dist
+                    (a directory holding index.js; for A/B comparisons of a change)
+  --zero-mask       the ws client (sender) uses an all-zero masking key, so ws skips masking
+                    and its copy (ws's generateMask option); affects wss and yamux-wss
   --no-json         do not write bench/results/mux-<date>.json
   --timeout <s>     limit for one measurement (default 20 s + 20 MB/s)
   --settle <s>      before each measurement wait up to this long for the machine to be quiet
@@ -97,24 +108,33 @@ function parseOptions(argv) {
       settle: { type: 'string', default: '5' },
       'max-other': { type: 'string', default: '0.3' },
       retries: { type: 'string', default: '2' },
+      protocol: { type: 'string' },
+      'zero-mask': { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
     strict: true,
   });
-  const bytes = values.bytes !== undefined ? parseBytes(values.bytes, 'bytes') : values.quick ? 128 * MiB : 512 * MiB;
+  const bytes =
+    values.bytes !== undefined ? parseBytes(values.bytes, 'bytes') : values.quick ? 128 * MiB : 512 * MiB;
   const runs = values.runs !== undefined ? Number(values.runs) : values.quick ? 3 : 5;
   const chunk = parseBytes(values.chunk, 'chunk');
   const streams = values.streams.split(',').map(Number);
-  const warmup = values.warmup !== undefined ? parseBytes(values.warmup, 'warmup') : Math.max(16 * MiB, Math.floor(bytes / 4));
+  const warmup =
+    values.warmup !== undefined
+      ? parseBytes(values.warmup, 'warmup')
+      : Math.max(16 * MiB, Math.floor(bytes / 4));
   const top = Number(values.top);
   const problems = [];
   if (!(bytes >= MiB)) problems.push('--bytes must be at least 1M');
-  if (!(Number.isInteger(runs) && runs >= 1 && runs <= 1000)) problems.push('--runs must be an integer in 1..1000');
+  if (!(Number.isInteger(runs) && runs >= 1 && runs <= 1000))
+    problems.push('--runs must be an integer in 1..1000');
   if (!(chunk >= 1024 && chunk <= 64 * MiB)) problems.push('--chunk must be in 1K..64M');
-  if (!streams.every((n) => Number.isInteger(n) && n >= 1 && n <= 1024)) problems.push('--streams must list integers in 1..1024');
+  if (!streams.every((n) => Number.isInteger(n) && n >= 1 && n <= 1024))
+    problems.push('--streams must list integers in 1..1024');
   if (!(Number.isInteger(top) && top >= 1)) problems.push('--top must be a positive integer');
   if (values.role !== 'sender' && values.role !== 'sink') problems.push('--role must be sender or sink');
-  if (values.role === 'sink' && !PATHS.includes(values.path)) problems.push(`--path must be one of ${PATHS.join(', ')}`);
+  if (values.role === 'sink' && !PATHS.includes(values.path))
+    problems.push(`--path must be one of ${PATHS.join(', ')}`);
   if (problems.length) throw new Error(problems.join('\n'));
   return {
     role: values.role,
@@ -123,7 +143,12 @@ function parseOptions(argv) {
     runs,
     chunk,
     streams,
-    only: values.only ? values.only.split(',').map((s) => s.trim()).filter(Boolean) : undefined,
+    only: values.only
+      ? values.only
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean)
+      : undefined,
     warmup,
     profile: values.profile,
     top,
@@ -132,6 +157,8 @@ function parseOptions(argv) {
     settleMs: Number(values.settle) * 1000,
     maxOther: Number(values['max-other']),
     retries: Number(values.retries),
+    zeroMask: values['zero-mask'],
+    protocolDir: path.resolve(values.protocol ?? DEFAULT_PROTOCOL_DIR),
     help: values.help,
   };
 }
@@ -145,7 +172,8 @@ function bufferutilStatus() {
   const keys = Object.keys(require.cache);
   const addon = keys.find((k) => /[\\/]bufferutil[\\/].*\.node$/.test(k));
   if (addon) return `native (${path.relative(process.cwd(), addon)})`;
-  if (keys.some((k) => /[\\/]bufferutil[\\/]fallback\.js$/.test(k))) return 'JS fallback (native addon failed to load)';
+  if (keys.some((k) => /[\\/]bufferutil[\\/]fallback\.js$/.test(k)))
+    return 'JS fallback (native addon failed to load)';
   return 'NOT loaded';
 }
 
@@ -181,7 +209,9 @@ const mbps = (bytes, ns) => (ns > 0 ? bytes / 1e6 / (ns / 1e9) : 0);
 function createProfiler() {
   let session;
   const post = (method, params) =>
-    new Promise((resolve, reject) => session.post(method, params, (err, res) => (err ? reject(err) : resolve(res))));
+    new Promise((resolve, reject) =>
+      session.post(method, params, (err, res) => (err ? reject(err) : resolve(res))),
+    );
   return {
     async start(intervalUs = 200) {
       session = new InspectorSession();
@@ -224,7 +254,8 @@ function summarizeProfile(profile, top) {
       continue;
     }
     const file = shortUrl(callFrame.url);
-    const name = `${callFrame.functionName || '(anonymous)'} ${file ? `${file}:${callFrame.lineNumber + 1}` : ''}`.trim();
+    const name =
+      `${callFrame.functionName || '(anonymous)'} ${file ? `${file}:${callFrame.lineNumber + 1}` : ''}`.trim();
     fns.set(name, (fns.get(name) ?? 0) + us);
     const fileKey = file || (callFrame.functionName.startsWith('(') ? callFrame.functionName : '(native)');
     files.set(fileKey, (files.get(fileKey) ?? 0) + us);
@@ -235,7 +266,13 @@ function summarizeProfile(profile, top) {
       .sort((a, b) => b[1] - a[1])
       .slice(0, top)
       .map(([name, us]) => ({ name, ms: us / 1000, pctBusy: busyUs > 0 ? (100 * us) / busyUs : 0 }));
-  return { totalMs: totalUs / 1000, busyMs: busyUs / 1000, idleMs: idleUs / 1000, functions: rows(fns), files: rows(files) };
+  return {
+    totalMs: totalUs / 1000,
+    busyMs: busyUs / 1000,
+    idleMs: idleUs / 1000,
+    functions: rows(fns),
+    files: rows(files),
+  };
 }
 
 function shortUrl(url) {
@@ -254,7 +291,17 @@ async function runSink(pathName) {
     if (process.connected) process.send(msg);
   };
   // The measurement in progress: records of the connections/streams opened for it.
-  const state = { run: -1, expected: 0, perStream: 0, total: 0, firstNs: 0, lastNs: 0, streams: [], reported: false, cpu0: undefined };
+  const state = {
+    run: -1,
+    expected: 0,
+    perStream: 0,
+    total: 0,
+    firstNs: 0,
+    lastNs: 0,
+    streams: [],
+    reported: false,
+    cpu0: undefined,
+  };
   const live = new Set();
   const profiler = createProfiler();
   let cipher;
@@ -335,7 +382,15 @@ async function runSink(pathName) {
     const pems = await selfsigned.generate([{ name: 'commonName', value: 'localhost' }], {
       keySize: 2048,
       algorithm: 'sha256',
-      extensions: [{ name: 'subjectAltName', altNames: [{ type: 7, ip: HOST }, { type: 2, value: 'localhost' }] }],
+      extensions: [
+        {
+          name: 'subjectAltName',
+          altNames: [
+            { type: 7, ip: HOST },
+            { type: 2, value: 'localhost' },
+          ],
+        },
+      ],
     });
     server = https.createServer({ key: pems.private, cert: pems.cert });
     server.on('secureConnection', (tls) => {
@@ -408,11 +463,11 @@ async function runSink(pathName) {
 // ---------------------------------------------------------------- sender (parent process)
 
 class Sink {
-  constructor(pathName) {
+  constructor(pathName, protocolDir) {
     this.path = pathName;
     this.waiters = new Set();
     this.exited = false;
-    this.child = fork(SCRIPT, ['--role', 'sink', '--path', pathName], {
+    this.child = fork(SCRIPT, ['--role', 'sink', '--path', pathName, '--protocol', protocolDir], {
       serialization: 'advanced',
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
@@ -500,15 +555,17 @@ function pumpWebSocket(ws, source, total, onDone, onError) {
   go();
 }
 
-async function connect(pathName, port, ms) {
+async function connect(pathName, port, ms, zeroMask) {
   if (pathName === 'tcp' || pathName === 'yamux-tcp') {
     const socket = net.connect({ host: HOST, port });
-    socket.setNoDelay(process.env.NODELAY !== "0"); // as ws does for its sockets
+    socket.setNoDelay(true); // as ws does for its sockets
     await withTimeout(once(socket, 'connect'), ms, 'tcp connect');
     return { socket };
   }
   const ws = new WebSocket(`wss://${HOST}:${port}/`, {
     rejectUnauthorized: false, // a throwaway self-signed certificate on loopback
+    // --zero-mask: an all-zero masking key makes ws skip masking (and its copy) on the client side.
+    ...(zeroMask ? { generateMask: (mask) => mask.fill(0) } : {}),
     perMessageDeflate: false,
     maxPayload: 256 * MiB,
   });
@@ -534,7 +591,7 @@ async function settle(maxMs, thresholdCores) {
 }
 
 /** One measurement. Returns { ns, bytes, streams: [{ bytes, ns }] } or throws. */
-async function measure(c, sink, run, bytes, source, timeoutMs) {
+async function measure(c, sink, run, bytes, source, timeoutMs, opts) {
   const perStream = Math.floor(bytes / c.streams);
   const total = perStream * c.streams;
   await (async () => {
@@ -544,8 +601,12 @@ async function measure(c, sink, run, bytes, source, timeoutMs) {
     if (msg.cipher) sink.cipher = msg.cipher;
   })();
 
-  const connReady = sink.waitFor((m) => (m.type === 'conn-ready' || m.type === 'conn-failed') && m.run === run, 10_000, 'connection');
-  const conn = await connect(c.path, sink.port, 10_000);
+  const connReady = sink.waitFor(
+    (m) => (m.type === 'conn-ready' || m.type === 'conn-failed') && m.run === run,
+    10_000,
+    'connection',
+  );
+  const conn = await connect(c.path, sink.port, 10_000, opts.zeroMask);
   let session;
   let failSender;
   const senderFailed = new Promise((_, reject) => {
@@ -560,7 +621,8 @@ async function measure(c, sink, run, bytes, source, timeoutMs) {
       session.on('close', (err) => err && failSender(err));
     }
     const ready = await Promise.race([connReady, senderFailed]);
-    if (ready.type === 'conn-failed') throw new Error(`sink could not set up the connection: ${ready.message}`);
+    if (ready.type === 'conn-failed')
+      throw new Error(`sink could not set up the connection: ${ready.message}`);
     const done = sink.waitFor((m) => m.type === 'done' && m.run === run, timeoutMs, `${c.name} run ${run}`);
 
     const sys0 = machineCpu();
@@ -592,10 +654,19 @@ async function measure(c, sink, run, bytes, source, timeoutMs) {
     return {
       ns,
       cpu: { sender: round2(senderCores), sink: round2(sinkCores), other: round2(otherCores) },
+      // CPU seconds spent per GB moved (1e9 bytes): steadier than MB/s on a shared machine.
+      cpuPerGB: {
+        sender: round2((own.user + own.system) / 1e6 / (result.bytes / 1e9)),
+        sink: round2(result.cpuUs / 1e6 / (result.bytes / 1e9)),
+      },
       bytes: result.bytes,
       mbps: mbps(result.bytes, ns),
       firstByteUs: (result.firstNs - t0) / 1000,
-      streams: result.streams.map((s) => ({ bytes: s.bytes, ns: s.lastNs - t0, mbps: mbps(s.bytes, s.lastNs - t0) })),
+      streams: result.streams.map((s) => ({
+        bytes: s.bytes,
+        ns: s.lastNs - t0,
+        mbps: mbps(s.bytes, s.lastNs - t0),
+      })),
     };
   } finally {
     // Close gracefully (exercises FIN/GoAway), but never wait long; then make sure it is gone.
@@ -617,12 +688,17 @@ async function measure(c, sink, run, bytes, source, timeoutMs) {
 
 function buildCases(opts) {
   const all = [{ name: 'tcp', path: 'tcp', streams: 1, baseline: undefined }];
-  for (const n of opts.streams) all.push({ name: `yamux-tcp-${n}`, path: 'yamux-tcp', streams: n, baseline: 'tcp' });
+  for (const n of opts.streams)
+    all.push({ name: `yamux-tcp-${n}`, path: 'yamux-tcp', streams: n, baseline: 'tcp' });
   all.push({ name: 'wss', path: 'wss', streams: 1, baseline: 'tcp' });
-  for (const n of opts.streams) all.push({ name: `yamux-wss-${n}`, path: 'yamux-wss', streams: n, baseline: 'wss' });
+  for (const n of opts.streams)
+    all.push({ name: `yamux-wss-${n}`, path: 'yamux-wss', streams: n, baseline: 'wss' });
   if (!opts.only) return all;
   const picked = all.filter((c) => opts.only.some((o) => c.name === o || c.name.startsWith(`${o}-`)));
-  if (picked.length === 0) throw new Error(`--only ${opts.only.join(',')} matches no case (cases: ${all.map((c) => c.name).join(', ')})`);
+  if (picked.length === 0)
+    throw new Error(
+      `--only ${opts.only.join(',')} matches no case (cases: ${all.map((c) => c.name).join(', ')})`,
+    );
   return picked;
 }
 
@@ -632,7 +708,18 @@ const pad = (s, n) => String(s).padEnd(n);
 const lpad = (s, n) => String(s).padStart(n);
 
 function printTable(summaries) {
-  const head = ['case', 'streams', 'n', 'MB/s median', 'min..max', 'vs tcp', 'vs wss', 'per-stream min..max', 'cpu snd/sink/other'];
+  const head = [
+    'case',
+    'streams',
+    'n',
+    'MB/s median',
+    'min..max',
+    'vs tcp',
+    'vs wss',
+    'per-stream min..max',
+    'cores snd/sink/other',
+    'CPU s/GB snd/sink',
+  ];
   const rows = summaries.map((s) => [
     s.name,
     String(s.streams),
@@ -643,6 +730,7 @@ function printTable(summaries) {
     s.vsWss !== undefined ? fmt(s.vsWss, 2) : '',
     s.streams > 1 && s.ok ? `${fmt(s.perStreamMin)}..${fmt(s.perStreamMax)}` : '',
     s.cpu ? `${fmt(s.cpu.sender, 2)}/${fmt(s.cpu.sink, 2)}/${fmt(s.cpu.other, 2)}` : '',
+    s.cpuPerGB ? `${fmt(s.cpuPerGB.sender, 2)}/${fmt(s.cpuPerGB.sink, 2)}` : '',
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells) => cells.map((c, i) => (i === 0 ? pad(c, widths[i]) : lpad(c, widths[i]))).join('  ');
@@ -652,13 +740,17 @@ function printTable(summaries) {
 }
 
 function printProfile(title, summary) {
-  console.log(`\n${title}: ${fmt(summary.busyMs)} ms busy, ${fmt(summary.idleMs)} ms idle (${fmt((100 * summary.idleMs) / summary.totalMs, 1)}% idle)`);
+  console.log(
+    `\n${title}: ${fmt(summary.busyMs)} ms busy, ${fmt(summary.idleMs)} ms idle (${fmt((100 * summary.idleMs) / summary.totalMs, 1)}% idle)`,
+  );
   const w = Math.max(...summary.functions.map((f) => f.name.length), 8);
   console.log(`  ${pad('self time by function', w)}  ${lpad('ms', 7)}  ${lpad('% busy', 6)}`);
-  for (const f of summary.functions) console.log(`  ${pad(f.name, w)}  ${lpad(fmt(f.ms), 7)}  ${lpad(fmt(f.pctBusy, 1), 6)}`);
+  for (const f of summary.functions)
+    console.log(`  ${pad(f.name, w)}  ${lpad(fmt(f.ms), 7)}  ${lpad(fmt(f.pctBusy, 1), 6)}`);
   const wf = Math.max(...summary.files.map((f) => f.name.length), 8);
   console.log(`  ${pad('self time by file', wf)}  ${lpad('ms', 7)}  ${lpad('% busy', 6)}`);
-  for (const f of summary.files) console.log(`  ${pad(f.name, wf)}  ${lpad(fmt(f.ms), 7)}  ${lpad(fmt(f.pctBusy, 1), 6)}`);
+  for (const f of summary.files)
+    console.log(`  ${pad(f.name, wf)}  ${lpad(fmt(f.ms), 7)}  ${lpad(fmt(f.pctBusy, 1), 6)}`);
 }
 
 async function runSender(opts) {
@@ -686,7 +778,7 @@ async function runSender(opts) {
   });
 
   try {
-    for (const p of new Set(cases.map((c) => c.path))) sinks.set(p, new Sink(p));
+    for (const p of new Set(cases.map((c) => c.path))) sinks.set(p, new Sink(p, opts.protocolDir));
     await Promise.all([...sinks.values()].map((s) => s.start()));
 
     // Make sure ws (and with it bufferutil) is loaded here as it is in the sinks.
@@ -695,16 +787,37 @@ async function runSender(opts) {
     const cpus = os.cpus();
     const wsVersion = require('ws/package.json').version;
     console.log(`cluster-tunnel bench:mux  ${new Date().toISOString()}`);
-    console.log(`node ${process.version}, ${os.platform()}/${os.arch()}, ${cpus.length} CPUs (${cpus[0]?.model ?? '?'}), ws ${wsVersion}`);
-    console.log(`load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}; --settle ${opts.settleMs / 1000} s`);
-    console.log(`bufferutil: sender ${senderBufferutil}; sinks ${[...new Set(Object.values(sinkBufferutil))].join(', ')}`);
+    console.log(
+      `node ${process.version}, ${os.platform()}/${os.arch()}, ${cpus.length} CPUs (${cpus[0]?.model ?? '?'}), ws ${wsVersion}`,
+    );
+    console.log(
+      `load average ${os
+        .loadavg()
+        .map((x) => x.toFixed(2))
+        .join(' ')}; --settle ${opts.settleMs / 1000} s`,
+    );
+    if (opts.zeroMask) console.log('ws client masking key: all zeros (--zero-mask)');
+    if (opts.protocolDir !== path.resolve(DEFAULT_PROTOCOL_DIR))
+      console.log(`protocol build: ${opts.protocolDir}`);
+    console.log(
+      `bufferutil: sender ${senderBufferutil}; sinks ${[...new Set(Object.values(sinkBufferutil))].join(', ')}`,
+    );
     console.log(
       `${(opts.bytes / MiB).toFixed(0)} MiB per measurement in ${opts.chunk / 1024} KiB writes, ${opts.runs} runs per case, interleaved; ` +
         `warm-up ${(opts.warmup / MiB).toFixed(0)} MiB; sender pid ${process.pid}, sinks ${[...sinks.values()].map((s) => `${s.path}=${s.child.pid}`).join(' ')}`,
     );
 
     if (opts.warmup > 0) {
-      for (const c of cases) await measure(c, sinks.get(c.path), -1 - cases.indexOf(c), opts.warmup, source, timeoutMs(opts.warmup));
+      for (const c of cases)
+        await measure(
+          c,
+          sinks.get(c.path),
+          -1 - cases.indexOf(c),
+          opts.warmup,
+          source,
+          timeoutMs(opts.warmup),
+          opts,
+        );
     }
     const tlsInfo = [...sinks.values()].find((s) => s.cipher)?.cipher;
     if (tlsInfo) console.log(`TLS: ${tlsInfo.protocol} ${tlsInfo.standardName ?? tlsInfo.name}`);
@@ -723,11 +836,21 @@ async function runSender(opts) {
           // A run disturbed by other processes is repeated (a bounded number of times) after settling again.
           for (let attempt = 0; attempt <= opts.retries; attempt++) {
             const before = opts.settleMs > 0 ? await settle(opts.settleMs, SETTLE_CORES) : NaN;
-            const r = await measure(c, sinks.get(c.path), runId++, opts.bytes, source, timeoutMs(opts.bytes));
+            const r = await measure(
+              c,
+              sinks.get(c.path),
+              runId++,
+              opts.bytes,
+              source,
+              timeoutMs(opts.bytes),
+              opts,
+            );
             r.otherBefore = round2(before);
             r.disturbed = r.cpu.other > opts.maxOther;
             results.get(c.name).push(r);
-            line.push(`${c.name} ${fmt(r.mbps)} [${fmt(r.cpu.sender, 2)}/${fmt(r.cpu.sink, 2)}/${fmt(r.cpu.other, 2)}]${r.disturbed ? '*' : ''}`);
+            line.push(
+              `${c.name} ${fmt(r.mbps)} [${fmt(r.cpu.sender, 2)}/${fmt(r.cpu.sink, 2)}/${fmt(r.cpu.other, 2)}]${r.disturbed ? '*' : ''}`,
+            );
             if (!r.disturbed) break;
           }
         } catch (err) {
@@ -737,7 +860,10 @@ async function runSender(opts) {
         }
       }
       console.log(`run ${rep + 1}/${opts.runs}: ${line.join(', ')}`);
-      if (rep === 0) console.log(`  (MB/s [CPU cores busy in sender/sink/other processes]; * = disturbed: other > ${opts.maxOther}, repeated up to ${opts.retries}x)`);
+      if (rep === 0)
+        console.log(
+          `  (MB/s [CPU cores busy in sender/sink/other processes]; * = disturbed: other > ${opts.maxOther}, repeated up to ${opts.retries}x)`,
+        );
     }
 
     const summaries = cases.map((c) => {
@@ -766,6 +892,12 @@ async function runSender(opts) {
               other: round2(median(ok.map((r) => r.cpu.other))),
             }
           : undefined,
+        cpuPerGB: ok.length
+          ? {
+              sender: round2(median(ok.map((r) => r.cpuPerGB.sender))),
+              sink: round2(median(ok.map((r) => r.cpuPerGB.sink))),
+            }
+          : undefined,
         runs: results.get(c.name),
       };
     });
@@ -776,32 +908,65 @@ async function runSender(opts) {
       if (s.name !== 'tcp' && tcp?.ok && s.ok) s.vsTcp = s.median / tcp.median;
       if (s.path === 'yamux-wss' && wss?.ok && s.ok) s.vsWss = s.median / wss.median;
     }
-    console.log('\nMB/s = 10^6 bytes/s, sender → sink, first byte written to last byte counted; median (min..max) over runs;');
-    console.log('cpu = median CPU cores busy during the run in the sender, the sink and all other processes;');
+    console.log(
+      '\nMB/s = 10^6 bytes/s, sender → sink, first byte written to last byte counted; median (min..max) over runs;',
+    );
+    console.log(
+      'cores = median CPU cores busy during the run in the sender, the sink (all their threads) and all other processes;',
+    );
+    console.log('CPU s/GB = median CPU seconds the sender and the sink spent per 10^9 bytes moved;');
     console.log(`n = runs in the median (undisturbed ones; * = all were disturbed by other processes)`);
     printTable(summaries);
     const relative = summaries
       .filter((s) => s.ok && (s.path === 'yamux-tcp' || s.path === 'yamux-wss'))
-      .map((s) => ({ name: s.name, ratio: s.path === 'yamux-tcp' ? s.vsTcp : s.vsWss, base: s.path === 'yamux-tcp' ? 'tcp' : 'wss' }))
+      .map((s) => ({
+        name: s.name,
+        ratio: s.path === 'yamux-tcp' ? s.vsTcp : s.vsWss,
+        base: s.path === 'yamux-tcp' ? 'tcp' : 'wss',
+      }))
       .filter((x) => x.ratio !== undefined)
       .sort((a, b) => a.ratio - b.ratio);
-    if (relative.length) console.log(`slowest relative to its own transport: ${relative[0].name} at ${fmt(relative[0].ratio, 2)} of ${relative[0].base}`);
+    if (relative.length)
+      console.log(
+        `slowest relative to its own transport: ${relative[0].name} at ${fmt(relative[0].ratio, 2)} of ${relative[0].base}`,
+      );
 
     if (opts.writeJson) {
       fs.mkdirSync(RESULTS_DIR, { recursive: true });
-      const stamp = new Date().toISOString().replace(/\.\d+Z$/, 'Z').replace(/:/g, '-');
+      const stamp = new Date()
+        .toISOString()
+        .replace(/\.\d+Z$/, 'Z')
+        .replace(/:/g, '-');
       const file = path.join(RESULTS_DIR, `mux-${stamp}.json`);
       const json = {
         benchmark: 'mux',
         date: new Date().toISOString(),
-        host: { node: process.version, platform: os.platform(), arch: os.arch(), cpus: cpus.length, cpuModel: cpus[0]?.model },
+        host: {
+          node: process.version,
+          platform: os.platform(),
+          arch: os.arch(),
+          cpus: cpus.length,
+          cpuModel: cpus[0]?.model,
+        },
         ws: wsVersion,
         bufferutil: { sender: senderBufferutil, sinks: sinkBufferutil },
         tls: tlsInfo ?? null,
         loadavgAtEnd: os.loadavg(),
-        config: { settleMs: opts.settleMs, maxOther: opts.maxOther, retries: opts.retries, bytes: opts.bytes, runs: opts.runs, chunk: opts.chunk, warmup: opts.warmup, streams: opts.streams, only: opts.only ?? null },
+        protocol: path.relative(path.dirname(BENCH_DIR), opts.protocolDir),
+        config: {
+          zeroMask: opts.zeroMask,
+          settleMs: opts.settleMs,
+          maxOther: opts.maxOther,
+          retries: opts.retries,
+          bytes: opts.bytes,
+          runs: opts.runs,
+          chunk: opts.chunk,
+          warmup: opts.warmup,
+          streams: opts.streams,
+          only: opts.only ?? null,
+        },
         unit: 'MB/s = 1e6 bytes per second',
-        cases: summaries.map(({ runs, ...s }) => ({ ...s, runs: runs.map((r) => (r.error ? r : { ...r, ns: r.ns })) })),
+        cases: summaries,
       };
       fs.writeFileSync(file, `${JSON.stringify(json, null, 2)}\n`);
       console.log(`\nwrote ${path.relative(process.cwd(), file)}`);
@@ -813,7 +978,10 @@ async function runSender(opts) {
 
 /** --profile: each case alone, `runs` times, with the sender and its sink under the CPU profiler. */
 async function profileCases(opts, cases, sinks, source, timeoutMs) {
-  const stamp = new Date().toISOString().replace(/\.\d+Z$/, 'Z').replace(/:/g, '-');
+  const stamp = new Date()
+    .toISOString()
+    .replace(/\.\d+Z$/, 'Z')
+    .replace(/:/g, '-');
   let runId = 1_000_000;
   for (const c of cases) {
     const sink = sinks.get(c.path);
@@ -826,15 +994,20 @@ async function profileCases(opts, cases, sinks, source, timeoutMs) {
     await profiler.start(200);
     const speeds = [];
     for (let i = 0; i < opts.runs; i++) {
-      const r = await measure(c, sink, runId++, opts.bytes, source, timeoutMs(opts.bytes));
+      const r = await measure(c, sink, runId++, opts.bytes, source, timeoutMs(opts.bytes), opts);
       speeds.push(`${fmt(r.mbps)} [${fmt(r.cpu.sender, 2)}/${fmt(r.cpu.sink, 2)}/${fmt(r.cpu.other, 2)}]`);
     }
     const senderProfile = await profiler.stop(`${base}-sender.cpuprofile`);
     const saved = sink.waitFor((m) => m.type === 'profile-saved', 30_000, 'profile save');
     sink.send({ type: 'profile-stop', file: `${base}-sink.cpuprofile`, top: opts.top });
     const { summary: sinkSummary } = await saved;
-    console.log(`\n=== ${c.name} under the profiler (sampling 200 µs): MB/s [cores busy in sender/sink/other] ${speeds.join(', ')}`);
-    printProfile(`sender (${path.relative(process.cwd(), `${base}-sender.cpuprofile`)})`, summarizeProfile(senderProfile, opts.top));
+    console.log(
+      `\n=== ${c.name} under the profiler (sampling 200 µs): MB/s [cores busy in sender/sink/other] ${speeds.join(', ')}`,
+    );
+    printProfile(
+      `sender (${path.relative(process.cwd(), `${base}-sender.cpuprofile`)})`,
+      summarizeProfile(senderProfile, opts.top),
+    );
     printProfile(`sink (${path.relative(process.cwd(), `${base}-sink.cpuprofile`)})`, sinkSummary);
   }
 }
@@ -847,6 +1020,11 @@ try {
 } catch (err) {
   console.error(`${err.message}\n\n${HELP}`);
   process.exit(2);
+}
+if (!opts.help) {
+  ({ YamuxSession, createWebSocketDuplex } = await import(
+    pathToFileURL(path.join(opts.protocolDir, 'index.js')).href
+  ));
 }
 if (opts.help) {
   console.log(HELP);

@@ -73,20 +73,32 @@ interface SpliceInfo {
   startedAt: number;
 }
 
-/** Pipes both ways with half-close kept (FIN ↔ end) and resets propagated (RST ↔ destroy). */
+/**
+ * Forwards both ways with half-close kept (FIN ↔ end) and resets propagated (RST ↔ destroy).
+ * One hand-written forwarder instead of two pipe() calls: a held connection costs a few KiB
+ * less heap (bench S5: 10,000 idle connections), which matters at this scale.
+ */
 function splice(socket: Socket, stream: YamuxStream, o: PassthroughOptions, info: SpliceInfo): void {
-  let bytesIn = 0;
-  let bytesOut = 0;
   o.metrics.userStreams.inc();
   o.metrics.connections.inc({ outcome: 'forwarded' });
-  socket.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
-  stream.on('data', (chunk: Buffer) => (bytesOut += chunk.length));
-  socket.pipe(stream);
-  stream.pipe(socket);
+  // The replayed ClientHello was counted by the socket already; user bytes are what follows.
+  const helloBytes = socket.bytesRead;
+  let bytesOut = 0;
+  socket.on('data', (chunk: Buffer) => {
+    if (!stream.write(chunk)) socket.pause();
+  });
+  stream.on('data', (chunk: Buffer) => {
+    bytesOut += chunk.length;
+    if (!socket.write(chunk)) stream.pause();
+  });
+  stream.on('drain', () => socket.resume());
+  socket.on('drain', () => stream.resume());
+  socket.on('end', () => stream.end());
+  stream.on('end', () => socket.end());
   socket.on('error', () => stream.destroy());
   stream.on('error', () => socket.destroy());
   stream.on('close', () => {
-    // A reset stream ends the user connection; a finished one has already ended it via pipe.
+    // A reset stream ends the user connection; a finished one has already ended it ('end').
     if (!stream.readableEnded || !stream.writableFinished) socket.destroy();
   });
   let done = false;
@@ -95,6 +107,7 @@ function splice(socket: Socket, stream: YamuxStream, o: PassthroughOptions, info
     done = true;
     if (!stream.destroyed && !(stream.readableEnded && stream.writableFinished)) stream.destroy();
     o.metrics.userStreams.dec();
+    const bytesIn = socket.bytesRead - helloBytes;
     o.metrics.bytes.inc({ direction: 'in' }, bytesIn);
     o.metrics.bytes.inc({ direction: 'out' }, bytesOut);
     o.log.info(
@@ -109,4 +122,7 @@ function splice(socket: Socket, stream: YamuxStream, o: PassthroughOptions, info
       'user connection closed',
     );
   });
+  // Both were left paused (the ClientHello peek, the reply read): start the flow.
+  socket.resume();
+  stream.resume();
 }

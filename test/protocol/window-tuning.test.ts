@@ -78,3 +78,45 @@ describe('receive window auto-tuning', () => {
     expect(Math.max(...receiverBuffered)).toBeLessThanOrEqual(max);
   }, 30_000);
 });
+
+describe('window sharing', () => {
+  it('shares maxWindowBytes among open streams, so the stream that grows first cannot starve the rest', async () => {
+    const { a, b } = delayedPipePair(20);
+    const max = 4 * 1024 * 1024;
+    const client = new YamuxSession(a, { role: 'client', keepaliveIntervalMs: 0 });
+    const server = new YamuxSession(b, { role: 'server', keepaliveIntervalMs: 0, maxWindowBytes: max });
+    onTestFinished(() => {
+      client.destroy();
+      server.destroy();
+    });
+    await server.ping();
+    const receivers: YamuxStream[] = [];
+    server.on('stream', (s: YamuxStream) => receivers.push(s));
+    const chunk = Buffer.alloc(256 * 1024, 3);
+    const streams = Array.from({ length: 4 }, () => client.open());
+    const peaks = new Map<YamuxStream, number>();
+    const done = Promise.all(
+      streams.map(async (stream) => {
+        for (let sent = 0; sent < 8 * 1024 * 1024; sent += chunk.length) {
+          if (!stream.write(chunk)) await new Promise((r) => stream.once('drain', r));
+        }
+        stream.end();
+      }),
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    await Promise.all(
+      receivers.map(
+        (r) =>
+          new Promise<void>((resolve) => {
+            r.on('data', () => peaks.set(r, Math.max(peaks.get(r) ?? 0, r.receiveWindowBytes)));
+            r.on('end', resolve);
+          }),
+      ),
+    );
+    await done;
+    expect(receivers).toHaveLength(4);
+    // Four streams open: none may aim above a quarter of the session's maximum.
+    for (const peak of peaks.values()) expect(peak).toBeLessThanOrEqual(max / 4);
+    expect(Math.max(...peaks.values())).toBeGreaterThan(256 * 1024); // they did grow
+  }, 30_000);
+});

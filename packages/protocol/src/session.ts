@@ -215,6 +215,10 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     };
   }
 
+  get openStreamCount(): number {
+    return this.streams.size;
+  }
+
   get isClosed(): boolean {
     return this.destroyed;
   }

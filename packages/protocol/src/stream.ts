@@ -6,6 +6,8 @@ import type { FrameHeader } from './frame.js';
 /** What a stream needs from its session; implemented by YamuxSession. */
 export interface StreamHost {
   readonly targetWindowLimitBytes: number;
+  /** Streams in the session's table: they share targetWindowLimitBytes. */
+  readonly openStreamCount: number;
   /** Writes a frame; returns false when the transport is over its high-water mark. */
   sendFrame(type: FrameType, flags: number, streamId: number, length: number, payload?: Buffer): boolean;
   /** Calls `cb` once the transport has drained (at once if it needs no drain). */
@@ -41,6 +43,7 @@ export class YamuxStream extends Duplex {
   private recvWindow = INITIAL_STREAM_WINDOW_BYTES;
   /** The receive window we aim to keep open; grows with measured RTT (auto-tuning). */
   private targetWindow: number;
+  private readonly initialWindowBytes: number;
   private epochStartMs: number;
   private localFin = false;
   private remoteFin = false;
@@ -57,6 +60,7 @@ export class YamuxStream extends Duplex {
     this.host = host;
     this.id = id;
     this.targetWindow = initialWindowBytes;
+    this.initialWindowBytes = initialWindowBytes;
     this.epochStartMs = host.now();
     this.accepted = outbound;
     this.delivered = outbound;
@@ -255,7 +259,19 @@ export class YamuxStream extends Duplex {
     if (delta < this.targetWindow / 2) return;
     const now = this.host.now();
     const rtt = this.host.rttMs();
-    const limit = this.host.targetWindowLimitBytes;
+    // Growth is rich-get-richer: the stream that grows first drains its window fastest and grows
+    // again. So the ceiling is shared: maxWindowBytes over the open streams (never below the
+    // initial window). When streams join, a grown window is lowered; granted bytes are never
+    // taken back, later grants are simply smaller.
+    const limit = Math.max(
+      this.initialWindowBytes,
+      Math.floor(this.host.targetWindowLimitBytes / Math.max(1, this.host.openStreamCount)),
+    );
+    if (this.targetWindow > limit) {
+      this.targetWindow = limit;
+      delta = this.targetWindow - unread - this.recvWindow;
+      if (delta < this.targetWindow / 2) return;
+    }
     if (rtt !== undefined && this.targetWindow < limit && now - this.epochStartMs < 4 * rtt) {
       // The whole window was used in under a few round trips: the window, not the reader, is the limit.
       const grown = Math.min(this.targetWindow * 2, limit);

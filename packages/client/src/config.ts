@@ -7,18 +7,16 @@ import { hostname as osHostname } from 'node:os';
 import { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import {
-  LOG_FORMATS,
-  LOG_LEVELS,
+  ID_PATTERN,
   MAX_TIMER_MS,
   deepFreeze,
+  logConfigKeys,
   flagsFromArgv,
   resolveConfigValues,
   throwIfConfigProblems,
 } from '@cluster-tunnel/protocol';
 import type { ConfigSchema, HostPort, LogFormat, LogLevel, RouteTarget } from '@cluster-tunnel/protocol';
 
-// At most 128 characters: the `register` control message refuses longer agent ids (control.ts).
-const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
 // Timer keys share their bounds; drainTimeoutMs alone may be 0 (exit without waiting).
@@ -135,22 +133,7 @@ export const CLIENT_CONFIG_SCHEMA = {
     '10s',
     'how long a ping may go unanswered before the agent reconnects',
   ),
-  logLevel: {
-    type: 'enum',
-    flag: 'log-level',
-    env: 'TUNNEL_CLIENT_LOG_LEVEL',
-    values: LOG_LEVELS,
-    default: 'info',
-    description: 'least severe log level written',
-  },
-  logFormat: {
-    type: 'enum',
-    flag: 'log-format',
-    env: 'TUNNEL_CLIENT_LOG_FORMAT',
-    values: LOG_FORMATS,
-    default: 'json',
-    description: 'json lines, or pretty for people at a terminal',
-  },
+  ...logConfigKeys('TUNNEL_CLIENT_'),
 } as const satisfies ConfigSchema;
 
 /** Egress proxy variables, most specific first (an HTTP CONNECT proxy also carries wss). */

@@ -29,6 +29,28 @@ export type ConfigSource = (typeof CONFIG_SOURCES)[number];
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 export const LOG_FORMATS = ['json', 'pretty'] as const;
+
+/** The logLevel and logFormat keys every CLI has, with its env prefix (e.g. TUNNEL_SERVER_). */
+export function logConfigKeys<P extends string>(envPrefix: P) {
+  return {
+    logLevel: {
+      type: 'enum',
+      flag: 'log-level',
+      env: `${envPrefix}LOG_LEVEL`,
+      values: LOG_LEVELS,
+      default: 'info',
+      description: 'least severe log level written',
+    },
+    logFormat: {
+      type: 'enum',
+      flag: 'log-format',
+      env: `${envPrefix}LOG_FORMAT`,
+      values: LOG_FORMATS,
+      default: 'json',
+      description: 'json lines, or pretty for people at a terminal',
+    },
+  } as const;
+}
 export type LogFormat = (typeof LOG_FORMATS)[number];
 
 export type ConfigKeyType =

@@ -12,6 +12,11 @@ export const CONTROL_PROTOCOL_VERSION = 1;
 /** The most replicas a `registered` may announce (its `serverCount`). */
 export const MAX_SERVER_COUNT = 64;
 export const MAX_CONTROL_MESSAGE_BYTES = 64 * 1024;
+/**
+ * Agent and server ids travel in logs, metrics labels and control messages: a safe alphabet and
+ * at most 128 characters (the register/registered validators refuse longer ones).
+ */
+export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 export interface RegisterMessage {
   type: 'register';

@@ -9,20 +9,16 @@ import { join } from 'node:path';
 import { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import {
-  LOG_FORMATS,
-  LOG_LEVELS,
+  ID_PATTERN,
   MAX_SERVER_COUNT,
   MAX_TIMER_MS,
   deepFreeze,
+  logConfigKeys,
   flagsFromArgv,
   resolveConfigValues,
   throwIfConfigProblems,
 } from '@cluster-tunnel/protocol';
 import type { ConfigSchema, HostPort, LogFormat, LogLevel } from '@cluster-tunnel/protocol';
-
-/** Ids travel in logs, metrics labels and the register reply: keep them to a safe alphabet. */
-// 128 characters at most: the registered control message carries it (control.ts).
-const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 export const SERVER_CONFIG_SCHEMA = {
   configFile: {
@@ -149,22 +145,7 @@ export const SERVER_CONFIG_SCHEMA = {
     min: 1,
     description: 'most agent sessions held at once; further agents are refused',
   },
-  logLevel: {
-    type: 'enum',
-    flag: 'log-level',
-    env: 'TUNNEL_SERVER_LOG_LEVEL',
-    values: LOG_LEVELS,
-    default: 'info',
-    description: 'least severe log level written',
-  },
-  logFormat: {
-    type: 'enum',
-    flag: 'log-format',
-    env: 'TUNNEL_SERVER_LOG_FORMAT',
-    values: LOG_FORMATS,
-    default: 'json',
-    description: 'json lines, or pretty for people at a terminal',
-  },
+  ...logConfigKeys('TUNNEL_SERVER_'),
 } as const satisfies ConfigSchema;
 
 export interface ServerConfig {

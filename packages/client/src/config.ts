@@ -15,7 +15,14 @@ import {
   resolveConfigValues,
   throwIfConfigProblems,
 } from '@cluster-tunnel/protocol';
-import type { ConfigSchema, HostPort, LogFormat, LogLevel, RouteTarget } from '@cluster-tunnel/protocol';
+import type {
+  ConfigSchema,
+  CliConfigInput,
+  HostPort,
+  LogFormat,
+  LogLevel,
+  RouteTarget,
+} from '@cluster-tunnel/protocol';
 
 const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
@@ -171,16 +178,7 @@ export interface ClientConfig {
   readonly noProxy: readonly string[];
 }
 
-export interface ResolveClientConfigInput {
-  /** Options only (e.g. process.argv.slice(2)); parsed against the schema. */
-  readonly argv?: readonly string[];
-  /** Or: opts() of a commander Command built with addConfigOptions(cmd, CLIENT_CONFIG_SCHEMA). */
-  readonly flags?: Readonly<Record<string, unknown>>;
-  readonly env: Readonly<Record<string, string | undefined>>;
-  readonly cwd?: string;
-  /** Injected by tests; defaults to os.hostname(). */
-  readonly hostname?: string;
-}
+export type ResolveClientConfigInput = CliConfigInput;
 
 /** In a pod, kubelet sets KUBERNETES_SERVICE_HOST/PORT: serve the apiserver unless told otherwise. */
 function inClusterRoute(env: ResolveClientConfigInput['env']): string | undefined {

@@ -30,6 +30,19 @@ export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', '
 export type LogLevel = (typeof LOG_LEVELS)[number];
 export const LOG_FORMATS = ['json', 'pretty'] as const;
 
+/** What a CLI's config resolver reads: argv or parsed flags, env, the working directory. */
+export interface CliConfigInput {
+  /** Options only (no subcommand); parsed against the schema. */
+  readonly argv?: readonly string[];
+  /** Or: opts() of a commander Command built with addConfigOptions(cmd, schema). */
+  readonly flags?: Readonly<Record<string, unknown>>;
+  readonly env: Readonly<Record<string, string | undefined>>;
+  /** Relative paths from flags and env resolve against it (from the file: against the file). */
+  readonly cwd?: string;
+  /** Injected by tests; defaults to os.hostname(). */
+  readonly hostname?: string;
+}
+
 /** The logLevel and logFormat keys every CLI has, with its env prefix (e.g. TUNNEL_SERVER_). */
 export function logConfigKeys<P extends string>(envPrefix: P) {
   return {

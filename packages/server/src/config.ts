@@ -18,7 +18,7 @@ import {
   resolveConfigValues,
   throwIfConfigProblems,
 } from '@cluster-tunnel/protocol';
-import type { ConfigSchema, HostPort, LogFormat, LogLevel } from '@cluster-tunnel/protocol';
+import type { ConfigSchema, CliConfigInput, HostPort, LogFormat, LogLevel } from '@cluster-tunnel/protocol';
 
 export const SERVER_CONFIG_SCHEMA = {
   configFile: {
@@ -177,17 +177,7 @@ export interface ServerConfig {
   readonly logFormat: LogFormat;
 }
 
-export interface ResolveServerConfigInput {
-  /** Options only (e.g. process.argv.slice(3) after `start`); parsed against the schema. */
-  readonly argv?: readonly string[];
-  /** Or: opts() of a commander Command built with addConfigOptions(cmd, SERVER_CONFIG_SCHEMA). */
-  readonly flags?: Readonly<Record<string, unknown>>;
-  readonly env: Readonly<Record<string, string | undefined>>;
-  /** Relative paths from flags and env resolve against it (from the file: against the file). */
-  readonly cwd?: string;
-  /** Injected by tests; defaults to os.hostname(). */
-  readonly hostname?: string;
-}
+export type ResolveServerConfigInput = CliConfigInput;
 
 function defaultServerId(hostname: string): string {
   const base = hostname

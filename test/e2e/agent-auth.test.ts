@@ -150,25 +150,27 @@ describe('agent authentication on the WebSocket upgrade', () => {
   });
 });
 
+/** Connects as an agent of `cluster` with a valid token and registers `routes`; returns the answer. */
+async function register(server: ServerHandle, cluster: string, routes: string[]) {
+  const ws = await dial(server, await createToken(server.dataDir, cluster));
+  if (!(ws instanceof WebSocket)) throw new Error(`refused: ${ws.body.code}`);
+  const session = new YamuxSession(createWebSocketDuplex(ws), { role: 'client', keepaliveIntervalMs: 0 });
+  onTestFinished(() => session.destroy());
+  const control = new ControlChannel(session.open());
+  control.send({
+    type: 'register',
+    protocolVersion: CONTROL_PROTOCOL_VERSION,
+    agentId: 'a1',
+    agentVersion: 't',
+    routes,
+  });
+  return control.next(5_000);
+}
+
 describe('route ownership', () => {
   it("refuses cluster a's agent that claims cluster-b with TUN_ERR_ROUTE_FORBIDDEN", async () => {
     const server = await startServer();
-    const ws = await dial(server, await createToken(server.dataDir, 'a'));
-    if (!(ws instanceof WebSocket)) throw new Error(`refused: ${ws.body.code}`);
-    const session = new YamuxSession(createWebSocketDuplex(ws), { role: 'client', keepaliveIntervalMs: 0 });
-    onTestFinished(() => session.destroy());
-    const control = new ControlChannel(session.open());
-    const claim = (routes: string[]) => {
-      control.send({
-        type: 'register',
-        protocolVersion: CONTROL_PROTOCOL_VERSION,
-        agentId: 'rogue',
-        agentVersion: 't',
-        routes,
-      });
-      return control.next(5_000);
-    };
-    const answer = await claim(['cluster-a', 'cluster-b']);
+    const answer = await register(server, 'a', ['cluster-a', 'cluster-b']);
     expect(answer).toMatchObject({ type: 'error', code: 'TUN_ERR_ROUTE_FORBIDDEN' });
     const line = await server.proc.waitForLog((l) => l.msg === 'agent registration failed');
     expect(line.code).toBe('TUN_ERR_ROUTE_FORBIDDEN');
@@ -176,19 +178,7 @@ describe('route ownership', () => {
 
   it('accepts an agent that claims its own apiserver and named routes', async () => {
     const server = await startServer();
-    const ws = await dial(server, await createToken(server.dataDir, 'a'));
-    if (!(ws instanceof WebSocket)) throw new Error(`refused: ${ws.body.code}`);
-    const session = new YamuxSession(createWebSocketDuplex(ws), { role: 'client', keepaliveIntervalMs: 0 });
-    onTestFinished(() => session.destroy());
-    const control = new ControlChannel(session.open());
-    control.send({
-      type: 'register',
-      protocolVersion: CONTROL_PROTOCOL_VERSION,
-      agentId: 'good',
-      agentVersion: 't',
-      routes: ['cluster-a', 'cluster-a-dashboard'],
-    });
-    expect(await control.next(5_000)).toMatchObject({
+    expect(await register(server, 'a', ['cluster-a', 'cluster-a-dashboard'])).toMatchObject({
       type: 'registered',
       hostnames: ['cluster-a.proxy.localhost', 'cluster-a-dashboard.proxy.localhost'],
     });

@@ -15,6 +15,7 @@ import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { WebSocket } from 'ws';
+import { pool } from './pool.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const { CONTROL_PROTOCOL_VERSION, ControlChannel, YamuxSession, createWebSocketDuplex, routeLabel } =
@@ -94,23 +95,9 @@ async function openAgent(i) {
 
 async function main() {
   const t0 = performance.now();
-  let next = 0;
-  let ok = 0;
-  let errors = 0;
-  let firstError;
-  const worker = async () => {
-    while (next < count) {
-      const i = next++;
-      try {
-        await (values.plain ? openPlain() : openAgent(i));
-        ok += 1;
-      } catch (err) {
-        errors += 1;
-        firstError ??= err.message;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, worker));
+  const { ok, errors, firstError } = await pool(count, concurrency, (i) =>
+    values.plain ? openPlain() : openAgent(i),
+  );
   process.send({ type: 'ready', ok, errors, firstError, ms: performance.now() - t0 });
 }
 

@@ -18,34 +18,13 @@ import { adopt, cleanEnv } from '../procs.js';
 import { rssBytes } from '../sys.js';
 import { serverMemory, startTunnel, startTunnelServer } from '../tunnel.js';
 import { startChild } from '../procs.js';
+import { pool } from '../pool.js';
 
 export const id = 'S5';
 export const title = 'S5 10,000 streams and 10,000 idle agents';
 const LIB = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OPEN_CONCURRENCY = 256;
 const REQUEST_CONCURRENCY = 512;
-
-/** Runs `fn(i)` for i < count with at most `limit` in flight; returns { ok, errors, firstError }. */
-async function pool(count, limit, fn) {
-  let next = 0;
-  let ok = 0;
-  let errors = 0;
-  let firstError;
-  const worker = async () => {
-    while (next < count) {
-      const i = next++;
-      try {
-        await fn(i);
-        ok += 1;
-      } catch (err) {
-        errors += 1;
-        firstError ??= err.message;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, count) }, worker));
-  return { ok, errors, firstError };
-}
 
 async function streamsOnce(ctx, pathName, count) {
   let tunnel;

@@ -31,6 +31,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import selfsigned from 'selfsigned';
 import { WebSocket, WebSocketServer } from 'ws';
+import { summarizeProfile } from './lib/profile.js';
 
 // The built protocol package (or, with --protocol <dir>, another build of it: A/B comparisons).
 const DEFAULT_PROTOCOL_DIR = path.join(
@@ -229,59 +230,6 @@ function createProfiler() {
       return profile;
     },
   };
-}
-
-/** Self time per function (name + location) and per source file, from a .cpuprofile. */
-function summarizeProfile(profile, top) {
-  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
-  const selfUs = new Map();
-  const deltas = profile.timeDeltas ?? [];
-  for (let i = 0; i < profile.samples.length; i++) {
-    const id = profile.samples[i];
-    // timeDeltas[i] is the time before sample i; the following delta is the sample's own duration.
-    const d = deltas[i + 1] ?? deltas[i] ?? 0;
-    selfUs.set(id, (selfUs.get(id) ?? 0) + Math.max(0, d));
-  }
-  let totalUs = 0;
-  let idleUs = 0;
-  const fns = new Map();
-  const files = new Map();
-  for (const [id, us] of selfUs) {
-    const { callFrame } = byId.get(id);
-    totalUs += us;
-    if (callFrame.functionName === '(idle)') {
-      idleUs += us;
-      continue;
-    }
-    const file = shortUrl(callFrame.url);
-    const name =
-      `${callFrame.functionName || '(anonymous)'} ${file ? `${file}:${callFrame.lineNumber + 1}` : ''}`.trim();
-    fns.set(name, (fns.get(name) ?? 0) + us);
-    const fileKey = file || (callFrame.functionName.startsWith('(') ? callFrame.functionName : '(native)');
-    files.set(fileKey, (files.get(fileKey) ?? 0) + us);
-  }
-  const busyUs = totalUs - idleUs;
-  const rows = (m) =>
-    [...m]
-      .sort((a, b) => b[1] - a[1])
-      .slice(0, top)
-      .map(([name, us]) => ({ name, ms: us / 1000, pctBusy: busyUs > 0 ? (100 * us) / busyUs : 0 }));
-  return {
-    totalMs: totalUs / 1000,
-    busyMs: busyUs / 1000,
-    idleMs: idleUs / 1000,
-    functions: rows(fns),
-    files: rows(files),
-  };
-}
-
-function shortUrl(url) {
-  if (!url) return '';
-  if (url.startsWith('node:')) return url;
-  const p = url.startsWith('file://') ? fileURLToPath(url) : url;
-  const nm = p.lastIndexOf(`${path.sep}node_modules${path.sep}`);
-  if (nm >= 0) return p.slice(nm + 14);
-  return path.relative(path.dirname(BENCH_DIR), p);
 }
 
 // ---------------------------------------------------------------- sink (child process)

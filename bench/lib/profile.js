@@ -25,7 +25,8 @@ function shortUrl(url) {
   return url.replace(/^file:\/\//, '').replace(/^node:/, 'node:');
 }
 
-export function summarizeProfile(profile) {
+/** Self time per function and per source file, the `top` largest of each. */
+export function summarizeProfile(profile, top = TOP) {
   const selfUs = selfTimes(profile);
   const fns = new Map();
   const files = new Map();
@@ -49,9 +50,15 @@ export function summarizeProfile(profile) {
   const rank = (m) =>
     [...m.entries()]
       .sort((a, b) => b[1] - a[1])
-      .slice(0, TOP)
+      .slice(0, top)
       .map(([name, us]) => ({ name, ms: us / 1000, pctBusy: (100 * us) / Math.max(1, busyUs) }));
-  return { totalMs: totalUs / 1000, busyMs: busyUs / 1000, functions: rank(fns), files: rank(files) };
+  return {
+    totalMs: totalUs / 1000,
+    busyMs: busyUs / 1000,
+    idleMs: idleUs / 1000,
+    functions: rank(fns),
+    files: rank(files),
+  };
 }
 
 /** Reads every .cpuprofile in `dir`; `pidRoles` maps a pid to a process name for the headings. */

@@ -27,15 +27,23 @@ beforeAll(() => {
   findKubectl();
 });
 
-/** A TCP target the test controls: `onConnection` gets every socket the agent opens. */
+/**
+ * A TCP target the test controls: `onConnection` gets every socket the agent opens (user
+ * connections, and the spare the agent keeps while the route is busy).
+ */
 async function startTarget(onConnection: (socket: net.Socket) => void): Promise<number> {
-  const server = net.createServer({ allowHalfOpen: true }, onConnection);
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    onConnection(socket);
+  });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   onTestFinished(
     () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
-        server.closeAllConnections?.();
+        for (const s of sockets) s.destroy();
       }),
   );
   return (server.address() as net.AddressInfo).port;
@@ -164,8 +172,10 @@ describe('a TCP route', () => {
     let resetTarget = (): void => undefined;
     const targetPort = await startTarget((socket) => {
       socket.on('error', () => undefined);
-      socket.once('data', () => socket.write('partial'));
-      resetTarget = () => socket.resetAndDestroy();
+      socket.once('data', () => {
+        socket.write('partial');
+        resetTarget = () => socket.resetAndDestroy();
+      });
     });
     await agentFor(server, 'u1', [`db=127.0.0.1:${targetPort}`]);
     const socket = await connect(routePort);

@@ -128,7 +128,8 @@ describe('createWebSocketDuplex over wss', () => {
     expect(ackedBytes).toBeLessThan(32 * MiB); // socket buffers, not the whole stream
     expect(maxBufferedBytes).toBeLessThanOrEqual(highWaterMarkBytes + chunk.length);
     expect(client.bufferedAmount).toBeGreaterThan(0); // the held write is still in ws/socket buffers
-    expect(server.isPaused).toBe(true); // the reader side stopped reading its socket
+    // The reader side stopped reading its socket (the duplex took the socket over from ws).
+    expect((server as unknown as { _socket: Duplex })._socket.isPaused()).toBe(true);
 
     const all = readAtLeast(b, attemptedBytes);
     expect((await all).length).toBe(attemptedBytes);
@@ -216,6 +217,93 @@ describe('createWebSocketDuplex over wss', () => {
     connecting.destroy();
     await once(connecting, 'close');
     await delay(50); // the aborted handshake's late 'error' must not surface as unhandled
+  });
+
+  it('interoperates with a plain ws peer in both roles: data, pings and the close handshake', async () => {
+    for (const ourSide of ['client', 'server'] as const) {
+      const { client, server } = await rawPair();
+      const [ours, theirs] = ourSide === 'client' ? [client, server] : [server, client];
+      const a = wrap(ours);
+      const toThem = randomBytes(3 * MiB + 7);
+      const received: Buffer[] = [];
+      theirs.on('message', (data: Buffer) => received.push(data));
+      const theirsClosed = once(theirs, 'close') as Promise<[number]>;
+      // Their ping is answered with the same payload (RFC 6455 §5.5.3).
+      const pong = once(theirs, 'pong') as Promise<[Buffer]>;
+      theirs.ping(Buffer.from('are you there'));
+      expect((await pong)[0].toString()).toBe('are you there');
+      a.write(toThem.subarray(0, 100));
+      a.write(toThem.subarray(100));
+      const toUs = randomBytes(MiB);
+      theirs.send(toUs.subarray(0, 5));
+      theirs.send(toUs.subarray(5));
+      expect((await readAtLeast(a, toUs.length)).equals(toUs)).toBe(true);
+      for (let i = 0; i < 200 && Buffer.concat(received).length < toThem.length; i++) await delay(10);
+      expect(Buffer.concat(received).equals(toThem), ourSide).toBe(true);
+      // Their close(1000) ends our readable cleanly; they see 1000 echoed.
+      const ended = once(a, 'end');
+      a.resume();
+      theirs.close(1000);
+      await ended;
+      expect((await theirsClosed)[0]).toBe(1000);
+    }
+  });
+
+  it('our end() closes with 1000 and the plain ws peer sees it; the ws object reaches CLOSED', async () => {
+    const { client, server } = await rawPair();
+    const a = wrap(client);
+    const theirsClosed = once(server, 'close') as Promise<[number]>;
+    const oursClosed = once(client, 'close') as Promise<[number]>;
+    const finished = once(a, 'finish');
+    a.end('bye');
+    expect((await theirsClosed)[0]).toBe(1000);
+    await finished;
+    expect((await oursClosed)[0]).toBe(1000);
+    expect(client.readyState).toBe(WebSocket.CLOSED);
+  });
+
+  it('closes with 1002 and TUN_ERR_PROTOCOL on a malformed frame', async () => {
+    const { client, server } = await rawPair();
+    const a = wrap(client);
+    const theirsClosed = once(server, 'close') as Promise<[number]>;
+    // A server frame with RSV1 set: no extension was negotiated.
+    (server as unknown as { _socket: Duplex })._socket.write(Buffer.from([0xc2, 0x01, 0x00]));
+    const [err] = (await once(a, 'error')) as [Error];
+    expect(isTunnelError(err, 'TUN_ERR_PROTOCOL')).toBe(true);
+    expect((await theirsClosed)[0]).toBe(1002);
+  });
+
+  it('reports a close code other than 1000/1005 as TUN_ERR_TRANSPORT_CLOSED with the code', async () => {
+    const { server, a } = await duplexPair();
+    server.close(4000, 'going');
+    const [err] = (await once(a, 'error')) as [Error];
+    expect(isTunnelError(err, 'TUN_ERR_TRANSPORT_CLOSED')).toBe(true);
+    expect((err as { details?: unknown }).details).toEqual({ code: 4000, reason: 'going' });
+  });
+
+  it('keeps bytes the peer sent with its 101 when the ws was paused on open and wrapped later', async () => {
+    const endpoint = await webSocketEndpoint();
+    onTestFinished(() => endpoint.close());
+    const accepted = endpoint.nextConnection();
+    const client = new WebSocket(endpoint.url, endpoint.clientOptions);
+    // What the agent's dialer does: pause in 'open', wrap after its promise resolves.
+    client.once('open', () => client.pause());
+    const server = await accepted;
+    server.send(Buffer.from('first bytes')); // likely in the same TLS read as the 101
+    await once(client, 'open');
+    await delay(20);
+    const a = wrap(client);
+    expect((await readAtLeast(a, 11)).toString()).toBe('first bytes');
+  });
+
+  it('refuses a ws that has parsed frames already (its socket cannot be taken over safely)', async () => {
+    const { client } = await rawPair();
+    // As if ws were in the middle of a frame: GET_PAYLOAD_LENGTH_16 in its receiver.
+    (client as unknown as { _receiver: { _state: number } })._receiver._state = 1;
+    const a = wrap(client);
+    const [err] = (await once(a, 'error')) as [Error];
+    expect(isTunnelError(err, 'TUN_ERR_PROTOCOL')).toBe(true);
+    expect(err.message).toContain('cannot take the socket over from ws');
   });
 
   it('ws runs with the native bufferutil addon', () => {

@@ -129,6 +129,9 @@ export async function dial(options: DialOptions): Promise<DialedServer> {
       reject(err);
     };
     function onOpen(): void {
+      // Hold what the server sends next (its first yamux ping may share a read with the 101) until
+      // createWebSocketDuplex takes the socket over: frames ws parsed meanwhile would be lost.
+      ws.pause();
       cleanup();
       resolve({ ws, url, proxy });
     }

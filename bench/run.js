@@ -3,6 +3,8 @@
  * End-to-end benchmark of cluster-tunnel against the direct path, one and two plain Node relays
  * and OpenSSH `ssh -R`, all on 127.0.0.1 and all measured in the same run, interleaved
  * (A B C … A B C …), so that every figure is a ratio taken side by side on this machine.
+ * S1, S2 and S5 measure twice: TLS end to end (the tunnel in SNI passthrough) and raw TCP (the
+ * tunnel's TCP route), each against the other paths carrying the same bytes (--raw).
  *
  *   npm run bench                  the full suite (S1–S7), ≥ 5 rounds
  *   npm run bench -- --quick       a smoke version (under 3 minutes)
@@ -19,13 +21,13 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { writeUpstreamCert } from './lib/certs.js';
 import { GiB, MiB, summary } from './lib/harness.js';
-import { ALL_PATHS, PATH_NOTES, startPaths } from './lib/paths.js';
+import { ALL_PATHS, PATH_NOTES, RAW_PATH_NOTES, startPaths } from './lib/paths.js';
 import { cleanup, makeTempDir, startChild } from './lib/procs.js';
 import { summarizeProfiles } from './lib/profile.js';
 import { writeReport } from './lib/report.js';
 import { sshVersion } from './lib/ssh.js';
 import { machineInfo } from './lib/sys.js';
-import { SERVER_BIN, profiledPids } from './lib/tunnel.js';
+import { NO_TCP_ROUTE, SERVER_BIN, profiledPids, supportsTcpRoute } from './lib/tunnel.js';
 import * as s1 from './lib/scenarios/s1-bulk.js';
 import * as s2 from './lib/scenarios/s2-parallel.js';
 import * as s3 from './lib/scenarios/s3-http.js';
@@ -43,6 +45,12 @@ const HELP = `usage: node bench/run.js [options]   (npm run bench -- [options])
   --paths <list>     paths to compare (default: ${ALL_PATHS.join(',')})
   --reps <n>         rounds per scenario (default 5; --quick 3)
   --bytes <n>        bytes per bulk transfer in S1/S2 (suffix K, M, G; default 1G; --quick 64M)
+  --raw <which>      S1, S2 and S5 figures: both (default) = TLS passthrough and raw TCP (the
+                     tunnel's TCP route, plain TCP to a plain-HTTP upstream); only = raw only;
+                     off = TLS passthrough only
+  --raw-bytes <n>    bytes per raw-TCP bulk transfer in S1 (default: --bytes; --quick 32M, as
+                     raw transfers are faster and the quick run must stay under 3 minutes);
+                     S2 moves the same bytes in both modes
   --settle <s>       before each measurement, wait up to this long for the rest of the machine
                      to be quiet (default 1; --quick 0)
   --max-other <c>    a measurement during which other processes used more than c cores is
@@ -72,6 +80,8 @@ function parseOptions(argv) {
       paths: { type: 'string' },
       reps: { type: 'string' },
       bytes: { type: 'string' },
+      raw: { type: 'string', default: 'both' },
+      'raw-bytes': { type: 'string' },
       settle: { type: 'string' },
       'max-other': { type: 'string', default: '0.5' },
       retries: { type: 'string' },
@@ -98,14 +108,18 @@ function parseOptions(argv) {
       throw new Error(`--tunnel-b: no build in ${tunnelB}`);
     paths.push('tunnel-b');
   }
+  if (!['both', 'only', 'off'].includes(values.raw)) throw new Error('--raw must be both, only or off');
   const reps = Number(values.reps ?? (quick ? 3 : 5));
   if (!(reps >= 1 && reps <= 50)) throw new Error('--reps must be between 1 and 50');
+  const bytes = parseSize(values.bytes ?? (quick ? '64M' : '1G'));
   return Object.freeze({
     quick,
     only,
     paths,
     reps,
-    bytes: parseSize(values.bytes ?? (quick ? '64M' : '1G')),
+    bytes,
+    raw: values.raw,
+    rawBytes: values['raw-bytes'] ? parseSize(values['raw-bytes']) : quick ? 32 * MiB : bytes,
     settleMs: Number(values.settle ?? (quick ? 0 : 1)) * 1000,
     maxOtherCores: Number(values['max-other']),
     retries: Number(values.retries ?? (quick ? 0 : 1)),
@@ -115,6 +129,32 @@ function parseOptions(argv) {
     outDir: values.out,
     write: !values['no-write'],
   });
+}
+
+/** Starts bench/lib/upstream.js (`extra` args: the certificate, or --raw); resolves with { child, port }. */
+async function startUpstream(name, extra) {
+  const child = startChild(name, process.execPath, [path.join(BENCH_DIR, 'lib/upstream.js'), ...extra]);
+  const port = Number((await child.waitForLine(/^listening \d+/)).split(' ')[1]);
+  return { child, port };
+}
+
+/**
+ * What the report lists as not measured: the raw tunnel figures when they were asked for (raw on,
+ * the tunnel among the paths, a scenario with raw figures selected) but could not run.
+ */
+function rawGaps(opts, wantRaw, rawSkipped) {
+  const asked = opts.paths.includes('tunnel') && SCENARIOS.some((s) => s.hasRaw && opts.only.includes(s.id));
+  if (!asked) return [];
+  if (!wantRaw) {
+    return [
+      'Raw-TCP route figures (S1/S2/S5 "for the raw figures, a TCP route"): not measured in this run (--raw off).',
+    ];
+  }
+  if (!rawSkipped.tunnel) return [];
+  return [
+    `Raw-TCP route figures (S1/S2/S5 "for the raw figures, a TCP route"): the tunnel's raw path did not ` +
+      `run: ${rawSkipped.tunnel}. No raw targets are judged; the other paths' raw figures are reported.`,
+  ];
 }
 
 async function main() {
@@ -133,14 +173,12 @@ async function main() {
     ? fs.mkdtempSync(path.join(os.tmpdir(), 'cluster-tunnel-prof-'))
     : undefined;
   const cert = await writeUpstreamCert(dir);
-  const upstreamChild = startChild('upstream', process.execPath, [
-    path.join(BENCH_DIR, 'lib/upstream.js'),
-    '--cert',
-    cert.certFile,
-    '--key',
-    cert.keyFile,
-  ]);
-  const upstreamPort = Number((await upstreamChild.waitForLine(/^listening \d+/)).split(' ')[1]);
+  const upstream = await startUpstream('upstream', ['--cert', cert.certFile, '--key', cert.keyFile]);
+  // The raw paths' own upstream (its own process, so its CPU is its own), when a scenario uses it.
+  const wantRaw = opts.raw !== 'off' && SCENARIOS.some((s) => s.hasRaw && opts.only.includes(s.id));
+  const rawUpstream = wantRaw ? await startUpstream('raw-upstream', ['--raw']) : undefined;
+  // S5 starts its own tunnels; only S1 and S2 use the shared raw twins of the paths.
+  const rawTwins = wantRaw && SCENARIOS.some((s) => s.usesRawTwins && opts.only.includes(s.id));
   const ctx = {
     opts,
     log,
@@ -148,14 +186,22 @@ async function main() {
     profileDir,
     ca: cert.certPem,
     cert,
-    upstream: { child: upstreamChild, port: upstreamPort },
+    upstream,
+    rawUpstream,
     pathNames: opts.paths,
     paths: {},
+    rawPaths: {},
+    rawSkipped: {},
   };
   log('starting paths');
-  const started_ = await startPaths(ctx, opts.paths);
+  const started_ = await startPaths(ctx, opts.paths, rawTwins ? rawUpstream : undefined);
   ctx.paths = started_.paths;
+  ctx.rawPaths = started_.rawPaths;
+  ctx.rawSkipped = started_.rawSkipped;
   ctx.stopPaths = started_.stop;
+  // S5 alone still needs to know whether the raw tunnel can run.
+  if (wantRaw && !rawTwins && opts.paths.includes('tunnel') && !supportsTcpRoute())
+    ctx.rawSkipped.tunnel = NO_TCP_ROUTE;
 
   const results = [];
   for (const scenario of SCENARIOS) {
@@ -193,6 +239,9 @@ async function main() {
     loadAverageAtEnd: os.loadavg(),
     seconds: Math.round((Date.now() - started) / 1000),
     paths: Object.fromEntries(opts.paths.map((p) => [p, PATH_NOTES[p]])),
+    rawPaths: Object.fromEntries(Object.keys(ctx.rawPaths).map((p) => [p, RAW_PATH_NOTES[p]])),
+    rawSkipped: ctx.rawSkipped,
+    gaps: rawGaps(opts, wantRaw, ctx.rawSkipped),
   };
   let profile;
   if (profileDir) {

@@ -2,8 +2,10 @@
  * The user side: a TLS client (SNI cluster-bench.proxy.localhost, trusting only the upstream's
  * certificate) speaking just enough HTTP/1.1 by hand to keep its own cost small and constant:
  * bulk download and upload, keep-alive request/response, one request per new connection.
+ * The raw-TCP paths use the same requests over a plain TCP connection (connectRaw).
  */
 import { randomFillSync } from 'node:crypto';
+import net from 'node:net';
 import tls from 'node:tls';
 import { ROUTE_HOST } from './certs.js';
 
@@ -53,6 +55,76 @@ export function connectTls(port, ca, timeoutMs = 10_000) {
       socket.setNoDelay(true);
       resolve(socket);
     });
+  });
+}
+
+/**
+ * Opens a plain TCP connection through `port` and proves it reaches the upstream with one
+ * `GET /small`: a TCP connect alone ends at the first hop (a relay, sshd or the tunnel-server
+ * accept at once), while the TLS handshake of connectTls crosses the whole path. Resolves with
+ * the socket, ready for the next request, so bulk timings start on an open path either way.
+ */
+export async function connectRaw(port, timeoutMs = 10_000) {
+  const socket = await new Promise((resolve, reject) => {
+    const s = net.connect({ host: '127.0.0.1', port, noDelay: true });
+    const timer = setTimeout(() => s.destroy(new Error(`TCP connect to ${port} timed out`)), timeoutMs);
+    s.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    s.once('connect', () => {
+      clearTimeout(timer);
+      s.removeAllListeners('error');
+      s.on('error', ignore);
+      resolve(s);
+    });
+  });
+  try {
+    await firstResponse(socket, SMALL_REQUEST, timeoutMs);
+  } catch (err) {
+    socket.destroy();
+    throw err;
+  }
+  return socket;
+}
+
+/** Opens a connection through `port`: plain TCP when `raw`, else TLS with the upstream (`ca`). */
+export function connectPath(port, { raw, ca }) {
+  return raw ? connectRaw(port) : connectTls(port, ca);
+}
+
+/**
+ * Sends `request` and resolves when its whole response (status 200) has arrived; the socket's
+ * own listeners are removed again, so it can be used for more requests.
+ */
+function firstResponse(socket, request, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    let left = 0;
+    const finish = (err) => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('error', finish);
+      socket.off('close', onClose);
+      if (err) reject(err);
+      else resolve();
+    };
+    const timer = setTimeout(() => finish(new Error('response timed out')), timeoutMs);
+    const onClose = () => finish(new Error('closed before the response'));
+    const onData = responseReader(
+      (status, length, already) => {
+        if (status !== 200) return finish(new Error(`HTTP ${status}`));
+        left = length - already;
+        if (left <= 0) finish();
+      },
+      (n) => {
+        left -= n;
+        if (left <= 0) finish();
+      },
+    );
+    socket.on('data', onData);
+    socket.once('error', finish);
+    socket.once('close', onClose);
+    socket.write(request);
   });
 }
 
@@ -166,6 +238,11 @@ export class HttpConn {
     return new HttpConn(await connectTls(port, ca));
   }
 
+  /** A plain TCP connection that has already had one request answered (see connectRaw). */
+  static async openRaw(port, timeoutMs) {
+    return new HttpConn(await connectRaw(port, timeoutMs));
+  }
+
   constructor(socket) {
     this.socket = socket;
     this.pending = null;
@@ -218,32 +295,7 @@ export async function oneShot(port, ca, timeoutMs = 10_000) {
   const t0 = performance.now();
   const socket = await connectTls(port, ca, timeoutMs);
   try {
-    await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('response timed out')), timeoutMs);
-      let left = 0;
-      const finish = (err) => {
-        clearTimeout(timer);
-        if (err) reject(err);
-        else resolve();
-      };
-      socket.on(
-        'data',
-        responseReader(
-          (status, length, already) => {
-            if (status !== 200) return finish(new Error(`HTTP ${status}`));
-            left = length - already;
-            if (left <= 0) finish();
-          },
-          (n) => {
-            left -= n;
-            if (left <= 0) finish();
-          },
-        ),
-      );
-      socket.once('error', finish);
-      socket.once('close', () => finish(new Error('closed before the response')));
-      socket.write(SMALL_REQUEST_CLOSE);
-    });
+    await firstResponse(socket, SMALL_REQUEST_CLOSE, timeoutMs);
   } finally {
     socket.end();
   }

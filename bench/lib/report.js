@@ -7,12 +7,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fmt, fmtSummary } from './harness.js';
 
-export const GAPS = [
-  'Raw-TCP route figures (S1 "for the raw figures, a TCP route"): not available. The tunnel server ' +
-    'routes user connections by TLS SNI only and has no TCP route mode yet, so every path here ' +
-    'carries the same end-to-end TLS session (client ↔ upstream) and the tunnel runs in passthrough.',
-];
-
 const COLORS = {
   direct: '#7f7f7f',
   relay: '#9ecae1',
@@ -43,7 +37,10 @@ export function markdown({ meta, results, profile }) {
     'Every figure is a median over the rounds with [min..max]; ratios are taken within each round ' +
       '(the paths measured back to back), then summarised. GB/s = 10^9 B/s. Every path carries the ' +
       'same TLS session from the bench client (SNI cluster-bench.proxy.localhost) to the same Node ' +
-      'HTTPS upstream (ECDSA P-256, TLS 1.3), all on 127.0.0.1.',
+      'HTTPS upstream (ECDSA P-256, TLS 1.3), all on 127.0.0.1; the tunnel routes it by SNI ' +
+      '(passthrough). The raw figures (S1, S2, S5, tables and targets marked raw) carry plain TCP ' +
+      'instead, the same requests to a plain-HTTP upstream, the tunnel through its TCP route; each ' +
+      'is compared only with the other raw paths.',
     '',
   );
   lines.push('## Targets', '', '| | scenario | target | measured (median [min..max]) |', '|---|---|---|---|');
@@ -56,8 +53,17 @@ export function markdown({ meta, results, profile }) {
     lines.push(`| **FAILED** | ${r.id} | the scenario did not complete | ${esc(r.failed)} |`);
   const passed = targets.filter((t) => t.pass).length;
   lines.push('', `${passed} of ${targets.length} targets met.`, '');
-  lines.push('## Gaps', '', ...GAPS.map((g) => `- ${g}`), '');
+  const gaps = meta.gaps ?? [];
+  if (gaps.length) lines.push('## Gaps', '', ...gaps.map((g) => `- ${g}`), '');
   lines.push('## Paths', '', ...Object.entries(meta.paths).map(([p, d]) => `- \`${p}\`: ${d}`), '');
+  const rawPaths = Object.entries(meta.rawPaths ?? {});
+  if (rawPaths.length) {
+    lines.push('Raw TCP (same names, own processes where a path has them):', '');
+    lines.push(...rawPaths.map(([p, d]) => `- \`${p}\` (raw): ${d}`));
+    for (const [p, why] of Object.entries(meta.rawSkipped ?? {}))
+      lines.push(`- \`${p}\` (raw): skipped, ${why}`);
+    lines.push('');
+  }
   for (const r of results) {
     lines.push(`## ${r.title}${r.seconds !== undefined ? ` (${r.seconds} s)` : ''}`, '');
     if (r.failed) lines.push(`Failed: ${r.failed}`, '');
@@ -183,7 +189,7 @@ export function writeReport({ meta, results, profile, outDir, write }) {
   const json = {
     meta,
     targets: results.flatMap((r) => r.targets ?? []),
-    gaps: GAPS,
+    gaps: meta.gaps ?? [],
     results,
     profile: profile ? { top: profile.top } : undefined,
   };

@@ -115,8 +115,20 @@ async function waitForBanner(port, child) {
 /**
  * Starts `ssh -N -R 127.0.0.1:0:127.0.0.1:<upstreamPort>` to sshd (or to `viaPort`, e.g. a delay
  * relay in front of sshd) with one cipher; resolves with the port sshd listens on for users.
+ * With `rawUpstreamPort` the same ssh process also forwards a second port to the raw upstream,
+ * as one tunnel agent serves both routes (`rawPort` in the result); an idle forward costs no CPU,
+ * so per-process CPU of a measurement still belongs to the one forward in use.
  */
-export async function startSshReverse({ name, sshdPort, viaPort, keyFile, cipher, upstreamPort }) {
+export async function startSshReverse({
+  name,
+  sshdPort,
+  viaPort,
+  keyFile,
+  cipher,
+  upstreamPort,
+  rawUpstreamPort,
+}) {
+  const forwards = [upstreamPort, ...(rawUpstreamPort ? [rawUpstreamPort] : [])];
   const child = startChild(name, 'ssh', [
     '-N',
     '-T',
@@ -136,15 +148,20 @@ export async function startSshReverse({ name, sshdPort, viaPort, keyFile, cipher
     'LogLevel=INFO',
     '-c',
     cipher,
-    '-R',
-    `127.0.0.1:0:127.0.0.1:${upstreamPort}`,
+    ...forwards.flatMap((p) => ['-R', `127.0.0.1:0:127.0.0.1:${p}`]),
     '-p',
     String(viaPort ?? sshdPort),
     '-i',
     keyFile,
     'root@127.0.0.1',
   ]);
-  const line = await child.waitForLine(/Allocated port \d+ for remote forward/, 20_000);
-  const port = Number(/Allocated port (\d+)/.exec(line)[1]);
-  return { child, port };
+  // ssh logs "Allocated port <listen> for remote forward to 127.0.0.1:<target>" once per -R.
+  const allocated = async (target) => {
+    const re = new RegExp(`Allocated port \\d+ for remote forward to 127\\.0\\.0\\.1:${target}(?!\\d)`);
+    const line = await child.waitForLine(re, 20_000);
+    return Number(/Allocated port (\d+)/.exec(line)[1]);
+  };
+  const port = await allocated(upstreamPort);
+  const rawPort = rawUpstreamPort ? await allocated(rawUpstreamPort) : undefined;
+  return { child, port, rawPort };
 }

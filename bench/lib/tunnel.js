@@ -6,8 +6,13 @@
  * Both run at log level warn: the server logs every user connection at info, which would be
  * measured as tunnel cost (sshd logs nothing per connection either). Readiness comes from the
  * admin port (/healthz, then /status listing the agent), not from log lines.
+ *
+ * For the raw-TCP figures the agent also serves a route `raw` (label cluster-bench-raw) to the raw
+ * upstream, and the server gets `--tcp-route cluster-bench-raw=127.0.0.1:<port>`: it listens on
+ * that port and carries each accepted TCP connection as a stream to the agent holding the label.
+ * Builds without --tcp-route still run every TLS path; the raw tunnel path is then skipped.
  */
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -22,12 +27,44 @@ const clientBin = (root) => path.join(root, 'packages/client/dist/bin.js');
 export const SERVER_BIN = serverBin(ROOT);
 export const CLUSTER_ID = 'bench';
 export const ROUTE_LABEL = `cluster-${CLUSTER_ID}`;
+/** The agent's route to the raw upstream, and the label the server's TCP route names. */
+export const RAW_ROUTE_NAME = 'raw';
+export const RAW_ROUTE_LABEL = `cluster-${CLUSTER_ID}-${RAW_ROUTE_NAME}`;
 /** pid → process name of every tunnel process started under --cpu-prof (for the profile summary). */
 export const profiledPids = {};
 
 /** Node flags that make a process write a .cpuprofile into `dir` when it exits (not allowed in NODE_OPTIONS on Node 20). */
 function profileArgs(dir) {
   return dir ? ['--cpu-prof', '--cpu-prof-dir', dir] : [];
+}
+
+/** Why the raw tunnel path is skipped when the build lacks the flag (reports and logs say this). */
+export const NO_TCP_ROUTE =
+  'this build of tunnel-server has no --tcp-route option (tunnel-server start --help); run npm run build once packages/server has it';
+
+const tcpRouteSupport = new Map();
+
+/**
+ * Whether the build under `root` has `tunnel-server start --tcp-route` (asked once per build, from
+ * its own --help), so the bench can skip the raw tunnel path with a clear message instead of
+ * failing to start the server.
+ */
+export function supportsTcpRoute(root = ROOT) {
+  if (!tcpRouteSupport.has(root)) {
+    let help;
+    try {
+      help = execFileSync(process.execPath, [serverBin(root), 'start', '--help'], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'pipe'],
+        timeout: 20_000,
+      });
+    } catch (err) {
+      // Some CLIs exit non-zero after printing help; the text is what counts.
+      help = `${err.stdout ?? ''}${err.stderr ?? ''}`;
+    }
+    tcpRouteSupport.set(root, /--tcp-route\b/.test(help));
+  }
+  return tcpRouteSupport.get(root);
 }
 
 /** GET on the admin port, bounded: resolves with { status, body }. */
@@ -53,7 +90,8 @@ async function getJson(url) {
 
 /**
  * Starts a tunnel server (no agent). `profileDir` runs it under --cpu-prof. `maxAgents` raises
- * the server's limit (S5's idle agents).
+ * the server's limit (S5's idle agents). `tcpRoute` adds the raw TCP route (its port is
+ * `tcpRoutePort` in the result).
  */
 export async function startTunnelServer({
   dir,
@@ -62,11 +100,13 @@ export async function startTunnelServer({
   maxAgents = 20_000,
   root = ROOT,
   nodeFlags = [],
+  tcpRoute = false,
 }) {
   const dataDir = path.join(dir, `${name}-data`);
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();
     const adminPort = await freePort();
+    const tcpRoutePort = tcpRoute ? await freePort() : undefined;
     const child = startChild(`${name}-server`, process.execPath, [
       ...nodeFlags,
       ...profileArgs(profileDir),
@@ -84,6 +124,7 @@ export async function startTunnelServer({
       String(maxAgents),
       '--drain-timeout-ms',
       '1000',
+      ...(tcpRoute ? ['--tcp-route', `${RAW_ROUTE_LABEL}=127.0.0.1:${tcpRoutePort}`] : []),
     ]);
     if (profileDir) profiledPids[child.pid] = `${name}-server`;
     try {
@@ -95,7 +136,7 @@ export async function startTunnelServer({
         },
         20_000,
       );
-      return { child, port, adminPort, dataDir, caFile: path.join(dataDir, 'ca.crt'), root };
+      return { child, port, adminPort, tcpRoutePort, dataDir, caFile: path.join(dataDir, 'ca.crt'), root };
     } catch (err) {
       await child.stop();
       if (attempt === 2) throw err;
@@ -123,18 +164,20 @@ export async function createTokenFile(server, clusterId = CLUSTER_ID) {
 }
 
 /**
- * Starts a tunnel-client with route apiserver → 127.0.0.1:<upstreamPort>, dialing the server
- * directly or through `viaPort` (a delay relay in front of the server's port); resolves once
- * the server's /status lists it.
+ * Starts a tunnel-client with route apiserver → 127.0.0.1:<upstreamPort> (and raw →
+ * 127.0.0.1:<rawUpstreamPort> when given), dialing the server directly or through `viaPort` (a
+ * delay relay in front of the server's port); resolves once the server's /status lists its routes.
  */
 export async function startAgent({
   server,
   name = 'tunnel',
   upstreamPort,
+  rawUpstreamPort,
   viaPort,
   profileDir,
   nodeFlags = [],
 }) {
+  const labels = [ROUTE_LABEL, ...(rawUpstreamPort ? [RAW_ROUTE_LABEL] : [])];
   const tokenFile = await createTokenFile(server);
   const before = (await getJson(`http://127.0.0.1:${server.adminPort}/status`)).agents.length;
   const child = startChild(`${name}-agent`, process.execPath, [
@@ -149,6 +192,7 @@ export async function startAgent({
     tokenFile,
     '--route',
     `apiserver=127.0.0.1:${upstreamPort}`,
+    ...(rawUpstreamPort ? ['--route', `${RAW_ROUTE_NAME}=127.0.0.1:${rawUpstreamPort}`] : []),
     '--health-listen',
     'off',
     '--log-level',
@@ -164,30 +208,45 @@ export async function startAgent({
     async () => {
       if (!child.alive) throw new Error(`tunnel-client exited:\n${child.tail()}`);
       const status = await getJson(`http://127.0.0.1:${server.adminPort}/status`);
-      return status.agents.length > before && status.routes.includes(ROUTE_LABEL);
+      return status.agents.length > before && labels.every((l) => status.routes.includes(l));
     },
     20_000,
   );
   return child;
 }
 
-/** Server + agent; `beforeAgent(serverPort)` may return a port for the agent to dial instead. */
+/**
+ * Server + agent; `beforeAgent(serverPort)` may return a port for the agent to dial instead.
+ * With `rawUpstreamPort` and a build that has --tcp-route, the tunnel also carries raw TCP:
+ * `rawPort` is where users connect for it (undefined otherwise).
+ */
 export async function startTunnel({
   dir,
   name = 'tunnel',
   upstreamPort,
+  rawUpstreamPort,
   profileDir,
   beforeAgent,
   root = ROOT,
   nodeFlags = [],
 }) {
-  const server = await startTunnelServer({ dir, name, profileDir, root, nodeFlags });
+  const raw = rawUpstreamPort !== undefined && supportsTcpRoute(root);
+  const server = await startTunnelServer({ dir, name, profileDir, root, nodeFlags, tcpRoute: raw });
   const viaPort = beforeAgent ? await beforeAgent(server.port) : undefined;
-  const agent = await startAgent({ server, name, upstreamPort, viaPort, profileDir, nodeFlags });
+  const agent = await startAgent({
+    server,
+    name,
+    upstreamPort,
+    rawUpstreamPort: raw ? rawUpstreamPort : undefined,
+    viaPort,
+    profileDir,
+    nodeFlags,
+  });
   return {
     server,
     agent,
     port: server.port,
+    rawPort: server.tcpRoutePort,
     async stop() {
       // Agent first: the server's drain then has no agent to wait for. SIGTERM lets --cpu-prof write.
       await agent.stop(5_000);

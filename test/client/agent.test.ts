@@ -150,6 +150,27 @@ describe('TunnelAgent', () => {
     expect(closed.reset).toBeUndefined();
   });
 
+  test('hands the next user stream a spare target connection, and closes the spare when it stops', async () => {
+    const { agent, echo, logs, nextSession } = await setup();
+    const session = await nextSession();
+    for (const [i, text] of ['one', 'two', 'three'].entries()) {
+      // From the second stream on, a spare opened behind the previous one is waiting.
+      if (i > 0) await until(() => agent.spareTargetConnections === 1, 'the spare to connect');
+      const { stream, reply } = await session.openUserStream('cluster-u1', Buffer.from(text));
+      expect(reply).toEqual({ ok: true });
+      expect((await readBytes(stream, text.length)).toString()).toBe(text);
+      stream.end();
+      expect((await readAll(stream)).toString()).toBe('<eof>');
+    }
+    // One target connection per user stream, each carrying only its own bytes, and one spare.
+    await until(() => echo.connections.length === 4, 'the last spare');
+    expect(echo.connections.slice(0, 3).map((c) => c.bytesRead)).toEqual([3, 3, 5]);
+    expect(logs.find('user connection opened').map((l) => l.spare)).toEqual([false, true, true]);
+    await agent.close();
+    await until(() => echo.connections[3]?.closed, 'the spare to close when the agent stops');
+    expect(echo.connections[3]?.bytesRead).toBe(0);
+  });
+
   test("a target's FIN reaches the user while the user's direction stays open", async () => {
     const { greeter, nextSession } = await setup();
     const session = await nextSession();

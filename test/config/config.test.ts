@@ -235,6 +235,68 @@ describe('server configuration', () => {
     ]);
   });
 
+  test('tcpRoutes come from repeated flags, a comma list in env, or a YAML map of label to address', () => {
+    const dir = tempDir();
+    const byFlag = resolveServerConfig({
+      cwd: dir,
+      env: {},
+      argv: ['--tcp-route', 'cluster-u1-db=0.0.0.0:15432', '--tcp-route', 'cluster-u1=127.0.0.1:16443'],
+    });
+    expect(byFlag.tcpRoutes).toEqual([
+      { name: 'cluster-u1-db', host: '0.0.0.0', port: 15432 },
+      { name: 'cluster-u1', host: '127.0.0.1', port: 16443 },
+    ]);
+    const byEnv = resolveServerConfig({
+      cwd: dir,
+      env: { TUNNEL_SERVER_TCP_ROUTES: 'cluster-u1-db=0.0.0.0:15432, cluster-u2-ssh=0.0.0.0:2222' },
+    });
+    expect(byEnv.tcpRoutes.map((r) => r.name)).toEqual(['cluster-u1-db', 'cluster-u2-ssh']);
+    const file = write(dir, 'server.yaml', 'tcpRoutes:\n  cluster-u1-db: 0.0.0.0:15432\n');
+    const byFile = resolveServerConfig({ cwd: dir, env: {}, argv: ['--config', file] });
+    expect(byFile.tcpRoutes).toEqual([{ name: 'cluster-u1-db', host: '0.0.0.0', port: 15432 }]);
+    expect(resolveServerConfig({ cwd: dir, env: {} }).tcpRoutes).toEqual([]);
+  });
+
+  test('tcpRoutes problems are all reported: not a label, the apiserver alias, clashing ports', () => {
+    const problems = problemsOf(() =>
+      resolveServerConfig({
+        cwd: tempDir(),
+        env: {},
+        argv: [
+          '--listen',
+          '0.0.0.0:8443',
+          '--admin-listen',
+          '127.0.0.1:9090',
+          '--tcp-route',
+          'cluster-u1-apiserver=127.0.0.1:8443',
+          '--tcp-route',
+          'cluster-u1-db=127.0.0.1:9090',
+          '--tcp-route',
+          'cluster-u1-ssh=0.0.0.0:2222',
+          '--tcp-route',
+          'cluster-u1-vnc=10.0.0.1:2222',
+        ],
+      }),
+    );
+    expect(problems).toEqual([
+      expect.stringMatching(/^tcpRoutes: cluster-u1-apiserver is not a route label/),
+      expect.stringMatching(/^tcpRoutes: cluster-u1-apiserver listens on 127.0.0.1:8443, which listen uses/),
+      expect.stringMatching(/^tcpRoutes: cluster-u1-db listens on 127.0.0.1:9090, which adminListen uses/),
+      expect.stringMatching(
+        /^tcpRoutes: cluster-u1-vnc listens on 10.0.0.1:2222, which tcpRoutes cluster-u1-ssh/,
+      ),
+    ]);
+    const shape = problemsOf(() =>
+      resolveServerConfig({
+        cwd: tempDir(),
+        env: { TUNNEL_SERVER_TCP_ROUTES: 'db=127.0.0.1:5432,cluster-u1-x=nope' },
+      }),
+    );
+    expect(shape).toHaveLength(1);
+    expect(shape[0]).toMatch(/tcpRoutes \(env TUNNEL_SERVER_TCP_ROUTES\): route name "db" must match/);
+    expect(shape[0]).toMatch(/route cluster-u1-x: expected host:port/);
+  });
+
   test('the resolved config is deeply frozen', () => {
     const cfg = resolveServerConfig({ cwd: tempDir(), env: {} });
     expect(Object.isFrozen(cfg)).toBe(true);

@@ -53,7 +53,7 @@ describe('names the server does not serve', () => {
     expect(route).toMatchObject({ route: 'cluster-nobody', code: 'TUN_ERR_NO_ROUTE' });
     const metrics = await fetch(`http://127.0.0.1:${server.adminPort}/metrics`).then((r) => r.text());
     expect(metrics).toMatch(/tunnel_connections_total\{outcome="unknown-host"\} 1/);
-    expect(metrics).toMatch(/tunnel_connections_total\{outcome="no-agent"\} 1/);
+    expect(metrics).toMatch(/tunnel_connections_total\{mode="passthrough",outcome="no-agent"\} 1/);
   });
 
   it("serves the server's own name with its certificate: health over TLS", async () => {

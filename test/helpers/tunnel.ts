@@ -4,6 +4,7 @@
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -102,6 +103,18 @@ function startCli(
     await proc.stop(2_000);
   });
   return proc;
+}
+
+/**
+ * A port free on 127.0.0.1 right now, for listeners whose port is configured up front (TCP
+ * routes). Another process could take it before it is used: acceptable on a test machine.
+ */
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }
 
 export async function tempDir(prefix = 'tunnel-test-'): Promise<string> {

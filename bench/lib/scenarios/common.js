@@ -1,15 +1,72 @@
-/** Pieces several scenarios share: the processes of a path, one bulk transfer, table helpers. */
-import { closeSocket, connectTls, download, upload } from '../client.js';
+/**
+ * Pieces several scenarios share: the two kinds of figures (TLS passthrough and raw TCP), the
+ * processes of a path, one bulk transfer, table helpers.
+ */
+import { closeSocket, connectPath, download, upload } from '../client.js';
 import { GiB, fmt, fmtSummary, quantile, sleep, summary } from '../harness.js';
 import { cpuDelta, cpuSnapshot } from '../sys.js';
 
+/**
+ * The kinds of figures S1, S2 and S5 measure, as `--raw` selects them: `passthrough` (one TLS
+ * session end to end, the tunnel routing by SNI) and `raw` (plain TCP bytes to the raw upstream,
+ * the tunnel's TCP route). Each: { mode, heading and label (for table titles), names (the paths
+ * that run), paths, bytes (per S1 bulk transfer: --bytes or --raw-bytes) }.
+ */
+export function pathModes(ctx) {
+  const modes = [];
+  if (ctx.opts.raw !== 'only') {
+    modes.push({
+      mode: 'passthrough',
+      heading: 'TLS passthrough',
+      label: 'TLS end to end; tunnel: SNI passthrough',
+      names: ctx.pathNames,
+      paths: ctx.paths,
+      bytes: ctx.opts.bytes,
+    });
+  }
+  if (ctx.opts.raw !== 'off') {
+    modes.push({
+      mode: 'raw',
+      heading: 'raw TCP',
+      label: 'no TLS; tunnel: TCP route',
+      names: ctx.pathNames.filter((p) => ctx.rawPaths[p]),
+      paths: ctx.rawPaths,
+      bytes: ctx.opts.rawBytes,
+    });
+  }
+  return modes;
+}
+
+/**
+ * Puts a scenario's tables, chart panels and targets in mode order (passthrough, then raw) while
+ * keeping the measuring order within a mode, so each kind of figure reads as one block.
+ */
+export function groupByMode(out) {
+  const order = (x) => (x.mode === 'raw' ? 1 : 0);
+  for (const key of ['tables', 'chart', 'targets']) out[key].sort((a, b) => order(a) - order(b));
+}
+
+/** Notes for a scenario's report on raw paths that could not run (e.g. no --tcp-route yet). */
+export function rawSkipNotes(ctx) {
+  if (ctx.opts.raw === 'off') return [];
+  return Object.entries(ctx.rawSkipped ?? {}).map(
+    ([p, why]) => `Raw figures: the \`${p}\` path was skipped: ${why}. The other raw paths ran.`,
+  );
+}
+
 /** Every process that carries a path's bytes: the client (this process), the upstream, the middle. */
 export function rolesOf(ctx, path) {
+  const upstream = path.raw ? ctx.rawUpstream : ctx.upstream;
   return {
     client: { pid: process.pid, withChildren: false },
-    upstream: { pid: ctx.upstream.child.pid, withChildren: false },
+    upstream: { pid: upstream.child.pid, withChildren: false },
     ...path.roles,
   };
+}
+
+/** A connection through `path`, open end to end: TLS with the upstream, or raw TCP (see connectRaw). */
+export function openOn(ctx, path) {
+  return connectPath(path.port, { raw: path.raw, ca: ctx.ca });
 }
 
 /**
@@ -17,7 +74,7 @@ export function rolesOf(ctx, path) {
  * over a fresh connection (set up before the clock starts). Returns { ms, gbps, cpuPerGiB }.
  */
 export async function bulkOnce(ctx, path, direction, bytes) {
-  const socket = await connectTls(path.port, ctx.ca);
+  const socket = await openOn(ctx, path);
   try {
     const roles = rolesOf(ctx, path);
     const before = cpuSnapshot(roles);

@@ -16,37 +16,46 @@ import { HttpConn } from '../client.js';
 import { KiB, fmtSummary, interleave, ratioSummary, series, sleep, summary, target } from '../harness.js';
 import { adopt, cleanEnv } from '../procs.js';
 import { rssBytes } from '../sys.js';
-import { serverMemory, startTunnel, startTunnelServer } from '../tunnel.js';
+import { NO_TCP_ROUTE, serverMemory, startTunnel, startTunnelServer, supportsTcpRoute } from '../tunnel.js';
 import { startChild } from '../procs.js';
 import { pool } from '../pool.js';
 
 export const id = 'S5';
 export const title = 'S5 10,000 streams and 10,000 idle agents';
+/** This scenario measures raw-TCP figures too (run.js starts the raw upstream for it). */
+export const hasRaw = true;
 const LIB = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OPEN_CONCURRENCY = 256;
 const REQUEST_CONCURRENCY = 512;
 
-async function streamsOnce(ctx, pathName, count) {
+/**
+ * Opens `count` connections through `pathName` (direct or a fresh tunnel), holds them, and
+ * measures time to open, errors and memory per stream. `raw`: plain TCP to the raw upstream (for
+ * the tunnel, through its TCP route) instead of TLS to the HTTPS upstream.
+ */
+async function streamsOnce(ctx, pathName, count, raw = false) {
   let tunnel;
-  let port = ctx.upstream.port;
+  let port = raw ? ctx.rawUpstream.port : ctx.upstream.port;
   if (pathName === 'tunnel') {
     tunnel = await startTunnel({
       dir: ctx.dir,
-      name: 's5',
+      name: raw ? 's5-raw' : 's5',
       upstreamPort: ctx.upstream.port,
+      rawUpstreamPort: raw ? ctx.rawUpstream.port : undefined,
       profileDir: ctx.profileDir,
     });
-    port = tunnel.port;
+    port = raw ? tunnel.rawPort : tunnel.port;
     await sleep(1000);
   }
   const conns = new Array(count);
   try {
+    if (port === undefined) throw new Error('the tunnel opened no TCP route');
     const rss0 = tunnel ? rssBytes(tunnel.server.child.pid) : NaN;
     const mem0 = tunnel ? await serverMemory(tunnel.server) : undefined;
     const agentRss0 = tunnel ? rssBytes(tunnel.agent.pid) : NaN;
     const t0 = performance.now();
     const opened = await pool(count, OPEN_CONCURRENCY, async (i) => {
-      conns[i] = await HttpConn.open(port, ctx.ca);
+      conns[i] = raw ? await HttpConn.openRaw(port) : await HttpConn.open(port, ctx.ca);
     });
     const openMs = performance.now() - t0;
     const requested = await pool(count, REQUEST_CONCURRENCY, async (i) => {
@@ -174,18 +183,8 @@ async function idleAgentsOnce(ctx, count) {
   }
 }
 
-export async function run(ctx) {
-  const quick = ctx.opts.quick;
-  const streams = quick ? 2000 : 10_000;
-  const agents = quick ? 1000 : 10_000;
-  const rounds = quick ? 1 : Math.min(ctx.opts.reps, 3);
-  const names = ['direct', 'tunnel'].filter((p) => ctx.pathNames.includes(p) || p === 'tunnel');
-  const out = { id, title, streams, agents, tables: [], targets: [], chart: [], notes: [] };
-
-  ctx.log(`${id}a: ${streams} concurrent streams, ${rounds} round(s), fresh tunnel each round`);
-  const res = await interleave(ctx, names, rounds, (p) => streamsOnce(ctx, p, streams), {
-    timeoutMs: 240_000,
-  });
+/** Summarises S5a results per path into a table of `out`; returns the summaries by path. */
+function streamsTable(out, res, names, streams, raw) {
   const perPath = {};
   const rows = [];
   for (const p of names) {
@@ -210,9 +209,10 @@ export async function run(ctx) {
       fmtSummary(s.serverRssMiB, 0),
     ]);
   }
-  out.streamsPerPath = perPath;
   out.tables.push({
-    title: `S5a ${streams} concurrent TLS connections held open (each: handshake + one request)`,
+    title: raw
+      ? `S5a raw: ${streams} concurrent raw TCP connections held open (tunnel: TCP route; open = connect + first request answered)`
+      : `S5a ${streams} concurrent TLS connections held open (each: handshake + one request)`,
     columns: [
       'path',
       'time to open all, s',
@@ -224,6 +224,68 @@ export async function run(ctx) {
     ],
     rows,
   });
+  return perPath;
+}
+
+/** The S5a targets for one mode, e.g. "raw: 10000 streams: 0 errors". */
+function streamTargets(t, streams, mode) {
+  return [
+    target(
+      id,
+      `${mode}: ${streams} streams: 0 errors`,
+      t.errors,
+      '<=',
+      0,
+      `${t.errors}${t.firstError ? ` (${t.firstError})` : ''}`,
+    ),
+    target(
+      id,
+      `${mode}: ${streams} streams: all open within 10 s`,
+      t.openSeconds.max,
+      '<=',
+      10,
+      `${fmtSummary(t.openSeconds)} s`,
+    ),
+    target(
+      id,
+      `${mode}: ${streams} streams: ≤ 8 KiB server memory per stream`,
+      t.serverKiBPerStream.median,
+      '<=',
+      8,
+      `${fmtSummary(t.serverKiBPerStream, 1)} KiB`,
+    ),
+  ];
+}
+
+export async function run(ctx) {
+  const quick = ctx.opts.quick;
+  const streams = quick ? 2000 : 10_000;
+  const agents = quick ? 1000 : 10_000;
+  const rounds = quick ? 1 : Math.min(ctx.opts.reps, 3);
+  const names = ['direct', 'tunnel'].filter((p) => ctx.pathNames.includes(p) || p === 'tunnel');
+  const out = { id, title, streams, agents, tables: [], targets: [], chart: [], notes: [] };
+
+  const modes = [];
+  if (ctx.opts.raw !== 'only') modes.push('passthrough');
+  if (ctx.opts.raw !== 'off') modes.push('raw');
+  for (const mode of modes) {
+    const raw = mode === 'raw';
+    // The raw tunnel needs a server with --tcp-route; without one only the direct reference runs.
+    const skipTunnel = raw && !supportsTcpRoute();
+    const modeNames = skipTunnel ? names.filter((p) => p !== 'tunnel') : names;
+    ctx.log(`${id}a ${mode}: ${streams} concurrent streams, ${rounds} round(s), fresh tunnel each round`);
+    const res = await interleave(ctx, modeNames, rounds, (p) => streamsOnce(ctx, p, streams, raw), {
+      timeoutMs: 240_000,
+    });
+    const perPath = streamsTable(out, res, modeNames, streams, raw);
+    if (raw) out.raw = { streams, streamsPerPath: perPath };
+    else out.streamsPerPath = perPath;
+    if (perPath.tunnel)
+      out.targets.push(...streamTargets(perPath.tunnel, streams, mode).map((x) => ({ mode, ...x })));
+    if (skipTunnel) {
+      out.notes.push(`Raw S5a: the tunnel was skipped: ${NO_TCP_ROUTE}. Only the direct reference ran.`);
+    }
+  }
 
   ctx.log(`${id}b: ${agents} idle agents on one server, ${rounds} round(s)`);
   const both = await interleave(
@@ -270,32 +332,7 @@ export async function run(ctx) {
     ],
   });
 
-  const t = perPath.tunnel;
   out.targets.push(
-    target(
-      id,
-      `${streams} streams: 0 errors`,
-      t.errors,
-      '<=',
-      0,
-      `${t.errors}${t.firstError ? ` (${t.firstError})` : ''}`,
-    ),
-    target(
-      id,
-      `${streams} streams: all open within 10 s`,
-      t.openSeconds.max,
-      '<=',
-      10,
-      `${fmtSummary(t.openSeconds)} s`,
-    ),
-    target(
-      id,
-      `${streams} streams: ≤ 8 KiB server memory per stream`,
-      t.serverKiBPerStream.median,
-      '<=',
-      8,
-      `${fmtSummary(t.serverKiBPerStream, 1)} KiB`,
-    ),
     target(
       id,
       `${agents} idle agents: ≤ 48 KiB each`,

@@ -12,11 +12,13 @@ import {
   TunnelError,
   YamuxSession,
   createWebSocketDuplex,
+  systemClock,
 } from '@cluster-tunnel/protocol';
 import type { Logger, RegisteredMessage, YamuxStream } from '@cluster-tunnel/protocol';
 import type { WebSocket } from 'ws';
 import { forwardStream } from './forward.js';
 import type { RouteTable } from './route-table.js';
+import { TargetDialer } from './target-dialer.js';
 
 export interface AgentSessionOptions {
   ws: WebSocket;
@@ -29,6 +31,11 @@ export interface AgentSessionOptions {
   registerTimeoutMs: number;
   streamHeaderTimeoutMs: number;
   targetDialTimeoutMs: number;
+  /**
+   * Connects to targets; the agent shares one over its sessions, so spares are bounded per
+   * agent. Default: a dialer of this session's own, without spares.
+   */
+  targetDialer?: TargetDialer;
   logger: Logger;
 }
 
@@ -36,6 +43,7 @@ export class AgentSession extends EventEmitter {
   readonly session: YamuxSession;
   private readonly control: ControlChannel;
   private readonly options: AgentSessionOptions;
+  private readonly dialer: TargetDialer;
   private log: Logger;
   private registration: RegisteredMessage | undefined;
   private closePromise: Promise<void> | undefined;
@@ -47,6 +55,15 @@ export class AgentSession extends EventEmitter {
     super();
     this.options = options;
     this.log = options.logger;
+    this.dialer =
+      options.targetDialer ??
+      new TargetDialer({
+        spareConnections: 0,
+        spareIdleMs: 1,
+        dialTimeoutMs: options.targetDialTimeoutMs,
+        clock: systemClock,
+        logger: options.logger,
+      });
     this.session = new YamuxSession(createWebSocketDuplex(options.ws), {
       role: 'client',
       keepaliveIntervalMs: options.keepaliveIntervalMs,
@@ -154,7 +171,7 @@ export class AgentSession extends EventEmitter {
       routes: this.options.routes,
       logger: this.log,
       headerTimeoutMs: this.options.streamHeaderTimeoutMs,
-      dialTimeoutMs: this.options.targetDialTimeoutMs,
+      dialer: this.dialer,
     }).finally(() => {
       this.activeStreams -= 1;
     });

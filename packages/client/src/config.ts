@@ -140,6 +140,22 @@ export const CLIENT_CONFIG_SCHEMA = {
     '10s',
     'how long a ping may go unanswered before the agent reconnects',
   ),
+  targetSpareConnections: {
+    type: 'int',
+    flag: 'target-spare-connections',
+    env: 'TUNNEL_CLIENT_TARGET_SPARE_CONNECTIONS',
+    default: 1,
+    min: 0,
+    max: 16,
+    description:
+      'idle connections kept open to a route target while the route is in use, so a new user connection skips the TCP connect; 0 disables',
+  },
+  targetSpareIdleMs: timer(
+    'target-spare-idle-ms',
+    'TUNNEL_CLIENT_TARGET_SPARE_IDLE_MS',
+    '5s',
+    'a spare target connection unused this long is closed (keep it below the target’s own idle or handshake timeout)',
+  ),
   ...logConfigKeys('TUNNEL_CLIENT_'),
 } as const satisfies ConfigSchema;
 
@@ -170,6 +186,9 @@ export interface ClientConfig {
   readonly authRetryMs: number;
   readonly keepaliveIntervalMs: number;
   readonly keepaliveTimeoutMs: number;
+  /** Spares per route target while the route is in use (target-dialer.ts); 0: none. */
+  readonly targetSpareConnections: number;
+  readonly targetSpareIdleMs: number;
   readonly logLevel: LogLevel;
   readonly logFormat: LogFormat;
   /** From HTTPS_PROXY / https_proxy / HTTP_PROXY / http_proxy; may hold credentials: log it redacted. */

@@ -21,6 +21,7 @@ import { decodeJwt } from 'jose';
 import { TunnelError, isValidClusterId } from '@cluster-tunnel/protocol';
 import type { Clock, ErrorCode, Logger, RegisteredMessage } from '@cluster-tunnel/protocol';
 import { AgentSession } from './agent-session.js';
+import type { TargetDialer } from './target-dialer.js';
 import { Backoff } from './backoff.js';
 import type { ClientConfig } from './config.js';
 import { dial, isCredentialRefusal } from './dialer.js';
@@ -51,6 +52,8 @@ export interface SlotHost {
   readonly random: () => number;
   readonly timeouts: SlotTimeouts;
   readonly agentVersion: string;
+  /** Shared by every session: spare target connections are bounded per agent. */
+  readonly targetDialer: TargetDialer;
   /** The agent is shutting down: no more dials. */
   isStopping(): boolean;
   /** Whether this slot should dial (again); false ends its loop. */
@@ -152,6 +155,7 @@ export class ConnectSlot {
       registerTimeoutMs: timeouts.registerTimeoutMs,
       streamHeaderTimeoutMs: timeouts.streamHeaderTimeoutMs,
       targetDialTimeoutMs: timeouts.targetDialTimeoutMs,
+      targetDialer: this.host.targetDialer,
       logger: this.log,
     });
     this.host.track(session);

@@ -1,26 +1,28 @@
 /**
  * One user connection: a stream the server opened, carrying a stream header (route label, user
  * address) and then raw bytes. The agent looks the label up in its own route table, dials the
- * configured target, answers with a one-frame reply and splices the two byte streams:
+ * configured target (or takes a spare connection to it, target-dialer.ts), answers with a
+ * one-frame reply and splices the two byte streams:
  *
  * - bytes that arrive before the dial completes wait in the stream (readStreamHeader leaves it
- *   paused), held back by the yamux window, and flow once the target is connected;
+ *   paused), held back by the yamux window, and go to the target before the reply is written;
  * - half-close is preserved: target EOF → stream FIN (end), stream FIN → target EOF;
  * - an abnormal end on one side (RST, socket error, session loss) resets the other.
  */
-import net from 'node:net';
+import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TunnelError, encodeStreamReply, readStreamHeader } from '@cluster-tunnel/protocol';
 import type { ErrorCode, Logger, StreamHeader } from '@cluster-tunnel/protocol';
-import type { RouteEntry, RouteTable } from './route-table.js';
+import type { RouteTable } from './route-table.js';
+import type { TargetDialer } from './target-dialer.js';
 
 export interface ForwardOptions {
   routes: RouteTable;
   logger: Logger;
   /** How long the server may take to send the stream header. */
   headerTimeoutMs: number;
-  /** How long the TCP connect to a target may take. */
-  dialTimeoutMs: number;
+  /** Connects to targets (bounded by its dialTimeoutMs), with spares for busy routes. */
+  dialer: TargetDialer;
 }
 
 export interface ForwardSummary {
@@ -54,26 +56,33 @@ export async function forwardStream(stream: Duplex, options: ForwardOptions): Pr
     stream.destroy();
     return summary(undefined, 'bad-header');
   }
-  const log = options.logger.child({ route: header.route, remoteAddress: header.remoteAddress });
+  // Fields on each line rather than a child logger: pino builds (and redacts) a child's
+  // bindings at once, a cost per user connection even when nothing is logged (bench S4).
+  const log = options.logger;
+  const who = { route: header.route, remoteAddress: header.remoteAddress };
   const entry = options.routes.lookup(header.route);
   if (entry === undefined) {
     // The server asked for something this agent does not serve: refuse, never guess a target.
-    log.warn('route not configured');
+    log.warn(who, 'route not configured');
     refuse(stream, 'TUN_ERR_UNKNOWN_ROUTE', `this agent serves no route ${header.route}`);
     return summary(header.route, 'refused');
   }
-  log.debug({ target: entry.target, streamId: (stream as { id?: number }).id }, 'user connection opened');
-  const socket = await dialTarget(entry, options.dialTimeoutMs).catch((err: NodeJS.ErrnoException) => err);
-  if (socket instanceof Error) {
-    const errno = socket.code ?? 'EUNKNOWN';
-    log.warn({ target: entry.target, errno }, 'target dial failed');
+  const dialed = await options.dialer.dial(entry).catch((err: NodeJS.ErrnoException) => err);
+  if (dialed instanceof Error) {
+    const errno = dialed.code ?? 'EUNKNOWN';
+    log.warn({ ...who, target: entry.target, errno }, 'target dial failed');
     refuse(stream, 'TUN_ERR_DIAL_FAILED', `cannot connect to ${entry.target}: ${errno}`);
     return summary(header.route, 'refused');
+  }
+  const { socket, spare } = dialed;
+  if (log.isLevelEnabled('debug')) {
+    const streamId = (stream as { id?: number }).id;
+    log.debug({ ...who, target: entry.target, streamId, spare }, 'user connection opened');
   }
   if (stream.destroyed) {
     // The user (or the session) gave up while we dialed.
     socket.destroy();
-    log.debug('user connection gone before the target answered');
+    log.debug(who, 'user connection gone before the target answered');
     return summary(header.route, 'reset');
   }
   const result = await splice(stream, socket, encodeStreamReply({ ok: true }));
@@ -84,7 +93,7 @@ export async function forwardStream(stream: Duplex, options: ForwardOptions): Pr
   };
   const { bytesIn, bytesOut, durationMs } = closed;
   log.info(
-    { bytesIn, bytesOut, durationMs, ...(result.reset ? { reset: true, code: result.code } : {}) },
+    { ...who, bytesIn, bytesOut, durationMs, ...(result.reset ? { reset: true, code: result.code } : {}) },
     'user connection closed',
   );
   return closed;
@@ -98,29 +107,6 @@ function refuse(stream: Duplex, code: ErrorCode, message: string): void {
   stream.write(encodeStreamReply({ ok: false, code, message }), () => stream.destroy());
 }
 
-function dialTarget(entry: RouteEntry, timeoutMs: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: entry.host, port: entry.port, allowHalfOpen: true });
-    const timer = setTimeout(() => {
-      const err = new Error(`connect to ${entry.target} timed out`) as NodeJS.ErrnoException;
-      err.code = 'ETIMEDOUT';
-      socket.destroy(err);
-    }, timeoutMs);
-    function onConnect(): void {
-      clearTimeout(timer);
-      socket.off('error', onError);
-      resolve(socket);
-    }
-    function onError(err: Error): void {
-      clearTimeout(timer);
-      socket.off('connect', onConnect);
-      reject(err);
-    }
-    socket.once('connect', onConnect);
-    socket.once('error', onError);
-  });
-}
-
 interface SpliceResult {
   reset: boolean;
   code: string | undefined;
@@ -132,8 +118,6 @@ function splice(stream: Duplex, socket: net.Socket, reply: Buffer): Promise<Spli
     let code: string | undefined;
     let reset = false;
     let open = 2;
-    socket.setNoDelay(true);
-    socket.setKeepAlive(true, 30_000);
     const noteError = (err: Error & { code?: string }): void => {
       code ??= err instanceof TunnelError ? err.code : (err.code ?? err.message);
     };
@@ -159,7 +143,11 @@ function splice(stream: Duplex, socket: net.Socket, reply: Buffer): Promise<Spli
     socket.on('error', noteError);
     stream.once('close', onStreamClose);
     socket.once('close', onSocketClose);
-    // The reply goes first: the server reads it before any byte of the target's.
+    // What came with the header (a ClientHello) goes to the target first: the user waits for
+    // the target's answer to it, while the reply only has to reach the server before the
+    // target's first byte does (it is written below, ahead of any of them).
+    const early = stream.read() as Buffer | null;
+    if (early !== null) socket.write(early);
     stream.write(reply);
     // One hand-written forwarder instead of two pipe() calls: fewer listeners per held
     // connection (bench S5 counts thousands of them).
@@ -186,5 +174,6 @@ function splice(stream: Duplex, socket: net.Socket, reply: Buffer): Promise<Spli
     socket.on('end', () => stream.end());
     stream.on('end', () => socket.end());
     stream.resume(); // left paused by readStreamHeader
+    socket.resume(); // a spare holding a greeting was left paused
   });
 }

@@ -19,6 +19,7 @@ import type { ClientConfig } from './config.js';
 import { ConnectSlot } from './connect-slot.js';
 import type { SlotHost } from './connect-slot.js';
 import { HealthServer } from './health.js';
+import { TargetDialer } from './target-dialer.js';
 
 /** The package version, sent in `register` and shown by --version. */
 export const AGENT_VERSION: string = (
@@ -69,6 +70,7 @@ export class TunnelAgent extends EventEmitter {
   private readonly clock: Clock;
   /** What every slot shares with the agent. */
   private readonly host: SlotHost;
+  private readonly dialer: TargetDialer;
   private readonly sessions = new Set<AgentSession>();
   /** Running slots by index. Indexes below wantedSlots keep dialing; the rest end after their session. */
   private readonly slots = new Map<number, ConnectSlot>();
@@ -83,6 +85,14 @@ export class TunnelAgent extends EventEmitter {
     this.config = config;
     this.log = options.logger;
     this.clock = options.clock ?? agentClock;
+    const targetDialTimeoutMs = options.targetDialTimeoutMs ?? 5_000;
+    this.dialer = new TargetDialer({
+      spareConnections: config.targetSpareConnections,
+      spareIdleMs: config.targetSpareIdleMs,
+      dialTimeoutMs: targetDialTimeoutMs,
+      clock: this.clock,
+      logger: this.log,
+    });
     this.host = {
       config,
       clock: this.clock,
@@ -91,9 +101,10 @@ export class TunnelAgent extends EventEmitter {
         registerTimeoutMs: options.registerTimeoutMs ?? 10_000,
         dialTimeoutMs: options.dialTimeoutMs ?? 15_000,
         streamHeaderTimeoutMs: options.streamHeaderTimeoutMs ?? 10_000,
-        targetDialTimeoutMs: options.targetDialTimeoutMs ?? 5_000,
+        targetDialTimeoutMs,
       },
       agentVersion: AGENT_VERSION,
+      targetDialer: this.dialer,
       isStopping: () => this.stopping,
       keepDialing: (slot) => this.keepDialing(slot),
       track: (session) => this.track(session),
@@ -123,6 +134,11 @@ export class TunnelAgent extends EventEmitter {
     let n = 0;
     for (const s of this.sessions) n += s.streams;
     return n;
+  }
+
+  /** Spare target connections ready to hand to the next user stream (target-dialer.ts). */
+  get spareTargetConnections(): number {
+    return this.dialer.spareCount;
   }
 
   /** Where /healthz and /readyz listen, once started (undefined when healthListen is off). */
@@ -234,6 +250,8 @@ export class TunnelAgent extends EventEmitter {
 
   private stop(): void {
     this.stopping = true;
+    // Draining: no new streams will come, so no spare will be used.
+    this.dialer.close();
     for (const slot of this.slots.values()) slot.stop();
   }
 }

@@ -67,7 +67,7 @@ export function logConfigKeys<P extends string>(envPrefix: P) {
 export type LogFormat = (typeof LOG_FORMATS)[number];
 
 export type ConfigKeyType =
-  | 'string' // pattern? constrains it
+  | 'string' // pattern? constrains it (route-list: the names)
   | 'int' // min/max
   | 'duration-ms' // 250 | '250ms' | '10s' | '30m' | '8760h' | '1h30m' → integer milliseconds
   | 'bool' // true/false/yes/no/on/off/1/0

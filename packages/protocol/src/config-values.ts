@@ -83,10 +83,13 @@ export function formatHostPort(hp: HostPort): string {
   return hp.host.includes(':') ? `[${hp.host}]:${hp.port}` : `${hp.host}:${hp.port}`;
 }
 
-/** 'name=host:port' → RouteTarget, or a reason string. */
-export function parseRoute(name: string, target: string): RouteTarget | string {
-  if (!ROUTE_NAME_PATTERN.test(name))
-    return `route name ${JSON.stringify(name)} must match ${ROUTE_NAME_PATTERN}`;
+/** 'name=host:port' → RouteTarget, or a reason string. `namePattern` constrains the name. */
+export function parseRoute(
+  name: string,
+  target: string,
+  namePattern = ROUTE_NAME_PATTERN,
+): RouteTarget | string {
+  if (!namePattern.test(name)) return `route name ${JSON.stringify(name)} must match ${namePattern}`;
   const hp = parseHostPort(target.trim());
   return typeof hp === 'string' ? `route ${name}: ${hp}` : { name, ...hp };
 }
@@ -251,7 +254,7 @@ function parseList(raw: unknown, ctx: ParseContext): Parsed {
     const route =
       eq < 0
         ? `expected name=host:port, got ${show(item, spec)}`
-        : parseRoute(item.slice(0, eq).trim(), item.slice(eq + 1));
+        : parseRoute(item.slice(0, eq).trim(), item.slice(eq + 1), spec.pattern);
     if (typeof route === 'string') reasons.push(route);
     else if (routes.some((r) => r.name === route.name))
       reasons.push(`route name ${route.name} is used twice`);

@@ -8,6 +8,8 @@ import { TunnelError } from './errors.js';
 
 export const CLUSTER_ID_PATTERN = /^[a-z0-9]{1,32}$/;
 export const ROUTE_NAME_PATTERN = /^[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?$/;
+/** Any route label by shape; clusterOfLabel() also refuses `cluster-<uid>-apiserver`. */
+export const ROUTE_LABEL_PATTERN = /^cluster-[a-z0-9]{1,32}(-[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?)?$/;
 /** The route published as the bare `cluster-<uid>` label. */
 export const API_SERVER_ROUTE = 'apiserver';
 const LABEL_PREFIX = 'cluster-';

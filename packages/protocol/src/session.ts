@@ -279,10 +279,14 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   sendFrame(type: FrameType, flags: number, streamId: number, length: number, payload?: Buffer): boolean {
     if (this.destroyed || this.transport.writableEnded) return false;
     if (!this.corked) {
-      // Frames written in one tick go out in one writev (one syscall, or one WebSocket message).
+      // Frames written until the event loop's check phase go out in one writev (one WebSocket
+      // message, one TLS record, one syscall): every stream's data read in this loop turn, not
+      // just this tick's. It also keeps acknowledgements and replies behind a forwarder's
+      // direct socket writes made in the same turn (agent: a ClientHello reaches its target
+      // before the stream's ACK and reply leave), and costs at most the rest of the I/O phase.
       this.corked = true;
       this.transport.cork();
-      process.nextTick(this.uncork);
+      setImmediate(this.uncork);
     }
     this.transport.write(encodeHeader(type, flags, streamId, length));
     return payload === undefined ? !this.transport.writableNeedDrain : this.transport.write(payload);

@@ -11,6 +11,8 @@ export interface AdminServerOptions {
   metrics: ServerMetrics;
   log: Logger;
   isReady: () => boolean;
+  /** The TCP routes' ports and whether an agent holds each label, for /status. */
+  tcpRoutes: () => ReadonlyArray<{ route: string; listen: string; connections: number; served: boolean }>;
 }
 
 /** Plain HTTP for operators and probes: /metrics, /healthz, /readyz, /status (JSON). */
@@ -72,7 +74,16 @@ export class AdminServer {
       }));
       res.writeHead(200, { 'Content-Type': 'application/json' });
       res.end(
-        JSON.stringify({ serverId: this.o.serverId, routes: this.o.registry.labels(), agents }, null, 2),
+        JSON.stringify(
+          {
+            serverId: this.o.serverId,
+            routes: this.o.registry.labels(),
+            tcpRoutes: this.o.tcpRoutes(),
+            agents,
+          },
+          null,
+          2,
+        ),
       );
       return;
     }

@@ -11,6 +11,9 @@ import { parse as parseYaml } from 'yaml';
 import {
   ID_PATTERN,
   MAX_SERVER_COUNT,
+  ROUTE_LABEL_PATTERN,
+  clusterOfLabel,
+  formatHostPort,
   MAX_TIMER_MS,
   deepFreeze,
   logConfigKeys,
@@ -18,7 +21,14 @@ import {
   resolveConfigValues,
   throwIfConfigProblems,
 } from '@cluster-tunnel/protocol';
-import type { ConfigSchema, CliConfigInput, HostPort, LogFormat, LogLevel } from '@cluster-tunnel/protocol';
+import type {
+  ConfigSchema,
+  CliConfigInput,
+  HostPort,
+  LogFormat,
+  LogLevel,
+  RouteTarget,
+} from '@cluster-tunnel/protocol';
 
 export const SERVER_CONFIG_SCHEMA = {
   configFile: {
@@ -83,6 +93,14 @@ export const SERVER_CONFIG_SCHEMA = {
     env: 'TUNNEL_SERVER_REVOKED_FILE',
     mustExist: false,
     description: 'file of revoked token ids, one per line (a missing file revokes nothing)',
+  },
+  tcpRoutes: {
+    type: 'route-list',
+    flag: 'tcp-route',
+    env: 'TUNNEL_SERVER_TCP_ROUTES',
+    pattern: ROUTE_LABEL_PATTERN,
+    description:
+      'raw TCP routes, label=host:port: the server listens there and forwards each connection to an agent holding the label',
   },
   adminListen: {
     type: 'host-port',
@@ -164,6 +182,8 @@ export interface ServerConfig {
   readonly tokenPublicKey: readonly string[];
   /** Absolute path; the file may not exist. */
   readonly revokedFile: string | undefined;
+  /** Raw TCP routes: `name` is the route label, host:port where the server listens for it. */
+  readonly tcpRoutes: readonly RouteTarget[];
   /** undefined: the admin port is off. */
   readonly adminListen: HostPort | undefined;
   readonly serverId: string;
@@ -209,6 +229,7 @@ export function resolveServerConfig(input: ResolveServerConfigInput): Readonly<S
       v.tlsCert !== undefined ? (['tlsCert', 'tlsKey'] as const) : (['tlsKey', 'tlsCert'] as const);
     problems.push(`${set} (${origins[set]}): set without ${unset}; give both or neither`);
   }
+  if (!failed.has('tcpRoutes')) problems.push(...tcpRouteProblems(v.tcpRoutes, v.listen, v.adminListen));
   throwIfConfigProblems(problems);
   const config: ServerConfig = {
     ...v,
@@ -216,4 +237,41 @@ export function resolveServerConfig(input: ResolveServerConfigInput): Readonly<S
     serverId: v.serverId ?? defaultServerId(input.hostname ?? osHostname()),
   };
   return deepFreeze(config);
+}
+
+/**
+ * A TCP route must be a label some cluster can own, and its port must not collide with the
+ * public port, the admin port or another TCP route (the second listen would fail at start).
+ */
+function tcpRouteProblems(
+  routes: readonly RouteTarget[],
+  listen: HostPort,
+  adminListen: HostPort | undefined,
+): string[] {
+  const problems: string[] = [];
+  const taken: Array<{ hp: HostPort; owner: string }> = [{ hp: listen, owner: 'listen' }];
+  if (adminListen) taken.push({ hp: adminListen, owner: 'adminListen' });
+  for (const route of routes) {
+    if (clusterOfLabel(route.name) === undefined) {
+      problems.push(
+        `tcpRoutes: ${route.name} is not a route label (a cluster's API server is cluster-<uid>, never cluster-<uid>-apiserver)`,
+      );
+    }
+    const clash = taken.find((t) => clashes(t.hp, route));
+    if (clash) {
+      problems.push(
+        `tcpRoutes: ${route.name} listens on ${formatHostPort(route)}, which ${clash.owner} uses already`,
+      );
+    }
+    taken.push({ hp: route, owner: `tcpRoutes ${route.name}` });
+  }
+  return problems;
+}
+
+const ANY_ADDRESS: ReadonlySet<string> = new Set(['0.0.0.0', '::']);
+
+/** Same port, and the same host or either one binding every interface (port 0 never clashes). */
+function clashes(a: HostPort, b: HostPort): boolean {
+  if (a.port === 0 || a.port !== b.port) return false;
+  return a.host === b.host || ANY_ADDRESS.has(a.host) || ANY_ADDRESS.has(b.host);
 }

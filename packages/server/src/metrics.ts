@@ -5,8 +5,9 @@ export class ServerMetrics {
   readonly registry = new Registry();
   readonly connections = new Counter({
     name: 'tunnel_connections_total',
-    help: 'Connections accepted on the public port, by outcome',
-    labelNames: ['outcome'] as const,
+    // mode (passthrough, tcp) is set once a connection has a route; refusals before that have none.
+    help: 'User connections accepted, by route mode and outcome',
+    labelNames: ['mode', 'outcome'] as const,
     registers: [this.registry],
   });
   readonly agentsConnected = new Gauge({

@@ -3,7 +3,7 @@ import http from 'node:http';
 import net, { type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import tls from 'node:tls';
-import { TunnelError, type Logger } from '@cluster-tunnel/protocol';
+import { TunnelError, formatHostPort, type Logger } from '@cluster-tunnel/protocol';
 import { AdminServer } from './admin-server.js';
 import { AgentEndpoint } from './agent-endpoint.js';
 import { AgentRegistry } from './agent-registry.js';
@@ -11,10 +11,12 @@ import { CertificateAuthority } from './certificate-authority.js';
 import { readClientHello } from './client-hello.js';
 import type { ServerConfig } from './config.js';
 import { ServerMetrics } from './metrics.js';
-import { forwardPassthrough } from './passthrough.js';
+import { routeLabelOf } from './passthrough.js';
+import { TcpRouteListener } from './tcp-route.js';
 import { TLS_ALERT } from './tls-alert.js';
 import { SIGNING_KEY_FILES, generateSigningKeyPair } from './token-issuer.js';
 import { TokenVerifier } from './token-verifier.js';
+import { UserForwarder } from './user-forwarder.js';
 
 export interface TunnelServerDeps {
   log: Logger;
@@ -30,6 +32,8 @@ export class TunnelServer {
   private readonly log: Logger;
   private readonly publicServer: net.Server;
   private readonly httpServer: http.Server;
+  private readonly forwarder: UserForwarder;
+  private readonly tcpRoutes: TcpRouteListener[];
   private endpoint: AgentEndpoint | undefined;
   private verifier: TokenVerifier | undefined;
   private admin: AdminServer | undefined;
@@ -47,6 +51,15 @@ export class TunnelServer {
   ) {
     this.log = deps.log;
     this.ownNames = new Set([config.domain, 'localhost']);
+    this.forwarder = new UserForwarder({
+      registry: this.registry,
+      metrics: this.metrics,
+      log: this.log,
+      dialTimeoutMs: config.handshakeTimeoutMs,
+    });
+    this.tcpRoutes = config.tcpRoutes.map(
+      (route) => new TcpRouteListener({ route, forwarder: this.forwarder, log: this.log }),
+    );
     this.publicServer = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) =>
       this.onConnection(socket),
     );
@@ -102,6 +115,8 @@ export class TunnelServer {
         resolve();
       });
     });
+    // All or nothing: a port that cannot be bound fails the start, as the public port does.
+    await Promise.all(this.tcpRoutes.map((r) => r.listen()));
     if (c.adminListen) {
       this.admin = new AdminServer({
         listen: c.adminListen,
@@ -109,6 +124,7 @@ export class TunnelServer {
         registry: this.registry,
         metrics: this.metrics,
         log: this.log,
+        tcpRoutes: () => this.tcpRouteStatus(),
         isReady: () => !this.draining && this.publicServer.listening,
       });
       await this.admin.listen();
@@ -133,6 +149,20 @@ export class TunnelServer {
     return this.admin?.address;
   }
 
+  /** Route label → the port it listens on, for every TCP route. */
+  get tcpRouteAddresses(): ReadonlyMap<string, AddressInfo> {
+    return new Map(this.tcpRoutes.flatMap((r) => (r.address ? [[r.label, r.address] as const] : [])));
+  }
+
+  private tcpRouteStatus(): Array<{ route: string; listen: string; connections: number; served: boolean }> {
+    return this.tcpRoutes.map((r) => ({
+      route: r.label,
+      listen: r.address ? formatHostPort({ host: r.address.address, port: r.address.port }) : 'closed',
+      connections: r.connections,
+      served: this.registry.has(r.label),
+    }));
+  }
+
   /**
    * Graceful: stop accepting, GoAway to every agent, let open streams finish up to
    * drainTimeoutMs, then cut what is left. Idempotent.
@@ -141,6 +171,7 @@ export class TunnelServer {
     this.closing ??= (async () => {
       this.draining = true;
       this.publicServer.close();
+      for (const r of this.tcpRoutes) r.close();
       const drained = this.endpoint?.close() ?? Promise.resolve();
       const deadline = new Promise<void>((r) => setTimeout(r, this.config.drainTimeoutMs).unref());
       await Promise.race([drained, deadline]);
@@ -153,6 +184,7 @@ export class TunnelServer {
   destroy(): void {
     this.draining = true;
     this.publicServer.close();
+    for (const r of this.tcpRoutes) r.destroy();
     this.endpoint?.destroy();
     this.verifier?.close();
     for (const s of this.sockets) s.destroy();
@@ -202,12 +234,7 @@ export class TunnelServer {
       socket.end(TLS_ALERT.unrecognizedName);
       return;
     }
-    await forwardPassthrough(socket, hello.bytes, label, {
-      registry: this.registry,
-      metrics: this.metrics,
-      log: this.log,
-      dialTimeoutMs: this.config.handshakeTimeoutMs,
-    });
+    await this.forwarder.forward(socket, label, 'passthrough', hello.bytes);
   }
 
   /** Terminates TLS with the server certificate and hands the connection to the HTTP server. */
@@ -239,14 +266,6 @@ export class TunnelServer {
         .end(JSON.stringify({ code: 'TUN_ERR_PROTOCOL', message: 'not found' }));
     }
   }
-}
-
-/** `cluster-u1.proxy.localhost` → `cluster-u1`: exactly one label under the domain. */
-function routeLabelOf(serverName: string, domain: string): string | undefined {
-  const suffix = `.${domain}`;
-  if (!serverName.endsWith(suffix)) return undefined;
-  const label = serverName.slice(0, -suffix.length);
-  return label.length > 0 && !label.includes('.') ? label : undefined;
 }
 
 async function exists(path: string): Promise<boolean> {

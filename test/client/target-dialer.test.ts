@@ -1,0 +1,253 @@
+// Spare target connections (target-dialer.ts) with real sockets on 127.0.0.1: a spare is opened
+// only for a route in use, handed to the next stream, bounded, dropped when the target closes it,
+// closed after spareIdleMs (on a fake clock) and on close().
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { describe, expect, onTestFinished, test } from 'vitest';
+import type { Clock } from '@cluster-tunnel/protocol';
+import { RouteTable } from '../../packages/client/src/route-table.js';
+import type { RouteEntry } from '../../packages/client/src/route-table.js';
+import { TargetDialer } from '../../packages/client/src/target-dialer.js';
+import type { TargetDialerOptions } from '../../packages/client/src/target-dialer.js';
+import { captureLogs, readBytes, until } from './fixtures.js';
+
+/** A Clock that moves only when told: `advance(ms)` runs the timers that fall due. */
+class ManualClock implements Clock {
+  private nowMs = 0;
+  private nextHandle = 1;
+  private readonly timers = new Map<number, { at: number; fn: () => void }>();
+
+  now(): number {
+    return this.nowMs;
+  }
+
+  setTimeout(fn: () => void, ms: number): unknown {
+    const handle = this.nextHandle++;
+    this.timers.set(handle, { at: this.nowMs + ms, fn });
+    return handle;
+  }
+
+  clearTimeout(handle: unknown): void {
+    if (typeof handle === 'number') this.timers.delete(handle);
+  }
+
+  get pending(): number {
+    return this.timers.size;
+  }
+
+  advance(ms: number): void {
+    this.nowMs += ms;
+    for (const [handle, t] of [...this.timers].sort((x, y) => x[1].at - y[1].at)) {
+      if (t.at > this.nowMs) break;
+      this.timers.delete(handle);
+      t.fn();
+    }
+  }
+}
+
+/**
+ * A target that records every connection it accepts; `greeting` is written on accept (a
+ * server-speaks-first protocol); otherwise it echoes. `open` counts connections not yet closed.
+ */
+async function countingTarget(greeting?: string) {
+  const connections: net.Socket[] = [];
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+    connections.push(socket);
+    socket.on('error', () => undefined);
+    if (greeting !== undefined) socket.write(greeting);
+    socket.on('data', (chunk: Buffer) => socket.write(chunk));
+    socket.on('end', () => socket.end());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  onTestFinished(async () => {
+    for (const s of connections) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  const port = (server.address() as AddressInfo).port;
+  return {
+    port,
+    connections,
+    get open(): number {
+      return connections.filter((s) => !s.closed).length;
+    },
+  };
+}
+
+function routeTo(port: number): RouteEntry {
+  return new RouteTable('u1', [{ name: 'apiserver', host: '127.0.0.1', port }]).lookup('cluster-u1')!;
+}
+
+function dialer(options: Partial<TargetDialerOptions> = {}): TargetDialer {
+  const d = new TargetDialer({
+    spareConnections: 1,
+    spareIdleMs: 60_000,
+    dialTimeoutMs: 5_000,
+    clock: new ManualClock(),
+    logger: captureLogs().logger,
+    ...options,
+  });
+  onTestFinished(() => d.close());
+  return d;
+}
+
+/** One round trip on a target socket: proves it is connected, open and ours alone. */
+async function roundTrip(socket: net.Socket, text: string): Promise<void> {
+  onTestFinished(() => socket.destroy());
+  const echoed = readBytes(socket, text.length);
+  socket.write(text);
+  expect((await echoed).toString()).toBe(text);
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('TargetDialer', () => {
+  test('opens nothing for a route nobody used', async () => {
+    const target = await countingTarget();
+    const d = dialer();
+    await sleep(50);
+    expect(target.connections).toHaveLength(0);
+    expect(d.spareCount).toBe(0);
+  });
+
+  test('hands the next stream the spare: one target connection per user connection, plus one spare', async () => {
+    const target = await countingTarget();
+    const d = dialer();
+    const route = routeTo(target.port);
+    const first = await d.dial(route);
+    expect(first.spare).toBe(false);
+    await roundTrip(first.socket, 'one');
+    // The first use opened one spare behind it.
+    await until(() => target.connections.length === 2, 'the spare to connect');
+    for (const text of ['two', 'three', 'four']) {
+      await until(() => d.spareCount === 1, 'a spare');
+      const next = await d.dial(route);
+      expect(next.spare).toBe(true);
+      await roundTrip(next.socket, text);
+    }
+    await until(() => target.connections.length === 5, 'the last spare');
+    await sleep(30);
+    // Four user connections, each on its own target connection, and one spare waiting.
+    expect(target.connections).toHaveLength(5);
+    expect(d.spareCount).toBe(1);
+  });
+
+  test('never hands out a spare the target closed, and opens no new one until the next stream', async () => {
+    const target = await countingTarget();
+    const d = dialer();
+    const route = routeTo(target.port);
+    await roundTrip((await d.dial(route)).socket, 'one');
+    await until(() => d.spareCount === 1, 'the spare to connect');
+    const spareSide = await until(() => target.connections[1], 'the target to accept the spare');
+    spareSide.end(); // the target closes the idle connection
+    await until(() => d.spareCount === 0, 'the closed spare to be dropped');
+    await sleep(30);
+    expect(target.connections).toHaveLength(2);
+    const next = await d.dial(route);
+    expect(next.spare).toBe(false);
+    await roundTrip(next.socket, 'two');
+    // The stream counts as use: a spare is opened behind it again.
+    await until(() => target.connections.length === 4, 'a new spare');
+  });
+
+  test('drops a spare the target reset', async () => {
+    const target = await countingTarget();
+    const d = dialer();
+    const route = routeTo(target.port);
+    await roundTrip((await d.dial(route)).socket, 'one');
+    await until(() => d.spareCount === 1, 'the spare to connect');
+    const spareSide = await until(() => target.connections[1], 'the target to accept the spare');
+    spareSide.resetAndDestroy();
+    await until(() => d.spareCount === 0, 'the reset spare to be dropped');
+    expect((await d.dial(route)).spare).toBe(false);
+  });
+
+  test('keeps at most spareConnections, however many streams arrive at once', async () => {
+    const target = await countingTarget();
+    const d = dialer({ spareConnections: 2 });
+    const route = routeTo(target.port);
+    const dialed = await Promise.all(Array.from({ length: 6 }, () => d.dial(route)));
+    for (const [i, c] of dialed.entries()) await roundTrip(c.socket, `u${i}`);
+    await until(() => target.connections.length === 8, 'two spares');
+    await sleep(50);
+    expect(d.spareCount).toBe(2);
+    expect(target.connections).toHaveLength(8);
+  });
+
+  test('closes an unused spare after spareIdleMs and does not replace it', async () => {
+    const target = await countingTarget();
+    const clock = new ManualClock();
+    const d = dialer({ clock, spareIdleMs: 5_000 });
+    const route = routeTo(target.port);
+    await roundTrip((await d.dial(route)).socket, 'one');
+    await until(() => target.connections.length === 2 && d.spareCount === 1, 'the spare');
+    clock.advance(4_999);
+    expect(d.spareCount).toBe(1);
+    clock.advance(1);
+    expect(d.spareCount).toBe(0);
+    await until(() => target.connections[1]?.closed, 'the target to see the spare close');
+    await sleep(30);
+    expect(target.connections).toHaveLength(2);
+    expect(clock.pending).toBe(0);
+    // The route went idle: the next stream connects anew (and opens a spare again).
+    expect((await d.dial(route)).spare).toBe(false);
+  });
+
+  test('close() closes every spare, and later dials open none', async () => {
+    const target = await countingTarget();
+    const clock = new ManualClock();
+    const d = dialer({ clock });
+    const route = routeTo(target.port);
+    const first = await d.dial(route);
+    await until(() => target.connections.length === 2 && d.spareCount === 1, 'the spare');
+    d.close();
+    expect(d.spareCount).toBe(0);
+    expect(clock.pending).toBe(0);
+    await until(() => target.connections[1]?.closed, 'the target to see the spare close');
+    // A stream already forwarded is not the dialer's to close.
+    await roundTrip(first.socket, 'still open');
+    const later = await d.dial(route);
+    expect(later.spare).toBe(false);
+    await roundTrip(later.socket, 'later');
+    await sleep(50);
+    expect(target.connections).toHaveLength(3);
+  });
+
+  test("keeps a server-speaks-first target's greeting for the user who gets the spare", async () => {
+    const target = await countingTarget('220 hello\n');
+    const d = dialer();
+    const route = routeTo(target.port);
+    const first = await d.dial(route);
+    expect((await readBytes(first.socket, 10)).toString()).toBe('220 hello\n');
+    first.socket.destroy();
+    await until(() => d.spareCount === 1, 'the spare');
+    await sleep(50); // the greeting has reached the idle spare
+    const next = await d.dial(route);
+    expect(next.spare).toBe(true);
+    onTestFinished(() => next.socket.destroy());
+    expect((await readBytes(next.socket, 10)).toString()).toBe('220 hello\n');
+  });
+
+  test('with spareConnections 0 it only connects', async () => {
+    const target = await countingTarget();
+    const d = dialer({ spareConnections: 0 });
+    const route = routeTo(target.port);
+    for (const text of ['a', 'b']) {
+      const c = await d.dial(route);
+      expect(c.spare).toBe(false);
+      await roundTrip(c.socket, text);
+    }
+    await sleep(50);
+    expect(target.connections).toHaveLength(2);
+  });
+
+  test('a spare that cannot connect is dropped quietly; the dial reports its own error', async () => {
+    const probe = net.createServer();
+    await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+    const port = (probe.address() as AddressInfo).port;
+    await new Promise<void>((resolve) => probe.close(() => resolve()));
+    const d = dialer();
+    await expect(d.dial(routeTo(port))).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+    await sleep(50);
+    expect(d.spareCount).toBe(0);
+  });
+});

@@ -40,7 +40,7 @@ COPY --from=build /src/packages/server/dist packages/server/dist
 COPY --from=build /src/packages/client/dist packages/client/dist
 # dist is in place before the install, so npm links the workspaces' bins (tunnel-server,
 # tunnel-client) into node_modules/.bin and marks them executable. No install scripts run:
-# bufferutil loads its bundled prebuilt binary (and ws works without it).
+# bufferutil loads its bundled prebuilt binary (WebSocket masking falls back to JS without it).
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
  && npm cache clean --force \
  && rm -f packages/*/dist/.tsbuildinfo

@@ -13,7 +13,7 @@
  *   tcp          plain TCP pipe (baseline)
  *   yamux-tcp-N  YamuxSession over TCP, N streams in parallel
  *   wss          plain ws WebSocket over TLS, binary messages (second baseline)
- *   yamux-wss-N  YamuxSession over createWebSocketDuplex(ws) over TLS, N streams
+ *   yamux-wss-N  YamuxSession over createWebSocketDuplex (our handshake and frame codec) over TLS, N streams
  *
  * Usage: npm run bench:mux [-- options]    (see bench/README.md, or --help)
  */
@@ -40,6 +40,8 @@ const DEFAULT_PROTOCOL_DIR = path.join(
 );
 let YamuxSession;
 let createWebSocketDuplex;
+// The protocol build's RFC 6455 handshake helpers (ws-handshake.ts), for yamux-wss.
+let handshake;
 
 const SCRIPT = fileURLToPath(import.meta.url);
 const BENCH_DIR = path.dirname(SCRIPT);
@@ -345,16 +347,21 @@ async function runSink(pathName) {
       track(tls);
       cipher ??= { ...tls.getCipher(), protocol: tls.getProtocol() };
     });
-    const wss = new WebSocketServer({ server, perMessageDeflate: false, maxPayload: 256 * MiB });
-    wss.on('connection', (ws) => {
+    const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 256 * MiB });
+    server.on('upgrade', (req, socket, head) => {
       const run = state.run;
-      ws.on('error', () => undefined);
+      socket.on('error', () => undefined);
       if (pathName === 'wss') {
-        const rec = newRecord();
-        ws.on('message', (data) => count(rec, data.length));
-        connReady(run);
+        wss.handleUpgrade(req, socket, head, (ws) => {
+          ws.on('error', () => undefined);
+          const rec = newRecord();
+          ws.on('message', (data) => count(rec, data.length));
+          connReady(run);
+        });
       } else {
-        onYamuxTransport(createWebSocketDuplex(ws), run);
+        // As the agent endpoint does: our handshake, then our frame codec on the socket.
+        socket.write(handshake.upgradeResponseHead(handshake.checkUpgradeRequest(req)));
+        onYamuxTransport(createWebSocketDuplex(socket, { role: 'server', head }), run);
       }
     });
   }
@@ -510,6 +517,7 @@ async function connect(pathName, port, ms, zeroMask) {
     await withTimeout(once(socket, 'connect'), ms, 'tcp connect');
     return { socket };
   }
+  if (pathName === 'yamux-wss') return upgrade(port, ms);
   const ws = new WebSocket(`wss://${HOST}:${port}/`, {
     rejectUnauthorized: false, // a throwaway self-signed certificate on loopback
     // --zero-mask: an all-zero masking key makes ws skip masking (and its copy) on the client side.
@@ -519,6 +527,35 @@ async function connect(pathName, port, ms, zeroMask) {
   });
   await withTimeout(once(ws, 'open'), ms, 'wss open');
   return { ws };
+}
+
+/** The agent's handshake (packages/client/src/dialer.ts): the upgraded socket and what came with the 101. */
+async function upgrade(port, ms) {
+  const key = handshake.createWebSocketKey();
+  const req = https.request(`https://${HOST}:${port}/`, {
+    headers: handshake.upgradeRequestHeaders(key),
+    rejectUnauthorized: false, // a throwaway self-signed certificate on loopback
+    agent: false,
+  });
+  const upgraded = new Promise((resolve, reject) => {
+    req.once('upgrade', (res, socket, head) => {
+      socket.on('error', () => undefined);
+      try {
+        handshake.checkUpgradeResponse(res, key);
+        resolve({ socket, head });
+      } catch (err) {
+        socket.destroy();
+        reject(err);
+      }
+    });
+    req.once('response', (res) => reject(new Error(`HTTP ${res.statusCode}`)));
+    req.once('error', reject);
+  });
+  req.end();
+  return withTimeout(upgraded, ms, 'wss upgrade').catch((err) => {
+    req.destroy();
+    throw err;
+  });
 }
 
 /**
@@ -564,7 +601,10 @@ async function measure(c, sink, run, bytes, source, timeoutMs, opts) {
   try {
     if (c.path === 'yamux-tcp' || c.path === 'yamux-wss') {
       // Up before the sink reports ready: the sink's first ping needs an answer.
-      const transport = c.path === 'yamux-tcp' ? conn.socket : createWebSocketDuplex(conn.ws);
+      const transport =
+        c.path === 'yamux-tcp'
+          ? conn.socket
+          : createWebSocketDuplex(conn.socket, { role: 'client', head: conn.head });
       session = new YamuxSession(transport, { role: 'client' });
       session.on('close', (err) => err && failSender(err));
     }
@@ -970,9 +1010,8 @@ try {
   process.exit(2);
 }
 if (!opts.help) {
-  ({ YamuxSession, createWebSocketDuplex } = await import(
-    pathToFileURL(path.join(opts.protocolDir, 'index.js')).href
-  ));
+  handshake = await import(pathToFileURL(path.join(opts.protocolDir, 'index.js')).href);
+  ({ YamuxSession, createWebSocketDuplex } = handshake);
 }
 if (opts.help) {
   console.log(HELP);

@@ -10,6 +10,7 @@
  * registered (or failed), then holds them until told { type: 'close' }.
  */
 import fs from 'node:fs';
+import https from 'node:https';
 import path from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
@@ -18,8 +19,16 @@ import { WebSocket } from 'ws';
 import { pool } from './pool.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const { CONTROL_PROTOCOL_VERSION, ControlChannel, YamuxSession, createWebSocketDuplex, routeLabel } =
-  await import(path.join(ROOT, 'packages/protocol/dist/index.js'));
+const {
+  CONTROL_PROTOCOL_VERSION,
+  ControlChannel,
+  YamuxSession,
+  checkUpgradeResponse,
+  createWebSocketDuplex,
+  createWebSocketKey,
+  routeLabel,
+  upgradeRequestHeaders,
+} = await import(path.join(ROOT, 'packages/protocol/dist/index.js'));
 const { createToken } = await import(path.join(ROOT, 'packages/server/dist/token-issuer.js'));
 
 const { values } = parseArgs({
@@ -64,20 +73,33 @@ const sessions = [];
 async function openAgent(i) {
   const clusterId = `idle${i}`;
   const token = await createToken({ privateKeyPem, clusterId, ttlMs: 3_600_000 });
-  const ws = new WebSocket(`wss://127.0.0.1:${port}/connect`, {
-    headers: { Authorization: `Bearer ${token}` },
+  // The agent's handshake (packages/client/src/dialer.ts), with the shared TLS context.
+  const key = createWebSocketKey();
+  const req = https.request(`https://127.0.0.1:${port}/connect`, {
+    headers: { ...upgradeRequestHeaders(key), Authorization: `Bearer ${token}` },
     secureContext,
-    perMessageDeflate: false,
-    handshakeTimeout: TIMEOUT_MS,
+    agent: false,
+    timeout: TIMEOUT_MS,
   });
-  await new Promise((resolve, reject) => {
-    ws.once('open', resolve);
-    ws.once('error', reject);
-    ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+  const { socket, head } = await new Promise((resolve, reject) => {
+    req.once('upgrade', (res, socket, head) => {
+      socket.on('error', () => undefined);
+      try {
+        checkUpgradeResponse(res, key);
+        resolve({ socket, head });
+      } catch (err) {
+        socket.destroy();
+        reject(err);
+      }
+    });
+    req.once('response', (res) => reject(new Error(`HTTP ${res.statusCode}`)));
+    req.once('error', reject);
+    req.once('timeout', () => req.destroy(new Error('upgrade timed out')));
+    req.end();
   });
-  ws.on('error', () => undefined);
   // No keepalive from this side: the server still pings every session (its own keepalive).
-  const session = new YamuxSession(createWebSocketDuplex(ws), { role: 'client', keepaliveIntervalMs: 0 });
+  const duplex = createWebSocketDuplex(socket, { role: 'client', head });
+  const session = new YamuxSession(duplex, { role: 'client', keepaliveIntervalMs: 0 });
   sessions.push(session);
   const control = new ControlChannel(session.open());
   const answer = control.next(TIMEOUT_MS);

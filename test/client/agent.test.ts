@@ -284,7 +284,7 @@ describe('TunnelAgent', () => {
     const { agent, peer, logs, nextSession } = await setup();
     const first = await nextSession();
     const disconnected = once(agent, 'disconnected') as Promise<[AgentDisconnectedEvent]>;
-    first.ws.terminate();
+    first.socket.destroy();
     const [event] = await disconnected;
     expect(event.serverId).toBe('peer-1');
     expect(event.err?.code).toBe('TUN_ERR_TRANSPORT_CLOSED');
@@ -310,7 +310,7 @@ describe('TunnelAgent', () => {
     const session = await nextSession();
     await until(async () => (await httpGet(healthPort, '/readyz')) === 200, '/readyz 200');
     open = false;
-    session.ws.terminate();
+    session.socket.destroy();
     await until(async () => (await httpGet(healthPort, '/readyz')) === 503, '/readyz 503');
     expect(await httpGet(healthPort, '/healthz')).toBe(200);
   });
@@ -450,14 +450,14 @@ describe('dial', () => {
     }).catch((e: unknown) => e);
     expect(wrongName).toMatchObject({ details: { errno: 'ERR_TLS_CERT_ALTNAME_INVALID' } });
     const ok = await dial({ ...base, server: peer.url, caFile: peer.caFile, serverName: 'localhost' });
-    ok.ws.terminate();
+    ok.socket.destroy();
   });
 
   test('a server URL without a path dials /connect', async () => {
     const peer = await peerAnswering(() => 'accept');
     const root = peer.url.replace(/\/connect$/, '');
-    const { ws, url } = await dial({ ...base, server: root, caFile: peer.caFile });
-    ws.terminate();
+    const { socket, url } = await dial({ ...base, server: root, caFile: peer.caFile });
+    socket.destroy();
     expect(new URL(url).pathname).toBe('/connect');
   });
 

@@ -176,7 +176,7 @@ describe('TunnelAgent behind a load balancer', () => {
     // peer-a drops slot 0's session; it comes back to peer-a and learns the count is now 1.
     expect(slotOf('peer-a')).toBe(0);
     lb.pick = () => 0;
-    live(a)[0]!.ws.terminate();
+    live(a)[0]!.socket.destroy();
     await until(
       () => logs.find('server count changed').find((l) => l.serverCount === 1),
       'the lower count to be adopted',
@@ -188,7 +188,7 @@ describe('TunnelAgent behind a load balancer', () => {
     expect(servedBy()).toEqual(['peer-a', 'peer-b']);
     // Once that session ends, slot 1 retires instead of dialing again.
     const dialsBefore = lb.routed.length;
-    live(b)[0]!.ws.terminate();
+    live(b)[0]!.socket.destroy();
     await until(() => agent.slotCount === 1, 'slot 1 to retire');
     await sleep(200); // four times backoffMaxMs: a slot still dialing would have dialed by now
     expect(lb.routed.length).toBe(dialsBefore);

@@ -92,7 +92,9 @@ function dialer(options: Partial<TargetDialerOptions> = {}): TargetDialer {
 
 /** One round trip on a target socket: proves it is connected, open and ours alone. */
 async function roundTrip(socket: net.Socket, text: string): Promise<void> {
-  onTestFinished(() => socket.destroy());
+  onTestFinished(() => {
+    socket.destroy();
+  });
   const echoed = readBytes(socket, text.length);
   socket.write(text);
   expect((await echoed).toString()).toBe(text);
@@ -223,7 +225,9 @@ describe('TargetDialer', () => {
     await sleep(50); // the greeting has reached the idle spare
     const next = await d.dial(route);
     expect(next.spare).toBe(true);
-    onTestFinished(() => next.socket.destroy());
+    onTestFinished(() => {
+      next.socket.destroy();
+    });
     expect((await readBytes(next.socket, 10)).toString()).toBe('220 hello\n');
   });
 

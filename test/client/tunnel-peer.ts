@@ -4,7 +4,7 @@
  * endpoint `/connect` (bearer token checked on the upgrade, 401/403 with a JSON body otherwise),
  * a server-role yamux session per agent, `registered` on the control stream, and user streams
  * opened with a stream header exactly as the server does. Not a mock: every byte crosses TLS,
- * WebSocket and yamux.
+ * WebSocket (our handshake and frame codec, as the server uses them) and yamux.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { STATUS_CODES, type IncomingMessage } from 'node:http';
@@ -13,12 +13,12 @@ import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer } from 'ws';
-import type { WebSocket } from 'ws';
 import {
   ControlChannel,
   YamuxSession,
+  checkUpgradeRequest,
   createWebSocketDuplex,
+  upgradeResponseHead,
   encodeStreamHeader,
   readStreamReply,
 } from '@cluster-tunnel/protocol';
@@ -53,7 +53,8 @@ export class PeerSession {
   goAwayReceived = false;
 
   constructor(
-    readonly ws: WebSocket,
+    /** The upgraded socket: destroy it to drop the connection without a close frame. */
+    readonly socket: Duplex,
     readonly session: YamuxSession,
     readonly control: ControlChannel,
     readonly register: RegisterMessage,
@@ -88,7 +89,6 @@ export class TunnelPeer {
   verdict: (token: string | undefined, req: IncomingMessage) => Verdict;
   onRegister: (message: RegisterMessage) => ControlMessage;
   private readonly server: https.Server;
-  private readonly wss: WebSocketServer;
   private readonly sockets = new Set<Socket>();
   private readonly dir: string;
   private waiters: Array<(s: PeerSession) => void> = [];
@@ -119,7 +119,6 @@ export class TunnelPeer {
         hostnames: m.routes.map((r) => `${r}.${DOMAIN}`),
         ...(this.serverCount === undefined ? {} : { serverCount: this.serverCount }),
       }));
-    this.wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
     server.on('secureConnection', (socket: Socket) => {
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
@@ -159,9 +158,7 @@ export class TunnelPeer {
 
   async close(): Promise<void> {
     for (const s of this.sessions) s.session.destroy();
-    for (const ws of this.wss.clients) ws.terminate();
     for (const socket of this.sockets) socket.destroy();
-    await new Promise<void>((resolve) => this.wss.close(() => resolve()));
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     rmSync(this.dir, { recursive: true, force: true });
   }
@@ -179,11 +176,16 @@ export class TunnelPeer {
       );
       return;
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => void this.onAgent(ws));
+    socket.on('error', () => undefined);
+    socket.write(upgradeResponseHead(checkUpgradeRequest(req)));
+    void this.onAgent(socket, head);
   }
 
-  private async onAgent(ws: WebSocket): Promise<void> {
-    const session = new YamuxSession(createWebSocketDuplex(ws), { role: 'server', keepaliveIntervalMs: 0 });
+  private async onAgent(socket: Duplex, head: Buffer): Promise<void> {
+    const session = new YamuxSession(createWebSocketDuplex(socket, { role: 'server', head }), {
+      role: 'server',
+      keepaliveIntervalMs: 0,
+    });
     const stream = await new Promise<YamuxStream>((resolve) => session.once('stream', resolve));
     const control = new ControlChannel(stream);
     // Answer the agent's FIN on the control stream, as the server does, so a drain can finish.
@@ -202,7 +204,7 @@ export class TunnelPeer {
     const reply = this.onRegister(message);
     control.send(reply);
     if (reply.type !== 'registered') return;
-    const peerSession = new PeerSession(ws, session, control, message);
+    const peerSession = new PeerSession(socket, session, control, message);
     this.sessions.push(peerSession);
     const waiter = this.waiters.shift();
     if (waiter) waiter(peerSession);

@@ -3,10 +3,13 @@
  * before any WebSocket exists, and a token binds its agent to its own cluster's hostnames.
  */
 import { readFile, writeFile } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
+import https from 'node:https';
 import { join } from 'node:path';
 import { decodeJwt } from 'jose';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { WebSocket } from 'ws';
+import { dial as agentDial } from '../../packages/client/src/dialer.js';
 import {
   CONTROL_PROTOCOL_VERSION,
   ControlChannel,
@@ -28,18 +31,30 @@ interface Refusal {
   body: { code: string; message: string };
 }
 
-/** Dials /connect like an agent; resolves with the refusal, or with the open socket. */
-async function dial(server: ServerHandle, token?: string): Promise<Refusal | WebSocket> {
+/** The headers of the last refusal dial() saw. */
+let refusalHeaders: Record<string, string | string[] | undefined> = {};
+
+/**
+ * Dials /connect with a plain `ws` client (an independent implementation of the handshake);
+ * resolves with the refusal, or with the open socket.
+ */
+async function dial(
+  server: ServerHandle,
+  token?: string,
+  protocolVersion?: number,
+): Promise<Refusal | WebSocket> {
   const ca = await readFile(server.caFile, 'utf8');
   const ws = new WebSocket(server.url, {
     ca,
     headers: token === undefined ? {} : { Authorization: `Bearer ${token}` },
+    ...(protocolVersion === undefined ? {} : { protocolVersion }),
   });
   onTestFinished(() => ws.terminate());
   return new Promise((resolve, reject) => {
     ws.once('open', () => resolve(ws));
     ws.once('error', reject);
     ws.once('unexpected-response', (_req, res) => {
+      refusalHeaders = res.headers;
       let body = '';
       res.on('data', (c: Buffer) => (body += c.toString()));
       res.on('end', () =>
@@ -49,8 +64,8 @@ async function dial(server: ServerHandle, token?: string): Promise<Refusal | Web
   });
 }
 
-async function refusal(server: ServerHandle, token?: string): Promise<Refusal> {
-  const result = await dial(server, token);
+async function refusal(server: ServerHandle, token?: string, protocolVersion?: number): Promise<Refusal> {
+  const result = await dial(server, token, protocolVersion);
   if (result instanceof WebSocket) throw new Error('the server accepted the agent');
   return result;
 }
@@ -150,11 +165,22 @@ describe('agent authentication on the WebSocket upgrade', () => {
   });
 });
 
-/** Connects as an agent of `cluster` with a valid token and registers `routes`; returns the answer. */
+/**
+ * Connects with the agent's own dialer as an agent of `cluster` with a valid token and registers
+ * `routes`; returns the answer.
+ */
 async function register(server: ServerHandle, cluster: string, routes: string[]) {
-  const ws = await dial(server, await createToken(server.dataDir, cluster));
-  if (!(ws instanceof WebSocket)) throw new Error(`refused: ${ws.body.code}`);
-  const session = new YamuxSession(createWebSocketDuplex(ws), { role: 'client', keepaliveIntervalMs: 0 });
+  const { socket, head } = await agentDial({
+    server: server.url,
+    token: await createToken(server.dataDir, cluster),
+    caFile: server.caFile,
+    noProxy: [],
+    timeoutMs: 10_000,
+  });
+  const session = new YamuxSession(createWebSocketDuplex(socket, { role: 'client', head }), {
+    role: 'client',
+    keepaliveIntervalMs: 0,
+  });
   onTestFinished(() => session.destroy());
   const control = new ControlChannel(session.open());
   control.send({
@@ -166,6 +192,40 @@ async function register(server: ServerHandle, cluster: string, routes: string[])
   });
   return control.next(5_000);
 }
+
+describe('the WebSocket handshake at the agent endpoint', () => {
+  it('answers another WebSocket version with 426, Sec-WebSocket-Version: 13 and TUN_ERR_PROTOCOL', async () => {
+    const server = await startServer();
+    const r = await refusal(server, await createToken(server.dataDir, 'u1'), 8);
+    expect(r.status).toBe(426);
+    expect(refusalHeaders['sec-websocket-version']).toBe('13');
+    expect(r.body.code).toBe('TUN_ERR_PROTOCOL');
+  });
+
+  it('answers an upgrade without a valid Sec-WebSocket-Key with 400 before looking at the token', async () => {
+    const server = await startServer();
+    const ca = await readFile(server.caFile, 'utf8');
+    const req = https.request(server.url.replace(/^wss:/, 'https:'), {
+      ca,
+      headers: {
+        Connection: 'Upgrade',
+        Upgrade: 'websocket',
+        'Sec-WebSocket-Version': '13',
+        'Sec-WebSocket-Key': 'not sixteen bytes',
+      },
+    });
+    req.end();
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+      req.once('response', resolve);
+      req.once('upgrade', () => reject(new Error('the server accepted the upgrade')));
+      req.once('error', reject);
+    });
+    let body = '';
+    for await (const chunk of res) body += String(chunk);
+    expect(res.statusCode).toBe(400);
+    expect(JSON.parse(body)).toMatchObject({ code: 'TUN_ERR_PROTOCOL' });
+  });
+});
 
 describe('route ownership', () => {
   it("refuses cluster a's agent that claims cluster-b with TUN_ERR_ROUTE_FORBIDDEN", async () => {

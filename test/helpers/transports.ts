@@ -3,15 +3,22 @@
  * run over each (`describe.each(transports)`). Everything listens on 127.0.0.1 port 0.
  */
 import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import type { IncomingMessage } from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { generate } from 'selfsigned';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { ClientOptions } from 'ws';
+import { dial } from '../../packages/client/src/dialer.js';
+import type { TunnelError } from '../../packages/protocol/src/errors.js';
 import { createWebSocketDuplex } from '../../packages/protocol/src/ws-duplex.js';
+import { checkUpgradeRequest, upgradeResponseHead } from '../../packages/protocol/src/ws-handshake.js';
 
 export interface TransportPair {
   a: Duplex;
@@ -167,6 +174,27 @@ async function tlsPair(): Promise<TransportPair> {
   };
 }
 
+let caFile: string | undefined;
+
+/** tlsCredentials()'s certificate in a file (the dialer reads its CA from one), made once per process. */
+export async function tlsCaFile(): Promise<string> {
+  if (caFile === undefined) {
+    const { cert } = await tlsCredentials();
+    const dir = mkdtempSync(join(tmpdir(), 'transports-ca-'));
+    const file = join(dir, 'ca.pem');
+    writeFileSync(file, cert);
+    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+    caFile = file;
+  }
+  return caFile;
+}
+
+/** An upgraded socket, not read yet, and the bytes that came with the handshake. */
+export interface UpgradedSocket {
+  socket: Duplex;
+  head: Buffer;
+}
+
 export interface WebSocketEndpoint {
   url: string;
   /** Options that let a ws client verify the server. */
@@ -177,11 +205,11 @@ export interface WebSocketEndpoint {
   close(): Promise<void>;
 }
 
-/** A ws WebSocketServer over https on 127.0.0.1 port 0. */
+/** A `ws` WebSocketServer over https on 127.0.0.1 port 0: the independent peer for our client. */
 export async function webSocketEndpoint(): Promise<WebSocketEndpoint> {
   const { key, cert } = await tlsCredentials();
   const httpsServer = https.createServer({ key, cert });
-  const wss = new WebSocketServer({ server: httpsServer });
+  const wss = new WebSocketServer({ server: httpsServer, perMessageDeflate: false });
   const port = await listen(httpsServer);
   return {
     url: `wss://127.0.0.1:${port}/`,
@@ -196,39 +224,134 @@ export async function webSocketEndpoint(): Promise<WebSocketEndpoint> {
   };
 }
 
-/** Raw, OPEN ws WebSockets over wss, for tests that need to see the messages themselves. */
-export async function webSocketPair(): Promise<{
-  client: WebSocket;
-  server: WebSocket;
+export interface OurWebSocketServer {
+  url: string;
+  /** Options that let a ws client verify the server. */
+  clientOptions: ClientOptions;
+  /** The next upgrade this server accepted (101 sent), with its request. */
+  nextUpgrade(): Promise<UpgradedSocket & { req: IncomingMessage }>;
+  /** Destroys every socket and closes the server. */
   close(): Promise<void>;
-}> {
-  const endpoint = await webSocketEndpoint();
-  const accepted = endpoint.nextConnection();
-  const client = new WebSocket(endpoint.url, endpoint.clientOptions);
-  const [server] = await Promise.all([accepted, once(client, 'open')]);
+}
+
+/**
+ * An https server on 127.0.0.1 port 0 answering upgrades with our handshake (ws-handshake.ts),
+ * as the agent endpoint does: a request that fails the RFC 6455 checks gets its status (400, 405,
+ * 426 with Sec-WebSocket-Version: 13) and a JSON body; an accepted one gets the 101 and is handed
+ * to nextUpgrade() for wrapping.
+ */
+export async function ourWebSocketServer(): Promise<OurWebSocketServer> {
+  const { key, cert } = await tlsCredentials();
+  const server = https.createServer({ key, cert });
+  const sockets = new Set<Duplex>();
+  const upgrades: Array<UpgradedSocket & { req: IncomingMessage }> = [];
+  const waiters: Array<(u: UpgradedSocket & { req: IncomingMessage }) => void> = [];
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    let wsKey: string;
+    try {
+      wsKey = checkUpgradeRequest(req);
+    } catch (err) {
+      const e = err as TunnelError;
+      const status = e.details?.status as number;
+      const body = JSON.stringify({ code: e.code, message: e.message });
+      const version = status === 426 ? 'Sec-WebSocket-Version: 13\r\n' : '';
+      socket.end(
+        `HTTP/1.1 ${status} Refused\r\n${version}Content-Type: application/json\r\n` +
+          `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      );
+      return;
+    }
+    socket.write(upgradeResponseHead(wsKey));
+    const upgrade = { socket, head, req };
+    const waiter = waiters.shift();
+    if (waiter) waiter(upgrade);
+    else upgrades.push(upgrade);
+  });
+  const port = await listen(server);
   return {
-    client,
-    server,
+    url: `wss://127.0.0.1:${port}/`,
+    clientOptions: { ca: cert, perMessageDeflate: false },
+    nextUpgrade: () => {
+      const ready = upgrades.shift();
+      if (ready) return Promise.resolve(ready);
+      return new Promise((resolve) => waiters.push(resolve));
+    },
     async close() {
-      client.terminate();
-      await endpoint.close();
+      for (const socket of sockets) socket.destroy();
+      await closeServer(server);
     },
   };
 }
 
+/** Our client's handshake (the agent's dialer) to a WebSocket server at `url` trusting tlsCredentials(). */
+export async function dialWebSocket(url: string): Promise<UpgradedSocket> {
+  const { socket, head } = await dial({
+    server: url,
+    token: 'test',
+    caFile: await tlsCaFile(),
+    noProxy: [],
+    timeoutMs: 10_000,
+  });
+  return { socket, head };
+}
+
+/**
+ * Our end of a WebSocket over TLS with a plain `ws` peer on the other: ourRole 'client' dials a
+ * ws WebSocketServer with the agent's dialer; ourRole 'server' accepts a ws client with our
+ * handshake. `ours` is still unwrapped (tests choose the duplex options); `theirs` is OPEN.
+ */
+export async function wsPeerPair(ourRole: 'client' | 'server'): Promise<{
+  ours: UpgradedSocket;
+  theirs: WebSocket;
+  close(): Promise<void>;
+}> {
+  if (ourRole === 'client') {
+    const endpoint = await webSocketEndpoint();
+    const accepted = endpoint.nextConnection();
+    const ours = await dialWebSocket(endpoint.url);
+    const theirs = await accepted;
+    return {
+      ours,
+      theirs,
+      async close() {
+        ours.socket.destroy();
+        await endpoint.close();
+      },
+    };
+  }
+  const server = await ourWebSocketServer();
+  const upgraded = server.nextUpgrade();
+  const theirs = new WebSocket(server.url, server.clientOptions);
+  theirs.on('error', () => undefined);
+  const [{ socket, head }] = await Promise.all([upgraded, once(theirs, 'open')]);
+  return {
+    ours: { socket, head },
+    theirs,
+    async close() {
+      theirs.terminate();
+      await server.close();
+    },
+  };
+}
+
+/** Our duplex on both ends: the agent's dialer to our handshake, over a real upgraded TLS socket. */
 async function websocketPair(): Promise<TransportPair> {
-  const endpoint = await webSocketEndpoint();
-  const accepted = endpoint.nextConnection();
-  // Wrapped while still CONNECTING: the duplex must hold writes until the handshake completes.
-  const a = createWebSocketDuplex(new WebSocket(endpoint.url, endpoint.clientOptions));
-  const b = createWebSocketDuplex(await accepted);
+  const server = await ourWebSocketServer();
+  const upgraded = server.nextUpgrade();
+  const client = await dialWebSocket(server.url);
+  const accepted = await upgraded;
+  const a = createWebSocketDuplex(client.socket, { role: 'client', head: client.head });
+  const b = createWebSocketDuplex(accepted.socket, { role: 'server', head: accepted.head });
   return {
     a,
     b,
     async close() {
       a.destroy();
       b.destroy();
-      await endpoint.close();
+      await server.close();
     },
   };
 }

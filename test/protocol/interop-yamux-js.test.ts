@@ -32,7 +32,7 @@ import {
   type YamuxStream,
 } from '../../packages/protocol/src/index.js';
 import { readAtLeast, sha256, withDeadline } from '../helpers/streams.js';
-import { webSocketPair } from '../helpers/transports.js';
+import { wsPeerPair } from '../helpers/transports.js';
 
 const KiB = 1024;
 /** Larger than one 256 KiB window, so window updates must flow in both directions. */
@@ -54,7 +54,8 @@ function toBuffer(data: RawData): Buffer {
  * Transform: bytes in through write(), frames out as 'data', each sent as one message.
  */
 async function connect(ourRole: 'client' | 'server', theirs: TheirSession): Promise<YamuxSession> {
-  const { client, server, close } = await webSocketPair();
+  // Our end is the WebSocket client (the agent's dialer), theirs a ws WebSocketServer's socket.
+  const { ours: upgraded, theirs: server, close } = await wsPeerPair('client');
   onTestFinished(() => close());
   const theirErrors: Error[] = [];
   theirs.on('error', (err: Error) => theirErrors.push(err));
@@ -62,7 +63,8 @@ async function connect(ourRole: 'client' | 'server', theirs: TheirSession): Prom
     if (server.readyState === server.OPEN) server.send(frame);
   });
   server.on('message', (data: RawData) => theirs.write(toBuffer(data)));
-  const ours = new YamuxSession(createWebSocketDuplex(client), { role: ourRole });
+  const transport = createWebSocketDuplex(upgraded.socket, { role: 'client', head: upgraded.head });
+  const ours = new YamuxSession(transport, { role: ourRole });
   onTestFinished(() => {
     ours.destroy();
     theirs.close();

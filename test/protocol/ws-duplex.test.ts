@@ -1,30 +1,48 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createRequire } from 'node:module';
+import https from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
+import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
+import type { IncomingMessage } from 'node:http';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { WebSocket } from 'ws';
+import { dial } from '../../packages/client/src/dialer.js';
 import { isTunnelError } from '../../packages/protocol/src/errors.js';
-import { createWebSocketDuplex } from '../../packages/protocol/src/ws-duplex.js';
+import { createWebSocketDuplex, type WebSocketDuplexOptions } from '../../packages/protocol/src/ws-duplex.js';
+import { nativeMaskLoaded } from '../../packages/protocol/src/ws-mask.js';
+import {
+  checkUpgradeRequest,
+  createWebSocketKey,
+  upgradeResponseHead,
+  webSocketAccept,
+} from '../../packages/protocol/src/ws-handshake.js';
 import { seededRandom } from '../helpers/random.js';
 import { delay, pipePairForTest, readAtLeast, readToEndWithForAwait } from '../helpers/streams.js';
-import { transports, webSocketEndpoint, webSocketPair } from '../helpers/transports.js';
+import {
+  dialWebSocket,
+  ourWebSocketServer,
+  tlsCaFile,
+  tlsCredentials,
+  transports,
+  wsPeerPair,
+  type UpgradedSocket,
+} from '../helpers/transports.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
+const ROLES = ['client', 'server'] as const;
 
-async function rawPair(): Promise<{ client: WebSocket; server: WebSocket }> {
-  const pair = await webSocketPair();
-  onTestFinished(() => pair.close());
-  return pair;
-}
-
-/** Wraps `ws`; destroyed when the test ends (before its sockets close, hooks run in reverse order). */
-function wrap(ws: WebSocket, opts?: { highWaterMarkBytes?: number }): Duplex {
-  const duplex = createWebSocketDuplex(ws, opts);
+/** Wraps an upgraded socket; destroyed when the test ends (before its sockets close, hooks run in reverse order). */
+function wrap(
+  upgraded: UpgradedSocket,
+  role: 'client' | 'server',
+  opts: Omit<WebSocketDuplexOptions, 'role' | 'head'> = {},
+): Duplex {
+  const duplex = createWebSocketDuplex(upgraded.socket, { ...opts, role, head: upgraded.head });
   // Tests await the errors they expect with once(); the far end's consequent error is not the subject.
   duplex.on('error', ignore);
   onTestFinished(() => {
@@ -35,14 +53,87 @@ function wrap(ws: WebSocket, opts?: { highWaterMarkBytes?: number }): Duplex {
 
 function ignore(): void {}
 
-async function duplexPair(opts?: { highWaterMarkBytes?: number }) {
-  const { client, server } = await rawPair();
-  return { client, server, a: wrap(client, opts), b: wrap(server, opts) };
+/** Our duplex on a real upgraded TLS socket with a plain ws peer; `ourRole` is our end's role. */
+async function withWsPeer(ourRole: 'client' | 'server', opts?: { highWaterMarkBytes?: number }) {
+  const pair = await wsPeerPair(ourRole);
+  onTestFinished(() => pair.close());
+  return { ours: wrap(pair.ours, ourRole, opts), oursSocket: pair.ours.socket, theirs: pair.theirs };
+}
+
+/** Our duplex on both ends (the agent's dialer ↔ our server handshake). */
+async function ourPair(opts?: { highWaterMarkBytes?: number }) {
+  const server = await ourWebSocketServer();
+  onTestFinished(() => server.close());
+  const upgraded = server.nextUpgrade();
+  const client = await dialWebSocket(server.url);
+  const accepted = await upgraded;
+  return {
+    clientSocket: client.socket,
+    serverSocket: accepted.socket,
+    a: wrap(client, 'client', opts),
+    b: wrap(accepted, 'server', opts),
+  };
+}
+
+/** An https server on 127.0.0.1 whose upgrades `onUpgrade` answers byte by byte. */
+async function rawUpgradeServer(
+  onUpgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
+): Promise<string> {
+  const { key, cert } = await tlsCredentials();
+  const server = https.createServer({ key, cert });
+  const sockets = new Set<Duplex>();
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    sockets.add(socket);
+    socket.on('error', ignore);
+    onUpgrade(req, socket, head);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  onTestFinished(async () => {
+    for (const socket of sockets) socket.destroy();
+    await new Promise((resolve) => server.close(resolve));
+  });
+  return `wss://127.0.0.1:${(server.address() as AddressInfo).port}/`;
+}
+
+/** A TLS connection to `url` that sends `request` (and whatever follows it) as raw bytes. */
+async function rawClient(
+  url: string,
+  bytes: Buffer | string,
+): Promise<{ socket: tls.TLSSocket; received: () => Buffer }> {
+  const { cert } = await tlsCredentials();
+  const socket = tls.connect({ host: '127.0.0.1', port: Number(new URL(url).port), ca: cert });
+  onTestFinished(() => {
+    socket.destroy();
+  });
+  socket.on('error', ignore);
+  const chunks: Buffer[] = [];
+  socket.on('data', (c: Buffer) => chunks.push(c));
+  await once(socket, 'secureConnect');
+  socket.write(bytes);
+  return { socket, received: () => Buffer.concat(chunks) };
+}
+
+function upgradeRequest(headers: Record<string, string>): string {
+  const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`);
+  return `GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n${lines.join('')}\r\n`;
+}
+
+/** A masked binary frame (client → server) of `payload`, at most 125 bytes. */
+function maskedFrame(payload: Buffer): Buffer {
+  const key = randomBytes(4);
+  const masked = Buffer.from(payload.map((b, i) => b ^ key[i % 4]!));
+  return Buffer.concat([Buffer.from([0x82, 0x80 | payload.length]), key, masked]);
+}
+
+async function until(check: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 500 && !check(); i++) await delay(10);
+  if (!check()) throw new Error(`timed out waiting for ${what}`);
 }
 
 describe('createWebSocketDuplex over wss', () => {
   it('carries bytes both ways', async () => {
-    const { a, b } = await duplexPair();
+    const { a, b } = await ourPair();
     const toB = readAtLeast(b, 5);
     a.write('hello');
     expect((await toB).toString()).toBe('hello');
@@ -51,21 +142,8 @@ describe('createWebSocketDuplex over wss', () => {
     expect((await toA).toString()).toBe('world');
   });
 
-  it('holds writes made while the WebSocket is still connecting and sends them once it opens', async () => {
-    const endpoint = await webSocketEndpoint();
-    onTestFinished(() => endpoint.close());
-    const accepted = endpoint.nextConnection();
-    const client = new WebSocket(endpoint.url, endpoint.clientOptions);
-    const a = wrap(client);
-    expect(client.readyState).toBe(WebSocket.CONNECTING);
-    a.write('early ');
-    a.write('bytes');
-    const b = wrap(await accepted);
-    expect((await readAtLeast(b, 11)).toString()).toBe('early bytes');
-  });
-
-  it('pipes 64 MiB intact (sha256) with the sender bufferedAmount bounded', async () => {
-    const { client, a, b } = await duplexPair();
+  it('pipes 64 MiB intact (sha256) with the sender socket buffer bounded', async () => {
+    const { clientSocket, a, b } = await ourPair();
     const random = seededRandom(64);
     const chunks: Buffer[] = [];
     let total = 0;
@@ -89,7 +167,7 @@ describe('createWebSocketDuplex over wss', () => {
     let maxBufferedBytes = 0;
     for (const chunk of chunks) {
       const more = a.write(chunk);
-      maxBufferedBytes = Math.max(maxBufferedBytes, client.bufferedAmount);
+      maxBufferedBytes = Math.max(maxBufferedBytes, clientSocket.writableLength);
       if (!more) await once(a, 'drain');
     }
     a.end();
@@ -100,13 +178,13 @@ describe('createWebSocketDuplex over wss', () => {
     expect(receivedBytes).toBe(64 * MiB);
     expect(received.digest('hex')).toBe(sent.digest('hex'));
     // The default mark (1 MiB) plus at most one write batch above it (a chunk and the few bytes
-    // Writable buffers behind it before write() returns false).
+    // Writable buffers behind it before write() returns false), plus frame headers.
     expect(maxBufferedBytes).toBeLessThanOrEqual(1 * MiB + 512 * KiB);
   });
 
   it('makes the writer wait behind a slow reader, then delivers everything when it reads', async () => {
     const highWaterMarkBytes = 256 * KiB;
-    const { client, server, a, b } = await duplexPair({ highWaterMarkBytes });
+    const { clientSocket, serverSocket, a, b } = await ourPair({ highWaterMarkBytes });
     const chunk = randomBytes(64 * KiB);
     let attemptedBytes = 0;
     let ackedBytes = 0;
@@ -118,7 +196,7 @@ describe('createWebSocketDuplex over wss', () => {
       const more = a.write(chunk, () => {
         ackedBytes += chunk.length;
       });
-      maxBufferedBytes = Math.max(maxBufferedBytes, client.bufferedAmount);
+      maxBufferedBytes = Math.max(maxBufferedBytes, clientSocket.writableLength);
       if (!more) {
         stalled = await Promise.race([once(a, 'drain').then(() => false), delay(300).then(() => true)]);
       }
@@ -126,9 +204,10 @@ describe('createWebSocketDuplex over wss', () => {
     expect(stalled).toBe(true);
     expect(ackedBytes).toBeLessThan(attemptedBytes); // a write's callback is pending
     expect(ackedBytes).toBeLessThan(32 * MiB); // socket buffers, not the whole stream
-    expect(maxBufferedBytes).toBeLessThanOrEqual(highWaterMarkBytes + chunk.length);
-    expect(client.bufferedAmount).toBeGreaterThan(0); // the held write is still in ws/socket buffers
-    expect(server.isPaused).toBe(true); // the reader side stopped reading its socket
+    expect(maxBufferedBytes).toBeLessThanOrEqual(highWaterMarkBytes + chunk.length + 64);
+    expect(clientSocket.writableLength).toBeGreaterThan(0); // the held write is still in the socket
+    // The reader side stopped reading its socket.
+    expect(serverSocket.isPaused()).toBe(true);
 
     const all = readAtLeast(b, attemptedBytes);
     expect((await all).length).toBe(attemptedBytes);
@@ -136,33 +215,35 @@ describe('createWebSocketDuplex over wss', () => {
     expect(ackedBytes).toBe(attemptedBytes);
   });
 
-  it('reads the concatenation of peer messages however they are sized or fragmented', async () => {
-    const { client, server } = await rawPair();
-    const a = wrap(client);
-    const payload = randomBytes(4 * MiB);
-    const random = seededRandom(7);
-    let offset = 0;
-    for (let i = 0; i < 100_000 && offset < payload.length; i++) {
-      const roll = random();
-      // Mostly varied sizes, with empty, 1-byte and fragmented messages mixed in.
-      const size = roll < 0.05 ? 0 : roll < 0.15 ? 1 : Math.floor(random() * 128 * KiB);
-      const piece = payload.subarray(offset, offset + size);
-      if (roll > 0.9 && piece.length > 1) {
-        const half = piece.length >> 1;
-        server.send(piece.subarray(0, half), { binary: true, fin: false });
-        server.send(piece.subarray(half), { binary: true, fin: true });
-      } else {
-        server.send(piece, { binary: true });
+  it.each(ROLES)(
+    'reads the concatenation of ws peer messages however sized or fragmented (ours: %s)',
+    async (role) => {
+      const { ours, theirs } = await withWsPeer(role);
+      const payload = randomBytes(4 * MiB);
+      const random = seededRandom(7);
+      let offset = 0;
+      for (let i = 0; i < 100_000 && offset < payload.length; i++) {
+        const roll = random();
+        // Mostly varied sizes, with empty, 1-byte and fragmented messages mixed in.
+        const size = roll < 0.05 ? 0 : roll < 0.15 ? 1 : Math.floor(random() * 128 * KiB);
+        const piece = payload.subarray(offset, offset + size);
+        if (roll > 0.9 && piece.length > 1) {
+          const half = piece.length >> 1;
+          theirs.send(piece.subarray(0, half), { binary: true, fin: false });
+          theirs.send(piece.subarray(half), { binary: true, fin: true });
+        } else {
+          theirs.send(piece, { binary: true });
+        }
+        offset += piece.length;
       }
-      offset += piece.length;
-    }
-    expect(offset).toBe(payload.length);
-    server.close(1000);
-    expect((await readToEndWithForAwait(a)).equals(payload)).toBe(true);
-  });
+      expect(offset).toBe(payload.length);
+      theirs.close(1000);
+      expect((await readToEndWithForAwait(ours)).equals(payload)).toBe(true);
+    },
+  );
 
   it('end() sends everything, then the peer sees end', async () => {
-    const { a, b } = await duplexPair();
+    const { a, b } = await ourPair();
     const payload = randomBytes(3 * MiB);
     const finished = once(a, 'finish');
     // A WebSocket cannot stay half-open: both ends close once the close handshake completes.
@@ -174,64 +255,355 @@ describe('createWebSocketDuplex over wss', () => {
     await closed;
   });
 
-  it('destroys with TUN_ERR_PROTOCOL on a text message', async () => {
-    const { server, a } = await duplexPair();
-    const peerClosed = once(server, 'close');
-    server.send('not binary');
-    const [err] = (await once(a, 'error')) as [Error];
+  it.each(ROLES)(
+    'interoperates with a plain ws peer: data both ways, pings, close 1000 from them (ours: %s)',
+    async (role) => {
+      const { ours, theirs } = await withWsPeer(role);
+      const toThem = randomBytes(3 * MiB + 7);
+      const received: Buffer[] = [];
+      theirs.on('message', (data: Buffer) => received.push(data));
+      const theirsClosed = once(theirs, 'close') as Promise<[number]>;
+      // Their ping is answered with the same payload (RFC 6455 §5.5.3).
+      const pong = once(theirs, 'pong') as Promise<[Buffer]>;
+      theirs.ping(Buffer.from('are you there'));
+      expect((await pong)[0].toString()).toBe('are you there');
+      ours.write(toThem.subarray(0, 100));
+      ours.write(toThem.subarray(100));
+      const toUs = randomBytes(MiB);
+      theirs.send(toUs.subarray(0, 5));
+      theirs.send(toUs.subarray(5));
+      expect((await readAtLeast(ours, toUs.length)).equals(toUs)).toBe(true);
+      await until(() => Buffer.concat(received).length >= toThem.length, 'their messages');
+      expect(Buffer.concat(received).equals(toThem)).toBe(true);
+      // Their close(1000) ends our readable cleanly; they see 1000 echoed.
+      const ended = once(ours, 'end');
+      ours.resume();
+      theirs.close(1000);
+      await ended;
+      expect((await theirsClosed)[0]).toBe(1000);
+    },
+  );
+
+  it.each(ROLES)('our end() closes with 1000 and the plain ws peer sees it (ours: %s)', async (role) => {
+    const { ours, oursSocket, theirs } = await withWsPeer(role);
+    const received: Buffer[] = [];
+    theirs.on('message', (data: Buffer) => received.push(data));
+    const theirsClosed = once(theirs, 'close') as Promise<[number]>;
+    const finished = once(ours, 'finish');
+    ours.end('bye');
+    expect((await theirsClosed)[0]).toBe(1000);
+    expect(Buffer.concat(received).toString()).toBe('bye');
+    await finished;
+    await until(() => oursSocket.destroyed, 'our socket to close');
+  });
+
+  it.each(ROLES)(
+    'reports their close with another code as TUN_ERR_TRANSPORT_CLOSED with the code (ours: %s)',
+    async (role) => {
+      const { ours, theirs } = await withWsPeer(role);
+      const theirsClosed = once(theirs, 'close') as Promise<[number]>;
+      theirs.close(4000, 'going');
+      const [err] = (await once(ours, 'error')) as [Error];
+      expect(isTunnelError(err, 'TUN_ERR_TRANSPORT_CLOSED')).toBe(true);
+      expect((err as { details?: unknown }).details).toEqual({ code: 4000, reason: 'going' });
+      expect((await theirsClosed)[0]).toBe(4000); // echoed
+    },
+  );
+
+  it.each(ROLES)(
+    'closes with 1002 and TUN_ERR_PROTOCOL when the ws peer sends a text message (ours: %s)',
+    async (role) => {
+      const { ours, theirs } = await withWsPeer(role);
+      const theirsClosed = once(theirs, 'close') as Promise<[number]>;
+      theirs.send('not binary');
+      const [err] = (await once(ours, 'error')) as [Error];
+      expect(isTunnelError(err, 'TUN_ERR_PROTOCOL')).toBe(true);
+      expect((await theirsClosed)[0]).toBe(1002);
+    },
+  );
+
+  it('closes with 1002 and TUN_ERR_PROTOCOL on a malformed server frame (RSV1 set)', async () => {
+    let peerSocket: Duplex | undefined;
+    const fromUs: Buffer[] = [];
+    const url = await rawUpgradeServer((req, socket) => {
+      peerSocket = socket;
+      socket.on('data', (c: Buffer) => fromUs.push(c));
+      // The 101 and a frame with RSV1 set (no extension was negotiated) in one write.
+      socket.write(
+        Buffer.concat([
+          Buffer.from(upgradeResponseHead(req.headers['sec-websocket-key']!)),
+          Buffer.from([0xc2, 0x01, 0x00]),
+        ]),
+      );
+    });
+    const ours = wrap(await dialWebSocket(url), 'client');
+    const [err] = (await once(ours, 'error')) as [Error];
     expect(isTunnelError(err, 'TUN_ERR_PROTOCOL')).toBe(true);
-    await peerClosed; // the duplex terminated its WebSocket
+    await until(() => Buffer.concat(fromUs).length >= 8, 'our close frame');
+    const frame = Buffer.concat(fromUs);
+    // A masked close frame (0x88, mask bit, length 2), the code unmasked with its key.
+    expect([frame[0], frame[1]]).toEqual([0x88, 0x82]);
+    const code = ((frame[6]! ^ frame[2]!) << 8) | (frame[7]! ^ frame[3]!);
+    expect(code).toBe(1002);
+    expect(peerSocket).toBeDefined();
+  });
+
+  it('refuses an unmasked client frame with 1002 and TUN_ERR_PROTOCOL', async () => {
+    const server = await ourWebSocketServer();
+    onTestFinished(() => server.close());
+    const upgraded = server.nextUpgrade();
+    const key = createWebSocketKey();
+    const request = upgradeRequest({
+      Upgrade: 'websocket',
+      Connection: 'Upgrade',
+      'Sec-WebSocket-Version': '13',
+      'Sec-WebSocket-Key': key,
+    });
+    const raw = await rawClient(server.url, request);
+    const ours = wrap(await upgraded, 'server');
+    raw.socket.write(Buffer.from([0x82, 0x01, 0x00]));
+    const [err] = (await once(ours, 'error')) as [Error];
+    expect(isTunnelError(err, 'TUN_ERR_PROTOCOL')).toBe(true);
+    await until(
+      () => raw.received().includes(Buffer.from([0x88, 0x02, 0x03, 0xea])),
+      'a close frame with 1002',
+    );
+  });
+
+  it('keeps frames the server sent in the same write as its 101', async () => {
+    const url = await rawUpgradeServer((req, socket) => {
+      const payload = Buffer.from('first bytes');
+      socket.write(
+        Buffer.concat([
+          Buffer.from(upgradeResponseHead(req.headers['sec-websocket-key']!)),
+          Buffer.from([0x82, payload.length]),
+          payload,
+        ]),
+      );
+    });
+    const upgraded = await dialWebSocket(url);
+    await delay(20); // the dialer's caller may wrap the socket a little later
+    const ours = wrap(upgraded, 'client');
+    expect((await readAtLeast(ours, 11)).toString()).toBe('first bytes');
+  });
+
+  it('keeps frames the client sent in the same write as its upgrade request', async () => {
+    const server = await ourWebSocketServer();
+    onTestFinished(() => server.close());
+    const upgraded = server.nextUpgrade();
+    const key = createWebSocketKey();
+    const request = upgradeRequest({
+      Upgrade: 'websocket',
+      Connection: 'Upgrade',
+      'Sec-WebSocket-Version': '13',
+      'Sec-WebSocket-Key': key,
+    });
+    const raw = await rawClient(
+      server.url,
+      Buffer.concat([Buffer.from(request), maskedFrame(Buffer.from('early bytes'))]),
+    );
+    const accepted = await upgraded;
+    const ours = wrap(accepted, 'server');
+    expect((await readAtLeast(ours, 11)).toString()).toBe('early bytes');
+    await until(() => raw.received().includes('\r\n\r\n'), 'the 101');
+    expect(raw.received().toString()).toContain(`Sec-WebSocket-Accept: ${webSocketAccept(key)}`);
   });
 
   it('destroys with TUN_ERR_TRANSPORT_CLOSED when the peer terminates', async () => {
-    const { server, a } = await duplexPair();
-    a.resume();
-    server.terminate();
-    const [err] = (await once(a, 'error')) as [Error];
+    const { ours, theirs } = await withWsPeer('client');
+    ours.resume();
+    theirs.terminate();
+    const [err] = (await once(ours, 'error')) as [Error];
     expect(isTunnelError(err, 'TUN_ERR_TRANSPORT_CLOSED')).toBe(true);
     expect((err as { retryable?: boolean }).retryable).toBe(true);
   });
 
-  it('destroys with TUN_ERR_TRANSPORT_CLOSED, cause attached, when the connection fails', async () => {
-    const probe = net.createServer().listen(0, '127.0.0.1');
-    await once(probe, 'listening');
-    const { port } = probe.address() as AddressInfo;
-    await new Promise((resolve) => probe.close(resolve));
-    const a = wrap(new WebSocket(`ws://127.0.0.1:${port}/`));
-    a.write('never sent');
-    const [err] = (await once(a, 'error')) as [Error];
+  it('destroy() drops the connection: the ws peer sees 1006', async () => {
+    const { ours, theirs } = await withWsPeer('server');
+    const theirsClosed = once(theirs, 'close') as Promise<[number]>;
+    ours.destroy();
+    expect((await theirsClosed)[0]).toBe(1006);
+  });
+
+  it('handed a socket that is already gone, fails with TUN_ERR_TRANSPORT_CLOSED', async () => {
+    const upgraded = await wsPeerPair('client');
+    onTestFinished(() => upgraded.close());
+    upgraded.ours.socket.destroy();
+    await delay(10);
+    const ours = wrap(upgraded.ours, 'client');
+    const [err] = (await once(ours, 'error')) as [Error];
     expect(isTunnelError(err, 'TUN_ERR_TRANSPORT_CLOSED')).toBe(true);
-    expect((err.cause as NodeJS.ErrnoException).code).toBe('ECONNREFUSED');
   });
 
-  it('destroy() terminates the WebSocket, also while it is still connecting', async () => {
-    const { server, a } = await duplexPair();
-    const peerClosed = once(server, 'close') as Promise<[number]>;
-    a.destroy();
-    expect((await peerClosed)[0]).toBe(1006);
-
-    const endpoint = await webSocketEndpoint();
-    onTestFinished(() => endpoint.close());
-    const connecting = wrap(new WebSocket(endpoint.url, endpoint.clientOptions));
-    connecting.destroy();
-    await once(connecting, 'close');
-    await delay(50); // the aborted handshake's late 'error' must not surface as unhandled
-  });
-
-  it('ws runs with the native bufferutil addon', () => {
+  it('masks with the native bufferutil addon', () => {
     const require = createRequire(import.meta.url);
-    expect(process.env.WS_NO_BUFFER_UTIL).toBeUndefined();
     const bufferUtil = require('bufferutil') as { mask: unknown };
     const fallback = require(path.join(path.dirname(require.resolve('bufferutil')), 'fallback.js')) as {
       mask: unknown;
     };
-    expect(typeof bufferUtil.mask).toBe('function');
     expect(bufferUtil.mask).not.toBe(fallback.mask); // the prebuilt addon, not the JS fallback
-    // ws's own masking delegates to bufferutil (its lib/ is outside the package exports map).
-    const wsBufferUtil = require(path.join(path.dirname(require.resolve('ws')), 'lib', 'buffer-util.js')) as {
-      mask: { toString(): string };
+    expect(nativeMaskLoaded).toBe(true);
+  });
+});
+
+describe('the WebSocket opening handshake', () => {
+  it('computes the RFC 6455 §1.3 example accept hash', () => {
+    expect(webSocketAccept('dGhlIHNhbXBsZSBub25jZQ==')).toBe('s3pPLMBiTxaQ9kYGzzhZRbK+xOo=');
+    expect(Buffer.from(createWebSocketKey(), 'base64')).toHaveLength(16);
+    expect(createWebSocketKey()).not.toBe(createWebSocketKey());
+  });
+
+  it('our server accepts a real ws client (no extension, whatever it offers)', async () => {
+    const server = await ourWebSocketServer();
+    onTestFinished(() => server.close());
+    const upgraded = server.nextUpgrade();
+    // ws offers permessage-deflate by default; we answer without it and ws must then not use it.
+    const theirs = new WebSocket(server.url, { ca: server.clientOptions.ca });
+    onTestFinished(() => theirs.terminate());
+    await once(theirs, 'open');
+    expect(theirs.extensions).toBe('');
+    const { req } = await upgraded;
+    expect(req.headers['sec-websocket-extensions']).toContain('permessage-deflate');
+  });
+
+  it('our server answers another version with 426 and Sec-WebSocket-Version: 13', async () => {
+    const server = await ourWebSocketServer();
+    onTestFinished(() => server.close());
+    const theirs = new WebSocket(server.url, { ca: server.clientOptions.ca, protocolVersion: 8 });
+    onTestFinished(() => theirs.terminate());
+    theirs.on('error', ignore);
+    const [, res] = (await once(theirs, 'unexpected-response')) as [unknown, IncomingMessage];
+    expect(res.statusCode).toBe(426);
+    expect(res.headers['sec-websocket-version']).toBe('13');
+    res.resume();
+  });
+
+  it.each([
+    ['no key', { Upgrade: 'websocket', Connection: 'Upgrade', 'Sec-WebSocket-Version': '13' }, 400],
+    [
+      'a key of 15 bytes',
+      {
+        Upgrade: 'websocket',
+        Connection: 'Upgrade',
+        'Sec-WebSocket-Version': '13',
+        'Sec-WebSocket-Key': randomBytes(15).toString('base64'),
+      },
+      400,
+    ],
+    [
+      'no Connection: Upgrade',
+      {
+        Upgrade: 'websocket',
+        Connection: 'keep-alive, upgrade-ish',
+        'Sec-WebSocket-Version': '13',
+        'Sec-WebSocket-Key': createWebSocketKey(),
+      },
+      400,
+    ],
+    [
+      'another version',
+      {
+        Upgrade: 'websocket',
+        Connection: 'Upgrade',
+        'Sec-WebSocket-Version': '8',
+        'Sec-WebSocket-Key': createWebSocketKey(),
+      },
+      426,
+    ],
+  ])('checkUpgradeRequest refuses %s', (_what, headers, status) => {
+    const lower = Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+    const req = {
+      method: 'GET',
+      httpVersion: '1.1',
+      httpVersionMajor: 1,
+      httpVersionMinor: 1,
+      headers: lower,
+    } as unknown as IncomingMessage;
+    let caught: unknown;
+    try {
+      checkUpgradeRequest(req);
+    } catch (err) {
+      caught = err;
+    }
+    expect(isTunnelError(caught, 'TUN_ERR_PROTOCOL')).toBe(true);
+    expect((caught as { details: { status: number } }).details.status).toBe(status);
+  });
+
+  it('checkUpgradeRequest accepts mixed case and token lists, refuses other methods with 405', () => {
+    const key = createWebSocketKey();
+    const headers = {
+      upgrade: 'WebSocket',
+      connection: 'keep-alive, Upgrade',
+      'sec-websocket-version': '13',
+      'sec-websocket-key': key,
     };
-    expect(wsBufferUtil.mask.toString()).toContain('bufferUtil.mask');
+    const req = {
+      method: 'GET',
+      httpVersion: '1.1',
+      httpVersionMajor: 1,
+      httpVersionMinor: 1,
+      headers,
+    } as unknown as IncomingMessage;
+    expect(checkUpgradeRequest(req)).toBe(key);
+    expect(() => checkUpgradeRequest({ ...req, method: 'POST' } as IncomingMessage)).toThrow(/GET/);
+  });
+
+  it('our dialer refuses a 101 with a wrong Sec-WebSocket-Accept with TUN_ERR_PROTOCOL', async () => {
+    const url = await rawUpgradeServer((_req, socket) => {
+      socket.write(upgradeResponseHead(createWebSocketKey()));
+    });
+    const err = await dial({
+      server: url,
+      token: 't',
+      caFile: await tlsCaFile(),
+      noProxy: [],
+      timeoutMs: 5_000,
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'TUN_ERR_PROTOCOL', retryable: true, details: { status: 101 } });
+    expect(String((err as { details: { websocket: string } }).details.websocket)).toContain(
+      'Sec-WebSocket-Accept',
+    );
+  });
+
+  it('our dialer refuses a 101 that names an extension it did not offer', async () => {
+    const url = await rawUpgradeServer((req, socket) => {
+      const head = upgradeResponseHead(req.headers['sec-websocket-key']!);
+      socket.write(head.replace(/\r\n\r\n$/, '\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n'));
+    });
+    const err = await dial({
+      server: url,
+      token: 't',
+      caFile: await tlsCaFile(),
+      noProxy: [],
+      timeoutMs: 5_000,
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'TUN_ERR_PROTOCOL' });
+  });
+
+  it("our dialer's upgrade passes the server checks, carries Authorization and offers no extension", async () => {
+    const seen: IncomingMessage[] = [];
+    const check = await rawUpgradeServer((req, socket) => {
+      seen.push(req);
+      socket.write(upgradeResponseHead(checkUpgradeRequest(req)));
+    });
+    const { socket } = await dialWebSocket(check);
+    socket.destroy();
+    expect(seen[0]!.headers.authorization).toBe('Bearer test');
+    expect(seen[0]!.headers['sec-websocket-extensions']).toBeUndefined();
+  });
+
+  it('our dialer fails with TUN_ERR_TRANSPORT_CLOSED, errno attached, when nothing listens', async () => {
+    const probe = net.createServer().listen(0, '127.0.0.1');
+    await once(probe, 'listening');
+    const { port } = probe.address() as AddressInfo;
+    await new Promise((resolve) => probe.close(resolve));
+    const err = await dial({
+      server: `ws://127.0.0.1:${port}/`,
+      token: 't',
+      noProxy: [],
+      timeoutMs: 5_000,
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'TUN_ERR_TRANSPORT_CLOSED', details: { errno: 'ECONNREFUSED' } });
   });
 });
 

@@ -1,11 +1,12 @@
 /**
- * One agent session: a yamux session (client role) over an open WebSocket to one server
+ * One agent session: a yamux session (client role) over an upgraded WebSocket to one server
  * replica. Its first stream is the control stream (register → registered | error), kept open
  * for the session's life; every stream the server opens afterwards is a user connection.
  *
  * Events: 'goaway' (the server is draining: no new streams will come), 'close' (err?) once.
  */
 import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
 import {
   CONTROL_PROTOCOL_VERSION,
   ControlChannel,
@@ -15,13 +16,15 @@ import {
   systemClock,
 } from '@cluster-tunnel/protocol';
 import type { Logger, RegisteredMessage, YamuxStream } from '@cluster-tunnel/protocol';
-import type { WebSocket } from 'ws';
 import { forwardStream } from './forward.js';
 import type { RouteTable } from './route-table.js';
 import { TargetDialer } from './target-dialer.js';
 
 export interface AgentSessionOptions {
-  ws: WebSocket;
+  /** The socket the dialer upgraded to a WebSocket (DialedServer). */
+  socket: Duplex;
+  /** Bytes the server sent behind its 101. */
+  head?: Buffer;
   routes: RouteTable;
   agentId: string;
   agentVersion: string;
@@ -64,11 +67,14 @@ export class AgentSession extends EventEmitter {
         clock: systemClock,
         logger: options.logger,
       });
-    this.session = new YamuxSession(createWebSocketDuplex(options.ws), {
-      role: 'client',
-      keepaliveIntervalMs: options.keepaliveIntervalMs,
-      keepaliveTimeoutMs: options.keepaliveTimeoutMs,
-    });
+    this.session = new YamuxSession(
+      createWebSocketDuplex(options.socket, { role: 'client', head: options.head }),
+      {
+        role: 'client',
+        keepaliveIntervalMs: options.keepaliveIntervalMs,
+        keepaliveTimeoutMs: options.keepaliveTimeoutMs,
+      },
+    );
     this.session.on('goaway', this.onGoAway);
     this.session.once('close', this.onSessionClose);
     // The first stream we open is the control stream (the server expects it to be id 1).

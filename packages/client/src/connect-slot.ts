@@ -140,13 +140,14 @@ export class ConnectSlot {
     });
     this.dialAbort = undefined;
     if (this.host.isStopping()) {
-      dialed.ws.terminate();
+      dialed.socket.destroy();
       return 'stopped';
     }
     this.log.debug({ url: dialed.url, proxy: dialed.proxy }, 'connected');
     this.phase = 'register';
     const session = new AgentSession({
-      ws: dialed.ws,
+      socket: dialed.socket,
+      head: dialed.head,
       routes,
       agentId: config.agentId,
       agentVersion: this.host.agentVersion,

@@ -1,21 +1,32 @@
 /**
  * Dials the tunnel server: one WebSocket over TLS to `/connect`, authenticated on the HTTP
  * upgrade with `Authorization: Bearer <token>`, through the egress proxy unless NO_PROXY says
- * otherwise. Resolves with an OPEN socket or rejects with a TunnelError:
+ * otherwise. The RFC 6455 opening handshake is ours (ws-handshake.ts) over node:http(s).
+ * Resolves with the upgraded socket or rejects with a TunnelError:
  *
- * - HTTP 401/403 on the upgrade: the code from the server's JSON body (`TUN_ERR_TOKEN_*` and
- *   friends; TUN_ERR_TOKEN_INVALID when the body names none), `retryable: false`,
- *   `details.status`. The caller retries slowly: a refused token stays refused until an operator acts.
+ * - HTTP 401/403 on the upgrade with our server's coded JSON body: that code (`TUN_ERR_TOKEN_*`
+ *   and friends), `retryable: false`, `details.status`. The caller retries slowly: a refused
+ *   token stays refused until an operator acts.
+ * - a 101 that fails the handshake checks (wrong Sec-WebSocket-Accept, no `Upgrade: websocket`,
+ *   an extension we did not offer): TUN_ERR_PROTOCOL, retryable (something on the path is not a
+ *   WebSocket server; it may be gone next time), `details.websocket` says what.
  * - anything else (DNS, TCP, TLS, proxy, timeout, other statuses): TUN_ERR_TRANSPORT_CLOSED,
  *   retryable, with the errno or status in `details`.
  */
 import { readFile } from 'node:fs/promises';
+import http from 'node:http';
 import type { ClientRequest, IncomingMessage } from 'node:http';
+import https from 'node:https';
+import type { Duplex } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { HttpsProxyAgent } from 'https-proxy-agent';
-import { WebSocket } from 'ws';
-import type { ClientOptions } from 'ws';
-import { ERROR_CODES, TunnelError } from '@cluster-tunnel/protocol';
+import {
+  ERROR_CODES,
+  TunnelError,
+  checkUpgradeResponse,
+  createWebSocketKey,
+  upgradeRequestHeaders,
+} from '@cluster-tunnel/protocol';
 import type { ErrorCode } from '@cluster-tunnel/protocol';
 import { bypassesProxy } from './no-proxy.js';
 
@@ -42,7 +53,10 @@ export interface DialOptions {
 }
 
 export interface DialedServer {
-  ws: WebSocket;
+  /** The upgraded socket, not yet read from: hand it to createWebSocketDuplex with `head`. */
+  socket: Duplex;
+  /** Bytes the server sent right behind its 101, in the same read (e.g. its first yamux ping). */
+  head: Buffer;
   url: string;
   /** The proxy the socket went through, credentials masked; undefined when direct. */
   proxy: string | undefined;
@@ -85,25 +99,29 @@ export async function dial(options: DialOptions): Promise<DialedServer> {
       throw new TunnelError('TUN_ERR_TRANSPORT_CLOSED', `cannot read caFile ${options.caFile}`, { cause });
     }
   }
-  const wsOptions: ClientOptions = {
-    headers: { Authorization: `Bearer ${options.token}` },
-    perMessageDeflate: false,
-    handshakeTimeout: options.timeoutMs,
-    followRedirects: false,
+  const key = createWebSocketKey();
+  const requestOptions: https.RequestOptions = {
+    method: 'GET',
+    headers: { ...upgradeRequestHeaders(key), Authorization: `Bearer ${options.token}` },
     ...(ca === undefined ? {} : { ca }),
     ...(options.serverName === undefined ? {} : { servername: options.serverName }),
     // https-proxy-agent issues CONNECT (with Proxy-Authorization from the URL's credentials),
     // then starts TLS to the server with the ca/servername above: the proxy sees only ciphertext.
-    ...(useProxy ? { agent: new HttpsProxyAgent(options.proxyUrl as string) } : {}),
+    // Direct, a one-off agent: the connection becomes the session, it never goes back to a pool.
+    agent: useProxy ? new HttpsProxyAgent(options.proxyUrl as string) : false,
   };
   const proxy = useProxy ? maskCredentials(options.proxyUrl as string) : undefined;
   if (options.signal?.aborted) throw abortedError();
-  const ws = new WebSocket(url, wsOptions);
+  // ws: is only accepted for loopback servers (config validation); everything else is wss:.
+  const req: ClientRequest =
+    target.protocol === 'wss:'
+      ? https.request(httpUrl(target), requestOptions)
+      : http.request(httpUrl(target), requestOptions);
 
   return new Promise<DialedServer>((resolve, reject) => {
     let settled = false;
     const signal = options.signal;
-    // ws's handshakeTimeout is a socket idle timer: it does not cover a proxy CONNECT that hangs.
+    // One deadline for everything: TCP, a proxy CONNECT that hangs, TLS, the server's answer.
     const timer = setTimeout(() => {
       fail(
         new TunnelError('TUN_ERR_TIMEOUT', `no WebSocket to ${url} within ${options.timeoutMs} ms`, {
@@ -115,22 +133,36 @@ export async function dial(options: DialOptions): Promise<DialedServer> {
     const cleanup = (): void => {
       settled = true;
       clearTimeout(timer);
-      ws.off('open', onOpen);
-      ws.off('error', onError);
-      ws.off('unexpected-response', onUnexpectedResponse);
+      req.off('upgrade', onUpgrade);
+      req.off('response', onResponse);
+      req.off('error', onError);
+      // A late error (e.g. from destroying it) has nobody left to tell.
+      req.on('error', ignoreError);
       signal?.removeEventListener('abort', onAbort);
     };
-    const fail = (err: TunnelError): void => {
+    const fail = (err: TunnelError, socket?: Duplex): void => {
+      socket?.destroy();
       if (settled) return;
       cleanup();
-      // terminate() during the handshake emits 'error' on a later tick: nobody needs it.
-      ws.on('error', ignoreError);
-      ws.terminate();
+      req.destroy();
       reject(err);
     };
-    function onOpen(): void {
+    function onUpgrade(res: IncomingMessage, socket: Duplex, head: Buffer): void {
+      // Until the caller wraps it, an error on the socket must not go unhandled; the duplex then
+      // finds the socket destroyed and fails itself.
+      socket.on('error', ignoreError);
+      if (settled) return void socket.destroy();
+      try {
+        checkUpgradeResponse(res, key);
+      } catch (err) {
+        const e = err as TunnelError;
+        fail(new TunnelError(e.code, e.message, { retryable: true, details: e.details }), socket);
+        return;
+      }
       cleanup();
-      resolve({ ws, url, proxy });
+      // node:http leaves the socket neither flowing nor paused, so nothing is read until the
+      // duplex attaches its listener: frames behind `head` wait in the socket.
+      resolve({ socket, head, url, proxy });
     }
     function onError(err: Error & { code?: string }): void {
       const via = proxy === undefined ? '' : ` via proxy ${proxy}`;
@@ -141,17 +173,26 @@ export async function dial(options: DialOptions): Promise<DialedServer> {
         }),
       );
     }
-    function onUnexpectedResponse(_req: ClientRequest, res: IncomingMessage): void {
+    // Any answer but 101 (a refusal, a proxy's 407 replayed by https-proxy-agent, a load balancer's page).
+    function onResponse(res: IncomingMessage): void {
       readBody(res, Math.min(options.timeoutMs, 5_000)).then((body) => fail(refusalError(res, body, proxy)));
     }
     function onAbort(): void {
       fail(abortedError());
     }
-    ws.on('open', onOpen);
-    ws.on('error', onError);
-    ws.on('unexpected-response', onUnexpectedResponse);
+    req.on('upgrade', onUpgrade);
+    req.on('response', onResponse);
+    req.on('error', onError);
     signal?.addEventListener('abort', onAbort);
+    req.end();
   });
+}
+
+/** The http(s): URL node:http requests for a ws(s): URL. */
+function httpUrl(target: URL): URL {
+  const u = new URL(target.href);
+  u.protocol = target.protocol === 'wss:' ? 'https:' : 'http:';
+  return u;
 }
 
 function ignoreError(): void {}

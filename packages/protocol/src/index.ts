@@ -13,7 +13,16 @@ export {
   type SessionStats,
 } from './session.js';
 export { YamuxStream } from './stream.js';
-export { createWebSocketDuplex } from './ws-duplex.js';
+export { createWebSocketDuplex, type WebSocketDuplexOptions } from './ws-duplex.js';
+export {
+  WEBSOCKET_VERSION,
+  createWebSocketKey,
+  webSocketAccept,
+  upgradeRequestHeaders,
+  checkUpgradeRequest,
+  upgradeResponseHead,
+  checkUpgradeResponse,
+} from './ws-handshake.js';
 export * from './config-schema.js';
 export * from './route-name.js';
 export * from './control.js';

@@ -1,131 +1,197 @@
 /**
- * A byte Duplex over a `ws` WebSocket: each write leaves as binary messages, each binary message
- * arrives as bytes. Message boundaries carry no meaning (the frame decoder re-chunks), so the
- * adapter is free to coalesce and split.
+ * A byte Duplex over a WebSocket: the caller has done the opening handshake (ws-handshake.ts: the
+ * server's 'upgrade' handler, the agent's dialer) and hands over the upgraded socket, and this
+ * adapter speaks RFC 6455 frames on it (ws-frame-encoder.ts, ws-frame-decoder.ts). Message
+ * boundaries carry no meaning (the yamux decoder re-chunks), so each write batch leaves as one
+ * binary frame (several beyond the frame size limits), and received payload is handed on piece by
+ * piece as TLS delivers it.
+ *
+ * Why not the `ws` library: it reassembles every message into a new buffer when it spans several
+ * socket reads (a 64 KiB message spans four 16 KiB TLS reads), sends each message as its own
+ * socket write (a yamux header and its payload were two messages, two TLS records, two syscalls),
+ * and masks into a fresh buffer per message. In bulk transfer those copies and allocations were
+ * most of the tunnel's CPU beyond TLS itself (bench/README.md).
  *
  * A WebSocket cannot half-close: once either side sends its close frame, the other answers and
- * the connection ends. So `end()` here ends both directions (the peer sees 'end'), and
- * the Duplex is created with `allowHalfOpen: false`. Stream half-close lives in yamux (FIN).
+ * the connection ends. So `end()` here ends both directions (the peer sees 'end'), and the
+ * Duplex is created with `allowHalfOpen: false`. Stream half-close lives in yamux (FIN).
  */
+import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
-import type { RawData, WebSocket } from 'ws';
 import { TunnelError } from './errors.js';
+import { WebSocketFrameDecoder, WsOpcode } from './ws-frame-decoder.js';
+import { encodeControlFrame, encodeMasked, encodeUnmasked, releaseSlabs } from './ws-frame-encoder.js';
 
 export interface WebSocketDuplexOptions {
-  /** Writes complete at once while `ws.bufferedAmount` is at or below this; above it they wait for the socket. */
+  /**
+   * Which end of the WebSocket this is. A client masks every frame and expects unmasked frames;
+   * a server the reverse (RFC 6455 §5.1).
+   */
+  role: 'client' | 'server';
+  /**
+   * Bytes that arrived behind the handshake in the same read (the `head` of node:http's
+   * 'upgrade' event): the first frame bytes, read before anything from the socket.
+   */
+  head?: Buffer;
+  /** Writes complete at once while the socket buffers at most this; above it they wait for the socket. */
   highWaterMarkBytes?: number;
 }
 
 const DEFAULT_HIGH_WATER_MARK_BYTES = 1024 * 1024;
-// Chunks below this are merged with their neighbours; larger ones are sent as they are.
-const SMALL_CHUNK_BYTES = 16 * 1024;
-// Merged groups stay below this.
-const PACK_LIMIT_BYTES = 64 * 1024;
-// Larger chunks are split so no message nears the peer's maxPayload (ws default 100 MiB).
-const MAX_MESSAGE_BYTES = 1024 * 1024;
 // Received bytes held before the socket is paused.
 const READABLE_HIGH_WATER_MARK_BYTES = 256 * 1024;
 // 1000 is a normal closure; 1005 is a close frame that carried no status code.
 const CLEAN_CLOSE_CODES: ReadonlySet<number> = new Set([1000, 1005]);
+const CLOSE_NORMAL = 1000;
+const CLOSE_PROTOCOL_ERROR = 1002;
+// The code RFC 6455 §7.1.5 gives a connection that ended without a close frame.
+const CLOSE_ABNORMAL = 1006;
+// After our close frame went out because of an error, how long the peer may take to hang up.
+const ERROR_CLOSE_LINGER_MS = 1_000;
 
 type Callback = (err?: Error | null) => void;
 
-export function createWebSocketDuplex(ws: WebSocket, opts: WebSocketDuplexOptions = {}): Duplex {
+export function createWebSocketDuplex(socket: Duplex, opts: WebSocketDuplexOptions): Duplex {
   const highWaterMarkBytes = opts.highWaterMarkBytes ?? DEFAULT_HIGH_WATER_MARK_BYTES;
-  // Writable runs one write or final at a time, so at most one action waits for the handshake.
-  let whenOpen: (() => void) | null = null;
+  // Client frames are masked (RFC 6455 §5.3), server frames never.
+  const masked = opts.role === 'client';
+  const decoder = new WebSocketFrameDecoder({ onData, onControl }, opts.role === 'server');
   // Our close frame is out; 'finish' waits until the peer answered, i.e. has every byte.
   let finalCallback: Callback | null = null;
-
-  ws.binaryType = 'nodebuffer';
+  let closeSent = false;
+  let closeReceived = false;
+  // We paused the socket because the consumer is behind.
+  let paused = false;
+  // Whether the consumer still wants data after the pieces of one socket read.
+  let wantMore = true;
 
   const duplex = new Duplex({
     allowHalfOpen: false,
     readableHighWaterMark: READABLE_HIGH_WATER_MARK_BYTES,
     write(chunk: Buffer, _encoding, cb: Callback) {
-      whenReady(cb, () => send(split(chunk), cb));
+      ifOpen(cb, () => send([chunk], cb));
     },
     writev(chunks: Array<{ chunk: Buffer }>, cb: Callback) {
-      const messages = pack(chunks.map((c) => c.chunk));
-      whenReady(cb, () => send(messages, cb));
+      const buffers = chunks.map((c) => c.chunk);
+      ifOpen(cb, () => send(buffers, cb));
     },
     read() {
-      // The consumer wants more: let ws read the socket again.
-      if (ws.isPaused) ws.resume();
+      // The consumer wants more: read the socket again.
+      if (paused) {
+        paused = false;
+        socket.resume();
+      }
     },
     final(cb: Callback) {
-      if (ws.readyState === ws.CLOSED) return cb(); // the peer closed first and we saw it cleanly
-      if (ws.readyState === ws.CLOSING) {
+      if (closeReceived) return cb(); // the peer closed first and we answered
+      ifOpen(cb, () => {
         finalCallback = cb;
-        return;
-      }
-      // ws queues the close frame behind every message already sent, so nothing is cut off.
-      whenReady(cb, () => {
-        finalCallback = cb;
-        ws.close(1000);
+        sendClose(CLOSE_NORMAL);
       });
     },
     destroy(err, cb) {
       teardown();
-      if (ws.readyState !== ws.CLOSED) ws.terminate();
+      if (closeSent && socket.writableEnded && !socket.destroyed) {
+        // An error close frame is on its way: give it a moment, then hang up regardless.
+        setTimeout(() => socket.destroy(), ERROR_CLOSE_LINGER_MS).unref();
+      } else {
+        socket.destroy();
+      }
       cb(err);
     },
   });
 
-  function whenReady(cb: Callback, action: () => void): void {
-    if (ws.readyState === ws.OPEN) action();
-    else if (ws.readyState === ws.CONNECTING) whenOpen = action;
+  function ifOpen(cb: Callback, action: () => void): void {
+    if (!closeSent) action();
     else cb(closedError('the WebSocket is closed'));
   }
 
-  function send(messages: Buffer[], cb: Callback): void {
+  function send(chunks: Buffer[], cb: Callback): void {
+    const batch = masked ? encodeMasked(chunks) : encodeUnmasked(chunks);
+    if (batch.buffers.length === 0) return cb(); // only empty chunks: nothing to frame
     let waiting = false;
-    let lastDone = false;
-    let lastErr: Error | null = null;
-    messages.forEach((message, i) => {
-      const isLast = i === messages.length - 1;
-      ws.send(message, { binary: true }, (err) => {
-        const mapped = err ? closedError('the WebSocket closed before the data was sent', err) : null;
-        if (isLast && waiting) return cb(mapped);
-        if (isLast) {
-          lastDone = true;
-          lastErr = mapped;
-        }
-        if (mapped) duplex.destroy(mapped);
-      });
+    let done = false;
+    let doneErr: Error | null = null;
+    const last = batch.buffers.length - 1;
+    socket.cork();
+    for (let i = 0; i < last; i++) socket.write(batch.buffers[i]);
+    // Callbacks run in write order, so the last one means the socket is done with every buffer.
+    socket.write(batch.buffers[last], (err?: Error | null) => {
+      releaseSlabs(batch.slabs);
+      const mapped = err ? closedError('the WebSocket closed before the data was sent', err) : null;
+      if (mapped) duplex.destroy(mapped);
+      if (waiting) cb(mapped);
+      else {
+        done = true;
+        doneErr = mapped;
+      }
     });
-    // Completing at once while ws holds little keeps the pipe full without a round-trip per write;
-    // above the mark, wait until the socket has taken the last message. Memory stays at most the
-    // mark plus one write. (Callers must not reuse a buffer after writing it.)
-    if (lastDone || ws.bufferedAmount <= highWaterMarkBytes) cb(lastErr);
+    socket.uncork();
+    // Completing at once while the socket holds little keeps the pipe full without a round trip
+    // per write; above the mark, wait until the socket has taken this batch. Memory stays at most
+    // the mark plus one batch. (Callers must not reuse a buffer after writing it.)
+    if (done || socket.writableLength <= highWaterMarkBytes) cb(doneErr);
     else waiting = true;
   }
 
-  function onOpen(): void {
-    const action = whenOpen;
-    whenOpen = null;
-    action?.();
+  function sendControl(opcode: number, payload: Buffer): void {
+    socket.write(encodeControlFrame(opcode, payload, masked));
   }
 
-  function onMessage(data: RawData, isBinary: boolean): void {
-    if (!isBinary) {
-      duplex.destroy(
-        new TunnelError('TUN_ERR_PROTOCOL', 'received a text WebSocket message; only binary is allowed'),
-      );
+  function sendClose(code: number): void {
+    if (closeSent) return;
+    closeSent = true;
+    const payload = Buffer.allocUnsafe(2);
+    payload.writeUInt16BE(code, 0);
+    sendControl(WsOpcode.Close, payload);
+  }
+
+  function onSocketData(chunk: Buffer): void {
+    if (duplex.destroyed) return;
+    wantMore = true;
+    try {
+      decoder.push(chunk);
+    } catch (err) {
+      // RFC 6455 §7.4.1: 1002 tells the peer why before the connection goes.
+      if (!closeSent) sendClose(CLOSE_PROTOCOL_ERROR);
+      socket.end();
+      duplex.destroy(err as Error);
       return;
     }
-    const chunks = Array.isArray(data) ? data : [Buffer.isBuffer(data) ? data : Buffer.from(data)];
-    let wantMore = true;
-    for (const chunk of chunks) {
-      if (chunk.length > 0) wantMore = duplex.push(chunk) && wantMore;
-    }
     // The consumer is behind: stop reading the socket so TCP pushes back on the sender.
-    if (!wantMore) ws.pause();
+    if (!wantMore && !paused && !duplex.destroyed) {
+      paused = true;
+      socket.pause();
+    }
   }
 
-  function onClose(code: number, reason: Buffer): void {
+  function onData(piece: Buffer): void {
+    if (closeReceived || duplex.destroyed) return;
+    if (!duplex.push(piece)) wantMore = false;
+  }
+
+  function onControl(opcode: number, payload: Buffer): void {
+    if (closeReceived || duplex.destroyed) return;
+    if (opcode === WsOpcode.Ping) {
+      if (!closeSent) sendControl(WsOpcode.Pong, payload);
+      return;
+    }
+    if (opcode !== WsOpcode.Close) return; // a pong: we never ping at this layer (yamux does)
+    if (payload.length === 1) {
+      throw new TunnelError('TUN_ERR_PROTOCOL', 'malformed WebSocket frame: a close frame of 1 byte', {
+        details: { websocket: 'close frame of 1 byte' },
+      });
+    }
+    closeReceived = true;
+    const code = payload.length >= 2 ? payload.readUInt16BE(0) : 1005;
+    // Answer with the same code (RFC 6455 §5.5.1); both close frames sent, TCP may go.
+    if (!closeSent) {
+      closeSent = true;
+      sendControl(WsOpcode.Close, payload.subarray(0, 2));
+    }
+    socket.end();
     if (!CLEAN_CLOSE_CODES.has(code)) {
-      const details = { code, reason: reason.toString() };
+      const details = { code, reason: payload.subarray(2).toString() };
       duplex.destroy(
         new TunnelError('TUN_ERR_TRANSPORT_CLOSED', `the WebSocket closed with code ${code}`, { details }),
       );
@@ -137,70 +203,62 @@ export function createWebSocketDuplex(ws: WebSocket, opts: WebSocketDuplexOption
     duplex.push(null);
   }
 
-  function onError(err: Error): void {
+  function onSocketEnd(): void {
+    if (closeReceived) return;
+    duplex.destroy(abnormalClose());
+  }
+
+  function onSocketClose(): void {
+    if (!closeReceived && !duplex.destroyed) duplex.destroy(abnormalClose());
+  }
+
+  function onSocketError(err: Error): void {
     duplex.destroy(closedError('the WebSocket failed', err));
   }
 
-  // terminate() during the handshake emits 'error' on a later tick; after teardown nobody cares.
+  // After teardown nobody cares about a late error (e.g. a reset during the linger).
   function ignoreLateError(): void {}
 
   function teardown(): void {
-    whenOpen = null;
     finalCallback = null;
-    ws.off('open', onOpen);
-    ws.off('message', onMessage);
-    ws.off('close', onClose);
-    ws.off('error', onError);
-    ws.on('error', ignoreLateError);
+    socket.off('data', onSocketData);
+    socket.off('end', onSocketEnd);
+    socket.off('close', onSocketClose);
+    socket.off('error', onSocketError);
+    socket.on('error', ignoreLateError);
   }
 
-  ws.on('open', onOpen);
-  ws.on('message', onMessage);
-  ws.on('close', onClose);
-  ws.on('error', onError);
-  // Handed a socket that is already going away: no 'close' will come to end the readable side.
-  if (ws.readyState === ws.CLOSING || ws.readyState === ws.CLOSED)
+  if (socket.destroyed || !socket.readable || !socket.writable) {
+    // Handed a socket that is already gone (e.g. reset between the handshake and now): no close
+    // frame will ever come to end the readable side.
+    socket.on('error', ignoreLateError);
     duplex.destroy(closedError('the WebSocket is closed'));
+    return duplex;
+  }
+  if (socket instanceof Socket) {
+    // Frames are whole when written: Nagle would only delay the last segment of each. And an
+    // idle session is yamux's business (keepalive pings), not a socket timeout's.
+    socket.setNoDelay(true);
+    socket.setTimeout(0);
+  }
+  socket.on('end', onSocketEnd);
+  socket.on('close', onSocketClose);
+  socket.on('error', onSocketError);
+  // The head comes before anything the socket delivers: 'data' listeners only see later reads.
+  if (opts.head !== undefined && opts.head.length > 0) onSocketData(opts.head);
+  if (!duplex.destroyed) {
+    socket.on('data', onSocketData);
+    // node:http leaves an upgraded socket neither flowing nor paused; make sure it flows (unless
+    // the head already filled the consumer and onSocketData paused it).
+    if (!paused) socket.resume();
+  }
   return duplex;
 }
 
-/**
- * Packs a writev batch into messages: small chunks (frame headers, window updates, short
- * payloads) are merged up to PACK_LIMIT_BYTES, so a 12-byte yamux header never travels as a
- * message of its own; a large chunk goes out as its own message, uncopied (ws copies it once
- * more to mask it, and a second copy here cost 0.6 CPU s/GB and full GCs in bench/mux.js).
- */
-function pack(buffers: Buffer[]): Buffer[] {
-  const messages: Buffer[] = [];
-  let group: Buffer[] = [];
-  let groupBytes = 0;
-  const flush = (): void => {
-    if (group.length === 1) messages.push(group[0]!);
-    else if (group.length > 1) messages.push(Buffer.concat(group, groupBytes));
-    group = [];
-    groupBytes = 0;
-  };
-  for (const buffer of buffers) {
-    if (buffer.length >= SMALL_CHUNK_BYTES) {
-      flush();
-      messages.push(...split(buffer));
-      continue;
-    }
-    if (groupBytes + buffer.length > PACK_LIMIT_BYTES) flush();
-    group.push(buffer);
-    groupBytes += buffer.length;
-  }
-  flush();
-  return messages;
-}
-
-function split(chunk: Buffer): Buffer[] {
-  if (chunk.length <= MAX_MESSAGE_BYTES) return [chunk];
-  const parts: Buffer[] = [];
-  for (let offset = 0; offset < chunk.length; offset += MAX_MESSAGE_BYTES) {
-    parts.push(chunk.subarray(offset, offset + MAX_MESSAGE_BYTES));
-  }
-  return parts;
+function abnormalClose(): TunnelError {
+  return new TunnelError('TUN_ERR_TRANSPORT_CLOSED', `the WebSocket closed with code ${CLOSE_ABNORMAL}`, {
+    details: { code: CLOSE_ABNORMAL, reason: '' },
+  });
 }
 
 function closedError(message: string, cause?: unknown): TunnelError {

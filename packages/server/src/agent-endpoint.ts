@@ -1,13 +1,15 @@
-import type { IncomingMessage } from 'node:http';
+import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer, type WebSocket } from 'ws';
 import {
   CONTROL_PROTOCOL_VERSION,
   ControlChannel,
   TunnelError,
+  WEBSOCKET_VERSION,
   YamuxSession,
+  checkUpgradeRequest,
   clusterOfLabel,
   createWebSocketDuplex,
+  upgradeResponseHead,
   type ErrorCode,
   type Logger,
   type YamuxStream,
@@ -45,12 +47,12 @@ export interface AgentEndpointOptions {
 }
 
 /**
- * The agent side of the public port: authenticates the WebSocket upgrade (a refused agent costs
- * one HTTP response, no WebSocket), runs the yamux session and the register handshake, and puts
- * the agent's routes into the registry.
+ * The agent side of the public port: checks and authenticates the WebSocket upgrade (a refused
+ * agent costs one HTTP response, no WebSocket), answers the RFC 6455 handshake itself
+ * (ws-handshake.ts), runs the yamux session and the register handshake, and puts the agent's
+ * routes into the registry.
  */
 export class AgentEndpoint {
-  private readonly wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 * 1024 });
   private readonly pending = new Set<YamuxSession>();
 
   constructor(private readonly o: AgentEndpointOptions) {}
@@ -60,6 +62,25 @@ export class AgentEndpoint {
     socket.on('error', () => undefined);
     if (new URL(req.url ?? '/', 'http://x').pathname !== AGENT_PATH) {
       refuse(socket, 404, 'TUN_ERR_PROTOCOL', 'no such endpoint');
+      return;
+    }
+    let key: string;
+    try {
+      // Cheap checks first: a request that is no WebSocket upgrade costs no token verification.
+      key = checkUpgradeRequest(req);
+    } catch (err) {
+      const e = err as TunnelError;
+      const status = e.details?.status as number;
+      this.o.metrics.agentRefusals.inc({ code: e.code });
+      this.o.log.warn({ code: e.code, status, remoteAddress, err: e.message }, 'agent refused');
+      // RFC 6455 §4.4: a 426 names the version the server speaks.
+      refuse(
+        socket,
+        status,
+        e.code,
+        e.message,
+        status === 426 ? { 'Sec-WebSocket-Version': WEBSOCKET_VERSION } : {},
+      );
       return;
     }
     let token: VerifiedToken;
@@ -76,20 +97,21 @@ export class AgentEndpoint {
       refuse(socket, HTTP_STATUS[e.code] ?? 401, e.code, e.message);
       return;
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.onWebSocket(ws, token, remoteAddress));
+    // The agent may have left while its token was verified.
+    if (socket.destroyed || !socket.writable) return;
+    socket.write(upgradeResponseHead(key));
+    this.onWebSocket(socket, head, token, remoteAddress);
   }
 
   /** Sends GoAway to every agent and waits for their streams (bounded by the caller). */
   async close(): Promise<void> {
     for (const s of this.pending) s.destroy();
     await Promise.all(this.o.registry.all().map((a) => a.close()));
-    this.wss.close();
   }
 
   destroy(): void {
     for (const s of this.pending) s.destroy();
     for (const a of this.o.registry.all()) a.destroy();
-    this.wss.close();
   }
 
   private async authenticate(req: IncomingMessage): Promise<VerifiedToken> {
@@ -99,8 +121,8 @@ export class AgentEndpoint {
     return this.o.verifier.verify(match[1]!);
   }
 
-  private onWebSocket(ws: WebSocket, token: VerifiedToken, remoteAddress: string): void {
-    const session = new YamuxSession(createWebSocketDuplex(ws), {
+  private onWebSocket(socket: Duplex, head: Buffer, token: VerifiedToken, remoteAddress: string): void {
+    const session = new YamuxSession(createWebSocketDuplex(socket, { role: 'server', head }), {
       role: 'server',
       keepaliveIntervalMs: this.o.keepaliveIntervalMs,
       keepaliveTimeoutMs: this.o.keepaliveTimeoutMs,
@@ -197,17 +219,18 @@ function firstStream(session: YamuxSession, timeoutMs: number): Promise<YamuxStr
 }
 
 /** A refused upgrade: a plain HTTP response with the coded reason, then the socket closes. */
-function refuse(socket: Duplex, status: number, code: ErrorCode, message: string): void {
+function refuse(
+  socket: Duplex,
+  status: number,
+  code: ErrorCode,
+  message: string,
+  headers: Record<string, string> = {},
+): void {
   const body = JSON.stringify({ code, message });
-  const reason =
-    status === 401
-      ? 'Unauthorized'
-      : status === 403
-        ? 'Forbidden'
-        : status === 404
-          ? 'Not Found'
-          : 'Service Unavailable';
+  const extra = Object.entries(headers)
+    .map(([name, value]) => `${name}: ${value}\r\n`)
+    .join('');
   socket.end(
-    `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n${extra}Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
   );
 }

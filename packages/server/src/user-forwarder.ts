@@ -102,8 +102,20 @@ export class UserForwarder {
     socket.on('data', (chunk: Buffer) => {
       if (!stream.write(chunk)) socket.pause();
     });
+    // The stream delivers its payload as the agent link's TLS records arrive (16 KiB each, several
+    // per read); corked until the end of the tick, they leave in one writev, one syscall.
+    let corked = false;
+    const uncork = (): void => {
+      corked = false;
+      socket.uncork();
+    };
     stream.on('data', (chunk: Buffer) => {
       bytesOut += chunk.length;
+      if (!corked) {
+        corked = true;
+        socket.cork();
+        process.nextTick(uncork);
+      }
       if (!socket.write(chunk)) stream.pause();
     });
     stream.on('drain', () => socket.resume());

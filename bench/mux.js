@@ -32,6 +32,7 @@ import { parseArgs } from 'node:util';
 import selfsigned from 'selfsigned';
 import { WebSocket, WebSocketServer } from 'ws';
 import { summarizeProfile } from './lib/profile.js';
+import { sendUpgrade } from './lib/upgrade.js';
 
 // The built protocol package (or, with --protocol <dir>, another build of it: A/B comparisons).
 const DEFAULT_PROTOCOL_DIR = path.join(
@@ -537,21 +538,7 @@ async function upgrade(port, ms) {
     rejectUnauthorized: false, // a throwaway self-signed certificate on loopback
     agent: false,
   });
-  const upgraded = new Promise((resolve, reject) => {
-    req.once('upgrade', (res, socket, head) => {
-      socket.on('error', () => undefined);
-      try {
-        handshake.checkUpgradeResponse(res, key);
-        resolve({ socket, head });
-      } catch (err) {
-        socket.destroy();
-        reject(err);
-      }
-    });
-    req.once('response', (res) => reject(new Error(`HTTP ${res.statusCode}`)));
-    req.once('error', reject);
-  });
-  req.end();
+  const upgraded = sendUpgrade(req, key, handshake.checkUpgradeResponse);
   return withTimeout(upgraded, ms, 'wss upgrade').catch((err) => {
     req.destroy();
     throw err;

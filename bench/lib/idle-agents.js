@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { WebSocket } from 'ws';
 import { pool } from './pool.js';
+import { sendUpgrade } from './upgrade.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const {
@@ -81,22 +82,8 @@ async function openAgent(i) {
     agent: false,
     timeout: TIMEOUT_MS,
   });
-  const { socket, head } = await new Promise((resolve, reject) => {
-    req.once('upgrade', (res, socket, head) => {
-      socket.on('error', () => undefined);
-      try {
-        checkUpgradeResponse(res, key);
-        resolve({ socket, head });
-      } catch (err) {
-        socket.destroy();
-        reject(err);
-      }
-    });
-    req.once('response', (res) => reject(new Error(`HTTP ${res.statusCode}`)));
-    req.once('error', reject);
-    req.once('timeout', () => req.destroy(new Error('upgrade timed out')));
-    req.end();
-  });
+  req.once('timeout', () => req.destroy(new Error('upgrade timed out')));
+  const { socket, head } = await sendUpgrade(req, key, checkUpgradeResponse);
   // No keepalive from this side: the server still pings every session (its own keepalive).
   const duplex = createWebSocketDuplex(socket, { role: 'client', head });
   const session = new YamuxSession(duplex, { role: 'client', keepaliveIntervalMs: 0 });

@@ -11,7 +11,7 @@
  */
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { TunnelError, encodeStreamReply, readStreamHeader } from '@cluster-tunnel/protocol';
+import { TunnelError, encodeStreamReply, readStreamHeader, spliceBytes } from '@cluster-tunnel/protocol';
 import type { ErrorCode, Logger, StreamHeader } from '@cluster-tunnel/protocol';
 import type { RouteTable } from './route-table.js';
 import type { TargetDialer } from './target-dialer.js';
@@ -149,30 +149,7 @@ function splice(stream: Duplex, socket: net.Socket, reply: Buffer): Promise<Spli
     const early = stream.read() as Buffer | null;
     if (early !== null) socket.write(early);
     stream.write(reply);
-    // One hand-written forwarder instead of two pipe() calls: fewer listeners per held
-    // connection (bench S5 counts thousands of them).
-    socket.on('data', (chunk: Buffer) => {
-      if (!stream.write(chunk)) socket.pause();
-    });
-    // The stream delivers its payload as the server link's TLS records arrive (16 KiB each,
-    // several per read); corked until the end of the tick, they leave in one writev, one syscall.
-    let corked = false;
-    const uncork = (): void => {
-      corked = false;
-      socket.uncork();
-    };
-    stream.on('data', (chunk: Buffer) => {
-      if (!corked) {
-        corked = true;
-        socket.cork();
-        process.nextTick(uncork);
-      }
-      if (!socket.write(chunk)) stream.pause();
-    });
-    stream.on('drain', () => socket.resume());
-    socket.on('drain', () => stream.resume());
-    socket.on('end', () => stream.end());
-    stream.on('end', () => socket.end());
+    spliceBytes(socket, stream);
     stream.resume(); // left paused by readStreamHeader
     socket.resume(); // a spare holding a greeting was left paused
   });

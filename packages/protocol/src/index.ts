@@ -28,3 +28,4 @@ export * from './route-name.js';
 export * from './control.js';
 export * from './stream-header.js';
 export * from './logger.js';
+export * from './splice.js';

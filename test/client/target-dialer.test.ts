@@ -4,46 +4,12 @@
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { describe, expect, onTestFinished, test } from 'vitest';
-import type { Clock } from '@cluster-tunnel/protocol';
 import { RouteTable } from '../../packages/client/src/route-table.js';
 import type { RouteEntry } from '../../packages/client/src/route-table.js';
 import { TargetDialer } from '../../packages/client/src/target-dialer.js';
 import type { TargetDialerOptions } from '../../packages/client/src/target-dialer.js';
+import { ManualClock } from '../helpers/manual-clock.js';
 import { captureLogs, readBytes, until } from './fixtures.js';
-
-/** A Clock that moves only when told: `advance(ms)` runs the timers that fall due. */
-class ManualClock implements Clock {
-  private nowMs = 0;
-  private nextHandle = 1;
-  private readonly timers = new Map<number, { at: number; fn: () => void }>();
-
-  now(): number {
-    return this.nowMs;
-  }
-
-  setTimeout(fn: () => void, ms: number): unknown {
-    const handle = this.nextHandle++;
-    this.timers.set(handle, { at: this.nowMs + ms, fn });
-    return handle;
-  }
-
-  clearTimeout(handle: unknown): void {
-    if (typeof handle === 'number') this.timers.delete(handle);
-  }
-
-  get pending(): number {
-    return this.timers.size;
-  }
-
-  advance(ms: number): void {
-    this.nowMs += ms;
-    for (const [handle, t] of [...this.timers].sort((x, y) => x[1].at - y[1].at)) {
-      if (t.at > this.nowMs) break;
-      this.timers.delete(handle);
-      t.fn();
-    }
-  }
-}
 
 /**
  * A target that records every connection it accepts; `greeting` is written on accept (a

@@ -17,12 +17,12 @@ import {
   HEADER_BYTES,
   TunnelError,
   YamuxSession,
-  type Clock,
   type ErrorCode,
   type FrameHeader,
   type SessionOptions,
   type YamuxStream,
 } from '../../packages/protocol/src/index.js';
+import { ManualClock } from '../helpers/manual-clock.js';
 import { recordClientToServerBytes } from '../helpers/session-recording.js';
 import { closeOf, echoStreams } from '../helpers/sessions.js';
 import { flushIo, pipePairForTest, readToEnd, sha256, withDeadline } from '../helpers/streams.js';
@@ -559,43 +559,6 @@ describe('fuzzing a session with broken input', () => {
 });
 
 // ---- keepalive on a fake clock ----
-
-/** A Clock that moves only when told: `advance(ms)` runs every timer that falls due, in order. */
-class ManualClock implements Clock {
-  private nowMs = 0;
-  private nextHandle = 1;
-  private readonly timers = new Map<number, { at: number; fn: () => void }>();
-
-  now(): number {
-    return this.nowMs;
-  }
-
-  setTimeout(fn: () => void, ms: number): unknown {
-    const handle = this.nextHandle++;
-    this.timers.set(handle, { at: this.nowMs + Math.max(0, ms), fn });
-    return handle;
-  }
-
-  clearTimeout(handle: unknown): void {
-    if (typeof handle === 'number') this.timers.delete(handle);
-  }
-
-  advance(ms: number): void {
-    const target = this.nowMs + ms;
-    // Bounded: a timer that re-arms itself at 0 ms cannot spin for ever.
-    for (let fired = 0; fired < 10_000; fired++) {
-      let due: [number, { at: number; fn: () => void }] | undefined;
-      for (const entry of this.timers) {
-        if (entry[1].at <= target && (due === undefined || entry[1].at < due[1].at)) due = entry;
-      }
-      if (!due) break;
-      this.timers.delete(due[0]);
-      this.nowMs = due[1].at;
-      due[1].fn();
-    }
-    this.nowMs = target;
-  }
-}
 
 describe('keepalive on a fake clock', () => {
   const keepaliveIntervalMs = 1_000;

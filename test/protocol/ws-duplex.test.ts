@@ -17,6 +17,7 @@ import { nativeMaskLoaded } from '../../packages/protocol/src/ws-mask.js';
 import {
   checkUpgradeRequest,
   createWebSocketKey,
+  upgradeRequestHeaders,
   upgradeResponseHead,
   webSocketAccept,
 } from '../../packages/protocol/src/ws-handshake.js';
@@ -114,8 +115,9 @@ async function rawClient(
   return { socket, received: () => Buffer.concat(chunks) };
 }
 
-function upgradeRequest(headers: Record<string, string>): string {
-  const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`);
+/** A raw upgrade request for `key`, with the headers our dialer sends (ws-handshake.ts). */
+function upgradeRequest(key: string): string {
+  const lines = Object.entries(upgradeRequestHeaders(key)).map(([k, v]) => `${k}: ${v}\r\n`);
   return `GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n${lines.join('')}\r\n`;
 }
 
@@ -353,12 +355,7 @@ describe('createWebSocketDuplex over wss', () => {
     onTestFinished(() => server.close());
     const upgraded = server.nextUpgrade();
     const key = createWebSocketKey();
-    const request = upgradeRequest({
-      Upgrade: 'websocket',
-      Connection: 'Upgrade',
-      'Sec-WebSocket-Version': '13',
-      'Sec-WebSocket-Key': key,
-    });
+    const request = upgradeRequest(key);
     const raw = await rawClient(server.url, request);
     const ours = wrap(await upgraded, 'server');
     raw.socket.write(Buffer.from([0x82, 0x01, 0x00]));
@@ -392,12 +389,7 @@ describe('createWebSocketDuplex over wss', () => {
     onTestFinished(() => server.close());
     const upgraded = server.nextUpgrade();
     const key = createWebSocketKey();
-    const request = upgradeRequest({
-      Upgrade: 'websocket',
-      Connection: 'Upgrade',
-      'Sec-WebSocket-Version': '13',
-      'Sec-WebSocket-Key': key,
-    });
+    const request = upgradeRequest(key);
     const raw = await rawClient(
       server.url,
       Buffer.concat([Buffer.from(request), maskedFrame(Buffer.from('early bytes'))]),

@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type { HostPort, Logger } from '@cluster-tunnel/protocol';
 import type { AgentRegistry } from './agent-registry.js';
 import type { ServerMetrics } from './metrics.js';
+import type { TcpRouteStatus } from './tcp-route.js';
 
 export interface AdminServerOptions {
   listen: HostPort;
@@ -12,7 +13,7 @@ export interface AdminServerOptions {
   log: Logger;
   isReady: () => boolean;
   /** The TCP routes' ports and whether an agent holds each label, for /status. */
-  tcpRoutes: () => ReadonlyArray<{ route: string; listen: string; connections: number; served: boolean }>;
+  tcpRoutes: () => readonly TcpRouteStatus[];
 }
 
 /** Plain HTTP for operators and probes: /metrics, /healthz, /readyz, /status (JSON). */

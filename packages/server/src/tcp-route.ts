@@ -16,6 +16,17 @@ export const tcpMode = {
   },
 } as const;
 
+/** One TCP route as /status shows it. */
+export interface TcpRouteStatus {
+  route: string;
+  /** host:port it listens on, or `closed`. */
+  listen: string;
+  /** User connections accepted there and still open. */
+  connections: number;
+  /** Whether a usable agent holds the label right now. */
+  served: boolean;
+}
+
 export interface TcpRouteListenerOptions {
   /** `name` is the route label; host:port is where to listen. */
   route: RouteTarget;

@@ -12,7 +12,7 @@ import { readClientHello } from './client-hello.js';
 import type { ServerConfig } from './config.js';
 import { ServerMetrics } from './metrics.js';
 import { routeLabelOf } from './passthrough.js';
-import { TcpRouteListener } from './tcp-route.js';
+import { TcpRouteListener, type TcpRouteStatus } from './tcp-route.js';
 import { TLS_ALERT } from './tls-alert.js';
 import { SIGNING_KEY_FILES, generateSigningKeyPair } from './token-issuer.js';
 import { TokenVerifier } from './token-verifier.js';
@@ -149,12 +149,7 @@ export class TunnelServer {
     return this.admin?.address;
   }
 
-  /** Route label → the port it listens on, for every TCP route. */
-  get tcpRouteAddresses(): ReadonlyMap<string, AddressInfo> {
-    return new Map(this.tcpRoutes.flatMap((r) => (r.address ? [[r.label, r.address] as const] : [])));
-  }
-
-  private tcpRouteStatus(): Array<{ route: string; listen: string; connections: number; served: boolean }> {
+  private tcpRouteStatus(): TcpRouteStatus[] {
     return this.tcpRoutes.map((r) => ({
       route: r.label,
       listen: r.address ? formatHostPort({ host: r.address.address, port: r.address.port }) : 'closed',

@@ -27,6 +27,10 @@ export const ERROR_CODES = {
   TUN_ERR_STREAMS_EXHAUSTED: { retryable: true, summary: 'no stream ids are left on this session' },
   TUN_ERR_BAD_CONTROL_MESSAGE: { retryable: false, summary: 'a control message was malformed or unexpected' },
   TUN_ERR_BAD_STREAM_HEADER: { retryable: false, summary: 'a stream header was malformed or too long' },
+  TUN_ERR_LIMIT_EXCEEDED: {
+    retryable: true,
+    summary: 'a peer went over one of the limits in docs/SECURITY.md (`details.limit` names it)',
+  },
   // Agent authentication and route ownership.
   TUN_ERR_AUTH_REQUIRED: { retryable: false, summary: 'the agent sent no bearer token' },
   TUN_ERR_TOKEN_INVALID: {

@@ -7,6 +7,7 @@ export {
   systemClock,
   resolveSessionOptions,
   DEFAULT_SESSION_OPTIONS,
+  MAX_UNSENT_REPLIES,
   type Clock,
   type SessionOptions,
   type ResolvedSessionOptions,

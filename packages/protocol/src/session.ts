@@ -30,6 +30,14 @@ export interface SessionOptions {
    * attached its handler); beyond this they are refused with RST.
    */
   acceptBacklog?: number;
+  /** Inbound streams open at once; a SYN beyond this is refused with RST. */
+  maxInboundStreams?: number;
+  /**
+   * The session's memory budget: received bytes its streams hold unread (with per-piece
+   * overhead). Above it the session stops reading the peer until its consumers catch up; a
+   * session that stays above it for keepaliveTimeoutMs is ended with TUN_ERR_LIMIT_EXCEEDED.
+   */
+  maxBufferedBytes?: number;
   /** 0 disables keepalive pings. */
   keepaliveIntervalMs?: number;
   /** A ping unanswered this long ends the session with TUN_ERR_TIMEOUT. */
@@ -49,6 +57,8 @@ export type ResolvedSessionOptions = Readonly<Required<SessionOptions>>;
 
 export const DEFAULT_SESSION_OPTIONS = Object.freeze({
   acceptBacklog: 256,
+  maxInboundStreams: 16_384,
+  maxBufferedBytes: 64 * 1024 * 1024,
   keepaliveIntervalMs: 30_000,
   keepaliveTimeoutMs: 10_000,
   initialWindowBytes: INITIAL_STREAM_WINDOW_BYTES,
@@ -74,6 +84,10 @@ export function resolveSessionOptions(options: SessionOptions): ResolvedSessionO
   }
   if (!(o.maxFrameBytes >= 1)) problems.push('maxFrameBytes must be positive');
   if (!(o.acceptBacklog >= 1)) problems.push('acceptBacklog must be positive');
+  if (!(o.maxInboundStreams >= 0)) problems.push('maxInboundStreams must be >= 0');
+  if (!(o.maxBufferedBytes >= o.initialWindowBytes)) {
+    problems.push('maxBufferedBytes must be at least initialWindowBytes');
+  }
   if (!(o.keepaliveIntervalMs >= 0)) problems.push('keepaliveIntervalMs must be >= 0');
   if (!(o.keepaliveTimeoutMs > 0)) problems.push('keepaliveTimeoutMs must be positive');
   if (problems.length > 0) {
@@ -97,6 +111,8 @@ export interface SessionStats {
   /** Bytes held in memory: transport write queue plus every stream's unread and unsent data. */
   bufferedBytes: number;
   rttMs: number | undefined;
+  /** We stopped reading the peer: it does not read our replies, or our consumers are behind. */
+  readPaused: boolean;
 }
 
 interface PendingPing {
@@ -105,6 +121,14 @@ interface PendingPing {
   reject: (err: TunnelError) => void;
   timer: unknown;
 }
+
+/**
+ * Frames we send only because the peer asked (ping answers, RSTs refusing its SYNs) that the
+ * transport has not taken yet. A peer that keeps asking without reading the answers is not
+ * read until they drain: its requests cannot grow our write buffer. Legitimate peers have a
+ * handful outstanding at most.
+ */
+export const MAX_UNSENT_REPLIES = 1024;
 
 const PROTOCOL_CODES: ReadonlySet<ErrorCode> = new Set([
   'TUN_ERR_BAD_VERSION',
@@ -148,6 +172,14 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   private bytesOut = 0;
   private blocked = 0;
   private failure: TunnelError | undefined;
+  private inboundOpen = 0;
+  /** Reply frames written to the transport whose write callback has not run yet. */
+  private unsentReplies = 0;
+  /** Received bytes held by streams (bufferedChanged), against maxBufferedBytes. */
+  private heldBytes = 0;
+  /** Why we stopped reading the peer, while we do. */
+  private readPause: 'replies' | 'buffered' | undefined;
+  private stallTimer: unknown;
 
   constructor(transport: Duplex, options: SessionOptions) {
     super();
@@ -212,6 +244,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
       blockedStreams: this.blocked,
       bufferedBytes: buffered,
       rttMs: this.lastRttMs,
+      readPaused: this.readPause !== undefined,
     };
   }
 
@@ -252,6 +285,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     this.destroyed = true;
     this.failure = err;
     this.clock.clearTimeout(this.keepaliveTimer);
+    this.clock.clearTimeout(this.stallTimer);
     const reason = err ?? new TunnelError('TUN_ERR_SESSION_CLOSED', 'session was closed');
     for (const ping of this.pings.values()) {
       this.clock.clearTimeout(ping.timer);
@@ -278,6 +312,12 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
 
   sendFrame(type: FrameType, flags: number, streamId: number, length: number, payload?: Buffer): boolean {
     if (this.destroyed || this.transport.writableEnded) return false;
+    this.corkUntilCheck();
+    this.transport.write(encodeHeader(type, flags, streamId, length));
+    return payload === undefined ? !this.transport.writableNeedDrain : this.transport.write(payload);
+  }
+
+  private corkUntilCheck(): void {
     if (!this.corked) {
       // Frames written until the event loop's check phase go out in one writev (one WebSocket
       // message, one TLS record, one syscall): every stream's data read in this loop turn, not
@@ -288,8 +328,6 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
       this.transport.cork();
       setImmediate(this.uncork);
     }
-    this.transport.write(encodeHeader(type, flags, streamId, length));
-    return payload === undefined ? !this.transport.writableNeedDrain : this.transport.write(payload);
   }
 
   whenDrained(cb: () => void): void {
@@ -298,7 +336,10 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   }
 
   streamGone(stream: YamuxStream): void {
-    if (this.streams.get(stream.id) === stream) this.streams.delete(stream.id);
+    if (this.streams.get(stream.id) === stream) {
+      this.streams.delete(stream.id);
+      if (stream.id % 2 === this.inboundParity) this.inboundOpen--;
+    }
     // A queued stream the peer reset frees its backlog slot.
     if (this.backlog.length > 0) this.backlog = this.backlog.filter((s) => s !== stream);
     this.maybeFinishClose();
@@ -306,6 +347,11 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
 
   blockedChanged(delta: number): void {
     this.blocked += delta;
+  }
+
+  bufferedChanged(delta: number): void {
+    this.heldBytes += delta;
+    if (delta < 0 && this.readPause !== undefined) this.maybeResumeReading();
   }
 
   countOut(bytes: number): void {
@@ -360,7 +406,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     const id = header.streamId;
     if (id === 0) throw this.badStreamId(header, 'stream id 0 on a stream frame');
     const existing = this.streams.get(id);
-    const inboundParity = this.options.role === 'client' ? 0 : 1;
+    const inboundParity = this.inboundParity;
     if (header.flags & Flag.SYN) {
       if (existing || id % 2 !== inboundParity || id <= this.lastInboundId) {
         throw this.badStreamId(header, existing ? 'SYN for an open stream' : 'SYN with a wrong or reused id');
@@ -374,14 +420,24 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     return undefined;
   }
 
+  /** Stream ids the peer opens are odd on the server, even on the client. */
+  private get inboundParity(): number {
+    return this.options.role === 'client' ? 0 : 1;
+  }
+
   private acceptInbound(header: FrameHeader): YamuxStream | undefined {
     const listening = this.listenerCount('stream') > 0;
-    if (this.localGoAway || (!listening && this.backlog.length >= this.options.acceptBacklog)) {
-      this.sendFrame(FrameType.WindowUpdate, Flag.RST, header.streamId, 0);
+    if (
+      this.localGoAway ||
+      this.inboundOpen >= this.options.maxInboundStreams ||
+      (!listening && this.backlog.length >= this.options.acceptBacklog)
+    ) {
+      this.sendReply(FrameType.WindowUpdate, Flag.RST, header.streamId, 0);
       return undefined;
     }
     const stream = new YamuxStream(this, header.streamId, false, this.options.initialWindowBytes);
     this.streams.set(header.streamId, stream);
+    this.inboundOpen++;
     if (listening) this.deliver(stream);
     else this.backlog.push(stream);
     return stream;
@@ -411,7 +467,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   private onPing(header: FrameHeader): void {
     if (header.streamId !== 0) throw this.badStreamId(header, 'ping on a stream');
     if (header.flags & Flag.SYN) {
-      this.sendFrame(FrameType.Ping, Flag.ACK, 0, header.length);
+      this.sendReply(FrameType.Ping, Flag.ACK, 0, header.length);
       return;
     }
     if (!(header.flags & Flag.ACK)) {
@@ -473,6 +529,66 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     this.emit('close', this.failure);
   }
 
+  /**
+   * A frame sent only because the peer asked for it. Counted until the transport has taken it
+   * (its write callback), so a peer that asks without reading cannot grow our write buffer.
+   */
+  private sendReply(type: FrameType, flags: number, streamId: number, length: number): void {
+    if (this.destroyed || this.transport.writableEnded) return;
+    this.corkUntilCheck();
+    this.unsentReplies++;
+    this.transport.write(encodeHeader(type, flags, streamId, length), this.onReplySent);
+  }
+
+  private readonly onReplySent = (): void => {
+    this.unsentReplies--;
+    if (this.readPause !== undefined) this.maybeResumeReading();
+  };
+
+  /** After each transport read: stop reading a peer that is over a limit (see SessionOptions). */
+  private checkReadLimits(): void {
+    if (this.readPause !== undefined || this.destroyed) return;
+    const reason =
+      this.unsentReplies > MAX_UNSENT_REPLIES
+        ? 'replies'
+        : this.heldBytes > this.options.maxBufferedBytes
+          ? 'buffered'
+          : undefined;
+    if (reason === undefined) return;
+    this.readPause = reason;
+    this.transport.pause();
+    this.clock.clearTimeout(this.stallTimer);
+    this.stallTimer = this.clock.setTimeout(this.onStall, this.options.keepaliveTimeoutMs);
+    this.emit('pause', reason);
+  }
+
+  private maybeResumeReading(): void {
+    // Hysteresis: resume well below the limits, so a peer at the edge does not flap.
+    if (this.unsentReplies > MAX_UNSENT_REPLIES / 2) return;
+    if (this.heldBytes > (this.options.maxBufferedBytes * 3) / 4) return;
+    this.readPause = undefined;
+    this.clock.clearTimeout(this.stallTimer);
+    if (!this.destroyed) this.transport.resume();
+  }
+
+  private readonly onStall = (): void => {
+    const reason = this.readPause;
+    if (reason === undefined || this.destroyed) return;
+    const what =
+      reason === 'replies'
+        ? `did not read ${MAX_UNSENT_REPLIES} answers to its own requests`
+        : `kept more than ${this.options.maxBufferedBytes} received bytes unread on this side`;
+    this.destroy(
+      new TunnelError(
+        'TUN_ERR_LIMIT_EXCEEDED',
+        `the peer ${what} for ${this.options.keepaliveTimeoutMs} ms`,
+        {
+          details: { limit: reason === 'replies' ? 'unsentReplies' : 'maxBufferedBytes' },
+        },
+      ),
+    );
+  };
+
   private readonly uncork = (): void => {
     this.corked = false;
     this.transport.uncork();
@@ -481,6 +597,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   private readonly onTransportData = (chunk: Buffer): void => {
     try {
       this.decoder.push(chunk);
+      this.checkReadLimits();
     } catch (err) {
       this.destroy(
         err instanceof TunnelError

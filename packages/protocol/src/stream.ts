@@ -15,10 +15,24 @@ export interface StreamHost {
   /** The stream has left the table: both sides closed, or reset. */
   streamGone(stream: YamuxStream): void;
   blockedChanged(delta: number): void;
+  /** This stream's received bytes held in memory grew (or shrank) by `delta` (the session's budget). */
+  bufferedChanged(delta: number): void;
   countOut(bytes: number): void;
   rttMs(): number | undefined;
   now(): number;
 }
+
+/**
+ * Received pieces held while the consumer is not taking them: a piece shorter than this, or one
+ * that would keep alive a read buffer more than twice its size, is copied into a merge slab.
+ * Without it, 1-byte Data frames cost a Buffer object (~100 bytes) each while the window counts
+ * one byte, and a small piece pins its whole TLS record.
+ */
+const MERGE_BELOW_BYTES = 4 * 1024;
+const MIN_SLAB_BYTES = 256;
+const MAX_SLAB_BYTES = 16 * 1024;
+/** What a held piece costs beyond its bytes (the Buffer object), for the session's budget. */
+const HELD_PIECE_OVERHEAD_BYTES = 128;
 
 const StreamState = {
   Open: 0,
@@ -51,6 +65,18 @@ export class YamuxStream extends Duplex {
   private pendingChunk: Buffer | undefined;
   private pendingOffset = 0;
   private pendingCb: ((err?: Error | null) => void) | undefined;
+  /**
+   * Received payload not yet pushed to the Readable, oldest first, then the open merge slab.
+   * Invariant: held bytes are pushed before any later piece and before the end (FIN).
+   */
+  private held: Buffer[] = [];
+  private heldBytes = 0;
+  private heldMemory = 0;
+  private slab: Buffer | undefined;
+  private slabFill = 0;
+  private endHeld = false;
+  /** Memory last reported to the session through bufferedChanged. */
+  private accountedBytes = 0;
   /** Why the stream ended abnormally, kept even when nobody listens for 'error'. */
   resetReason: TunnelError | undefined;
 
@@ -76,7 +102,12 @@ export class YamuxStream extends Duplex {
   /** Bytes this stream holds in memory: unread received data plus data waiting for window. */
   get bufferedBytes(): number {
     const pending = this.pendingChunk ? this.pendingChunk.length - this.pendingOffset : 0;
-    return this.readableLength + this.writableLength + pending;
+    return this.unreadBytes + this.writableLength + pending;
+  }
+
+  /** Received payload the consumer has not read: in the Readable's buffer or held here. */
+  private get unreadBytes(): number {
+    return this.readableLength + this.heldBytes + this.slabFill;
   }
 
   /** @internal Called for every Data frame header; checks the window before any byte is taken. */
@@ -98,8 +129,13 @@ export class YamuxStream extends Duplex {
     // count as read, or a window update would grant room that is not free.
     this.recvWindow -= payload.length;
     if (this.state === StreamState.Gone) return;
-    this.push(payload);
-    // A flowing consumer took the bytes at once (readableLength did not grow): room to grant.
+    // Nothing is waiting: the piece goes to the Readable as is (a flowing consumer gets it inside
+    // push). Otherwise it waits here, small pieces merged, until the consumer has read what the
+    // Readable holds (read) or asks for more (_read).
+    if (this.readableLength === 0 && !this.holding) this.push(payload);
+    else this.hold(payload);
+    this.syncAccounting();
+    // A flowing consumer took the bytes at once (nothing is unread): room to grant.
     this.maybeSendWindowUpdate();
   }
 
@@ -125,7 +161,8 @@ export class YamuxStream extends Duplex {
     }
     if (flags & Flag.FIN && !this.remoteFin) {
       this.remoteFin = true;
-      this.push(null);
+      if (this.holding) this.endHeld = true;
+      else this.push(null);
       this.maybeGone();
     }
   }
@@ -145,6 +182,7 @@ export class YamuxStream extends Duplex {
 
   override _read(): void {
     this.accept();
+    this.release();
     this.maybeSendWindowUpdate();
   }
 
@@ -156,7 +194,13 @@ export class YamuxStream extends Duplex {
    */
   override read(size?: number): ReturnType<Duplex['read']> {
     const chunk: unknown = super.read(size);
-    if (chunk !== null) this.maybeSendWindowUpdate();
+    // The Readable is empty but Node may still wait on an earlier _read (no second call comes
+    // until something is pushed): what is held goes now. Its 'data' follows this chunk's.
+    if (this.readableLength === 0 && this.holding) this.release();
+    if (chunk !== null) {
+      this.syncAccounting();
+      this.maybeSendWindowUpdate();
+    }
     return chunk;
   }
 
@@ -194,13 +238,81 @@ export class YamuxStream extends Duplex {
     const pendingCb = this.pendingCb;
     this.pendingChunk = undefined;
     this.pendingCb = undefined;
+    this.dropHeld();
     if (pendingCb) pendingCb(err ?? this.resetReason);
     cb(err);
   }
 
+  private get holding(): boolean {
+    return this.held.length > 0 || this.slab !== undefined;
+  }
+
+  /** Keeps a received piece until the consumer asks for data; small pieces are merged (copied). */
+  private hold(piece: Buffer): void {
+    if (piece.length >= MERGE_BELOW_BYTES && piece.length * 2 >= piece.buffer.byteLength) {
+      this.closeSlab();
+      this.held.push(piece);
+      this.heldBytes += piece.length;
+      this.heldMemory += piece.length + HELD_PIECE_OVERHEAD_BYTES;
+      return;
+    }
+    if (this.slab !== undefined && this.slab.length - this.slabFill < piece.length) this.closeSlab();
+    if (this.slab === undefined) {
+      // Slabs grow with what is held, so their unused tails stay below the bytes they hold.
+      const size = Math.max(piece.length, Math.min(MAX_SLAB_BYTES, Math.max(MIN_SLAB_BYTES, this.heldBytes)));
+      this.slab = Buffer.allocUnsafeSlow(size);
+      this.slabFill = 0;
+      this.heldMemory += size + HELD_PIECE_OVERHEAD_BYTES;
+    }
+    piece.copy(this.slab, this.slabFill);
+    this.slabFill += piece.length;
+  }
+
+  private closeSlab(): void {
+    if (this.slab === undefined) return;
+    this.held.push(this.slab.subarray(0, this.slabFill));
+    this.heldBytes += this.slabFill;
+    this.slab = undefined;
+    this.slabFill = 0;
+  }
+
+  /** The consumer wants data: everything held goes to the Readable, then the end if it came. */
+  private release(): void {
+    if (!this.holding) return;
+    this.closeSlab();
+    const pieces = this.held;
+    this.held = [];
+    this.heldBytes = 0;
+    this.heldMemory = 0;
+    for (const piece of pieces) this.push(piece);
+    if (this.endHeld) {
+      this.endHeld = false;
+      this.push(null);
+    }
+    this.syncAccounting();
+  }
+
+  private dropHeld(): void {
+    this.held = [];
+    this.heldBytes = 0;
+    this.heldMemory = 0;
+    this.slab = undefined;
+    this.slabFill = 0;
+    this.syncAccounting();
+  }
+
+  /** Reports the change in received bytes held in memory to the session's budget. */
+  private syncAccounting(): void {
+    const now = this.destroyed ? 0 : this.readableLength + this.heldMemory;
+    const delta = now - this.accountedBytes;
+    if (delta === 0) return;
+    this.accountedBytes = now;
+    this.host.bufferedChanged(delta);
+  }
+
   private sendOpen(): void {
     // A SYN (or ACK) travels on a WindowUpdate that also grants any window above the spec's 256 KiB.
-    const delta = Math.max(0, this.targetWindow - this.readableLength - this.recvWindow);
+    const delta = Math.max(0, this.targetWindow - this.unreadBytes - this.recvWindow);
     this.recvWindow += delta;
     this.host.sendFrame(FrameType.WindowUpdate, this.takeOpenFlag(), this.id, delta);
   }
@@ -253,7 +365,7 @@ export class YamuxStream extends Duplex {
   private maybeSendWindowUpdate(): void {
     // Before acceptance the ACK frame carries the first grant; until then the peer has 256 KiB.
     if (!this.accepted || this.remoteFin || this.state === StreamState.Gone) return;
-    const unread = this.readableLength;
+    const unread = this.unreadBytes;
     let delta = this.targetWindow - unread - this.recvWindow;
     // Batch updates: one per half window keeps update frames rare without stalling the sender.
     if (delta < this.targetWindow / 2) return;

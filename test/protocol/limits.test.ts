@@ -73,7 +73,8 @@ function sessionWithRawPeer(options: Partial<SessionOptions> = {}): {
 
 describe('a peer that asks without reading the answers', () => {
   it('sends pings and never reads: the session stops reading it, its write buffer stays small, and it is ended after keepaliveTimeoutMs', async () => {
-    const { session, peer, transport, clock } = sessionWithRawPeer();
+    // No ping rate limit here: this is about answers nobody reads, not about the rate.
+    const { session, peer, transport, clock } = sessionWithRawPeer({ pingsPerSecond: Infinity });
     const closed = closeOf(session);
     peer.pause();
     const pings = 200_000; // 2.4 MB of pings, 2.4 MB of answers if all were written
@@ -94,7 +95,7 @@ describe('a peer that asks without reading the answers', () => {
   });
 
   it('a peer that reads again is read again: every ping is answered, in order', async () => {
-    const { session, peer } = sessionWithRawPeer();
+    const { session, peer } = sessionWithRawPeer({ pingsPerSecond: Infinity });
     peer.pause();
     const pings = 50_000;
     writeInReads(peer, pings, (i) => encodeHeader(FrameType.Ping, Flag.SYN, 0, i));
@@ -112,7 +113,10 @@ describe('a peer that asks without reading the answers', () => {
   });
 
   it('opens streams beyond maxInboundStreams and never reads: each is refused with RST, and the refusals are bounded like ping answers', async () => {
-    const { session, peer, transport } = sessionWithRawPeer({ maxInboundStreams: 2 });
+    const { session, peer, transport } = sessionWithRawPeer({
+      maxInboundStreams: 2,
+      emptyFramesPerSecond: Infinity, // refused SYNs count as empty frames: not the point here
+    });
     const accepted: YamuxStream[] = [];
     session.on('stream', (s: YamuxStream) => accepted.push(s));
     peer.pause();
@@ -131,6 +135,50 @@ describe('a peer that asks without reading the answers', () => {
     expect(bytes.readUInt16BE(2) & Flag.RST).toBe(Flag.RST);
     expect(bytes.readUInt32BE(4)).toBe(5);
     expect(bytes.readUInt32BE((refusals - 1) * 12 + 4)).toBe(2 * (syns - 1) + 1);
+  });
+});
+
+describe('rates of things a peer may do now and then', () => {
+  it('answers pingsPerSecond × 4 pings at once and the rate after that; one more ends the session', async () => {
+    const { session, peer, clock } = sessionWithRawPeer({ pingsPerSecond: 10 });
+    const closed = closeOf(session);
+    const answered = readAtLeast(peer, 40 * 12);
+    writeInReads(peer, 40, (i) => encodeHeader(FrameType.Ping, Flag.SYN, 0, i));
+    await answered;
+    clock.advance(1_000); // ten more
+    writeInReads(peer, 10, (i) => encodeHeader(FrameType.Ping, Flag.SYN, 0, 100 + i));
+    await flushIo();
+    expect(session.isClosed).toBe(false);
+    peer.write(encodeHeader(FrameType.Ping, Flag.SYN, 0, 999));
+    const err = await closed;
+    expect(err?.code).toBe('TUN_ERR_LIMIT_EXCEEDED');
+    expect(err?.details).toEqual({ limit: 'pingsPerSecond' });
+  });
+
+  it.each([
+    ['empty WindowUpdates on an open stream', () => encodeHeader(FrameType.WindowUpdate, 0, 1, 0)],
+    ['empty Data frames on an open stream', () => encodeHeader(FrameType.Data, 0, 1, 0)],
+    ['WindowUpdates for a stream that is gone', () => encodeHeader(FrameType.WindowUpdate, 0, 3, 5)],
+    ['ping answers nobody asked for', () => encodeHeader(FrameType.Ping, Flag.ACK, 0, 7)],
+    // Stream 1 is open and maxInboundStreams is 1: each of these is refused (a rapid-reset flood).
+    [
+      'SYNs beyond maxInboundStreams',
+      (i: number) => encodeHeader(FrameType.WindowUpdate, Flag.SYN, 5 + 2 * i, 0),
+    ],
+  ])('ends a session flooded with %s (emptyFramesPerSecond)', async (_what, frame) => {
+    const { session, peer } = sessionWithRawPeer({ emptyFramesPerSecond: 100, maxInboundStreams: 1 });
+    const closed = closeOf(session);
+    session.on('stream', (s: YamuxStream) => s.resume());
+    peer.write(encodeHeader(FrameType.WindowUpdate, Flag.SYN, 1, 0));
+    // Stream 3 opens while 1 is open: refused, the first of the 400 the burst allows.
+    peer.write(encodeHeader(FrameType.WindowUpdate, Flag.SYN, 3, 0));
+    writeInReads(peer, 399, frame);
+    await flushIo();
+    expect(session.isClosed).toBe(false); // 4 × 100 is the burst
+    peer.write(frame(399));
+    const err = await closed;
+    expect(err?.code).toBe('TUN_ERR_LIMIT_EXCEEDED');
+    expect(err?.details).toEqual({ limit: 'emptyFramesPerSecond' });
   });
 });
 

@@ -11,6 +11,7 @@ export {
   type Clock,
   type SessionOptions,
   type ResolvedSessionOptions,
+  type ReadLimit,
   type SessionStats,
 } from './session.js';
 export { YamuxStream } from './stream.js';

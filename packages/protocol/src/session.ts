@@ -5,6 +5,7 @@ import { FrameDecoder, type FrameSink } from './decoder.js';
 import { TunnelError, type ErrorCode } from './errors.js';
 import { describeHeader, encodeHeader, type FrameHeader } from './frame.js';
 import { YamuxStream, type StreamHost } from './stream.js';
+import { TokenBucket } from './token-bucket.js';
 
 /** Injectable time, so keepalive tests run in milliseconds (see STYLE.md). */
 export interface Clock {
@@ -38,6 +39,13 @@ export interface SessionOptions {
    * session that stays above it for keepaliveTimeoutMs is ended with TUN_ERR_LIMIT_EXCEEDED.
    */
   maxBufferedBytes?: number;
+  /**
+   * Pings the peer may send a second, in bursts of up to four seconds' worth; more end the
+   * session with TUN_ERR_LIMIT_EXCEEDED. Infinity: no limit.
+   */
+  pingsPerSecond?: number;
+  /** The same for frames that carry nothing (see countEmpty). */
+  emptyFramesPerSecond?: number;
   /** 0 disables keepalive pings. */
   keepaliveIntervalMs?: number;
   /** A ping unanswered this long ends the session with TUN_ERR_TIMEOUT. */
@@ -59,6 +67,8 @@ export const DEFAULT_SESSION_OPTIONS = Object.freeze({
   acceptBacklog: 256,
   maxInboundStreams: 16_384,
   maxBufferedBytes: 64 * 1024 * 1024,
+  pingsPerSecond: 64,
+  emptyFramesPerSecond: 4096,
   keepaliveIntervalMs: 30_000,
   keepaliveTimeoutMs: 10_000,
   initialWindowBytes: INITIAL_STREAM_WINDOW_BYTES,
@@ -89,6 +99,9 @@ export function resolveSessionOptions(options: SessionOptions): ResolvedSessionO
     problems.push('maxBufferedBytes must be at least initialWindowBytes');
   }
   if (!(o.keepaliveIntervalMs >= 0)) problems.push('keepaliveIntervalMs must be >= 0');
+  if (!(o.pingsPerSecond > 0) || !(o.emptyFramesPerSecond > 0)) {
+    problems.push('pingsPerSecond and emptyFramesPerSecond must be positive');
+  }
   if (!(o.keepaliveTimeoutMs > 0)) problems.push('keepaliveTimeoutMs must be positive');
   if (problems.length > 0) {
     throw new TunnelError('TUN_ERR_CONFIG', `invalid session options: ${problems.join('; ')}`, {
@@ -96,6 +109,10 @@ export function resolveSessionOptions(options: SessionOptions): ResolvedSessionO
     });
   }
   return Object.freeze(o);
+}
+
+function limitExceeded(limit: string, what: string): TunnelError {
+  return new TunnelError('TUN_ERR_LIMIT_EXCEEDED', `the peer sent ${what}`, { details: { limit } });
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {
@@ -130,6 +147,9 @@ interface PendingPing {
  */
 export const MAX_UNSENT_REPLIES = 1024;
 
+/** Why a session stopped reading its peer ('pause' event, `details.limit` of the error that may follow). */
+export type ReadLimit = 'unsentReplies' | 'maxBufferedBytes';
+
 const PROTOCOL_CODES: ReadonlySet<ErrorCode> = new Set([
   'TUN_ERR_BAD_VERSION',
   'TUN_ERR_BAD_FRAME_TYPE',
@@ -142,8 +162,9 @@ const PROTOCOL_CODES: ReadonlySet<ErrorCode> = new Set([
 
 /**
  * A yamux session over any byte Duplex. Events: 'stream' (inbound YamuxStream), 'goaway' (code),
- * 'close' (err?: TunnelError) once, and 'error' (err) only when someone listens for it: a broken
- * peer must never crash the process.
+ * 'pause' (limit: ReadLimit) when it stops reading a peer over a limit, 'close' (err?:
+ * TunnelError) once, and 'error' (err) only when someone listens for it: a broken peer must
+ * never crash the process.
  */
 export class YamuxSession extends EventEmitter implements StreamHost, FrameSink {
   readonly options: ResolvedSessionOptions;
@@ -178,8 +199,10 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   /** Received bytes held by streams (bufferedChanged), against maxBufferedBytes. */
   private heldBytes = 0;
   /** Why we stopped reading the peer, while we do. */
-  private readPause: 'replies' | 'buffered' | undefined;
+  private readPause: ReadLimit | undefined;
   private stallTimer: unknown;
+  private readonly pingBucket: TokenBucket;
+  private readonly emptyBucket: TokenBucket;
 
   constructor(transport: Duplex, options: SessionOptions) {
     super();
@@ -189,6 +212,13 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     this.transport = transport;
     this.nextStreamId = this.options.role === 'client' ? 1 : 2;
     this.decoder = new FrameDecoder(this, this.options.maxFrameBytes);
+    const now = (): number => this.clock.now();
+    this.pingBucket = new TokenBucket(this.options.pingsPerSecond, 4 * this.options.pingsPerSecond, now);
+    this.emptyBucket = new TokenBucket(
+      this.options.emptyFramesPerSecond,
+      4 * this.options.emptyFramesPerSecond,
+      now,
+    );
     transport.on('data', this.onTransportData);
     transport.on('end', this.onTransportEnd);
     transport.on('error', this.onTransportError);
@@ -370,6 +400,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
 
   onDataStart(header: FrameHeader): void {
     const stream = this.streamFor(header);
+    if (stream === undefined || (header.length === 0 && header.flags === 0)) this.countEmpty();
     stream?.onDataStart(header);
   }
 
@@ -384,9 +415,12 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
 
   onControl(header: FrameHeader): void {
     switch (header.type) {
-      case FrameType.WindowUpdate:
-        this.streamFor(header)?.onWindowUpdate(header);
+      case FrameType.WindowUpdate: {
+        const stream = this.streamFor(header);
+        if (stream === undefined || (header.length === 0 && header.flags === 0)) this.countEmpty();
+        stream?.onWindowUpdate(header);
         return;
+      }
       case FrameType.Ping:
         this.onPing(header);
         return;
@@ -460,6 +494,19 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     this.emit('stream', stream);
   }
 
+  /**
+   * A frame that carries nothing and changes nothing (empty Data or WindowUpdate, a frame for a
+   * stream already gone, a second GoAway): legal now and then, a CPU flood when sent in bulk.
+   */
+  private countEmpty(): void {
+    if (!this.emptyBucket.take()) {
+      throw limitExceeded(
+        'emptyFramesPerSecond',
+        `more than ${this.options.emptyFramesPerSecond} frames a second that carry nothing`,
+      );
+    }
+  }
+
   private badStreamId(header: FrameHeader, why: string): TunnelError {
     return new TunnelError('TUN_ERR_BAD_STREAM_ID', `${why}: ${describeHeader(header)}`);
   }
@@ -467,6 +514,9 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   private onPing(header: FrameHeader): void {
     if (header.streamId !== 0) throw this.badStreamId(header, 'ping on a stream');
     if (header.flags & Flag.SYN) {
+      if (!this.pingBucket.take()) {
+        throw limitExceeded('pingsPerSecond', `more than ${this.options.pingsPerSecond} pings a second`);
+      }
       this.sendReply(FrameType.Ping, Flag.ACK, 0, header.length);
       return;
     }
@@ -474,7 +524,10 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
       throw new TunnelError('TUN_ERR_BAD_FLAGS', `ping without SYN or ACK: ${describeHeader(header)}`);
     }
     const ping = this.pings.get(header.length);
-    if (!ping) return; // an answer after its timeout: harmless
+    if (!ping) {
+      this.countEmpty(); // an answer after its timeout: harmless, unless the peer makes a habit of it
+      return;
+    }
     this.pings.delete(header.length);
     this.clock.clearTimeout(ping.timer);
     const rtt = Math.max(0, this.clock.now() - ping.sentAt);
@@ -484,6 +537,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
 
   private onGoAway(header: FrameHeader): void {
     if (header.streamId !== 0) throw this.badStreamId(header, 'GoAway on a stream');
+    if (this.remoteGoAway) this.countEmpty();
     this.remoteGoAway = true;
     this.emit('goaway', header.length);
     if (header.length !== GoAwayCode.Normal) {
@@ -548,11 +602,11 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   /** After each transport read: stop reading a peer that is over a limit (see SessionOptions). */
   private checkReadLimits(): void {
     if (this.readPause !== undefined || this.destroyed) return;
-    const reason =
+    const reason: ReadLimit | undefined =
       this.unsentReplies > MAX_UNSENT_REPLIES
-        ? 'replies'
+        ? 'unsentReplies'
         : this.heldBytes > this.options.maxBufferedBytes
-          ? 'buffered'
+          ? 'maxBufferedBytes'
           : undefined;
     if (reason === undefined) return;
     this.readPause = reason;
@@ -575,7 +629,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     const reason = this.readPause;
     if (reason === undefined || this.destroyed) return;
     const what =
-      reason === 'replies'
+      reason === 'unsentReplies'
         ? `did not read ${MAX_UNSENT_REPLIES} answers to its own requests`
         : `kept more than ${this.options.maxBufferedBytes} received bytes unread on this side`;
     this.destroy(
@@ -583,7 +637,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
         'TUN_ERR_LIMIT_EXCEEDED',
         `the peer ${what} for ${this.options.keepaliveTimeoutMs} ms`,
         {
-          details: { limit: reason === 'replies' ? 'unsentReplies' : 'maxBufferedBytes' },
+          details: { limit: reason },
         },
       ),
     );

@@ -15,7 +15,7 @@ import {
   createWebSocketDuplex,
   systemClock,
 } from '@cluster-tunnel/protocol';
-import type { Logger, RegisteredMessage, YamuxStream } from '@cluster-tunnel/protocol';
+import type { ControlMessage, Logger, RegisteredMessage, YamuxStream } from '@cluster-tunnel/protocol';
 import { forwardStream } from './forward.js';
 import type { RouteTable } from './route-table.js';
 import { TargetDialer } from './target-dialer.js';
@@ -188,11 +188,20 @@ export class AgentSession extends EventEmitter {
     this.emit('goaway', code);
   };
 
-  private readonly onLateControlMessage = (message: { type: string; code?: string }): void => {
-    // Before registration the answer is taken by next(); later messages are only logged.
+  private readonly onLateControlMessage = (message: ControlMessage): void => {
+    // Before registration the answer is taken by next(). After it the server says nothing more
+    // unless it ends the session (an `error` with the reason: a revoked or expired token); any
+    // other message is a protocol violation, and a server that sends one is not talked to.
     if (this.registration === undefined) return;
-    if (message.type === 'error') this.log.warn({ code: message.code }, 'server reported a control error');
-    else this.log.debug({ type: message.type }, 'unexpected control message');
+    if (message.type === 'error') {
+      this.log.warn({ code: message.code, err: message.message }, 'server ended the session');
+      this.session.destroy(new TunnelError(message.code, `the server ended the session: ${message.message}`));
+      return;
+    }
+    this.log.warn({ type: message.type, code: 'TUN_ERR_BAD_CONTROL_MESSAGE' }, 'unexpected control message');
+    this.session.destroy(
+      new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', `unexpected ${message.type} after registration`),
+    );
   };
 
   private readonly onControlClose = (): void => {

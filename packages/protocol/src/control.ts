@@ -17,6 +17,8 @@ export const MAX_CONTROL_MESSAGE_BYTES = 64 * 1024;
  * at most 128 characters (the register/registered validators refuse longer ones).
  */
 export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+/** An agent's version string: semver and its build metadata fit (`0.1.0`, `1.2.3-rc.1+abc`). */
+export const VERSION_PATTERN = /^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$/;
 
 export interface RegisterMessage {
   type: 'register';
@@ -57,14 +59,18 @@ export const CONTROL_MESSAGES: Readonly<Record<ControlMessage['type'], Validator
   register: (m) =>
     !Number.isInteger(m.protocolVersion)
       ? 'protocolVersion must be an integer'
-      : !isString(m.agentId, 128) || !isString(m.agentVersion, 64)
-        ? 'agentId and agentVersion must be short strings'
+      : typeof m.agentId !== 'string' || !ID_PATTERN.test(m.agentId)
+        ? `agentId must match ${ID_PATTERN.source}`
+        : typeof m.agentVersion !== 'string' || !VERSION_PATTERN.test(m.agentVersion)
+          ? `agentVersion must match ${VERSION_PATTERN.source}`
         : !Array.isArray(m.routes) || m.routes.length > 64 || !m.routes.every((r) => isString(r, 63))
           ? 'routes must be a list of at most 64 labels'
           : undefined,
   registered: (m) =>
-    !isString(m.serverId, 128) || !Array.isArray(m.hostnames) || !m.hostnames.every((h) => isString(h))
-      ? 'serverId and hostnames are required'
+    typeof m.serverId !== 'string' || !ID_PATTERN.test(m.serverId)
+      ? `serverId must match ${ID_PATTERN.source}`
+      : !Array.isArray(m.hostnames) || m.hostnames.length > 64 || !m.hostnames.every((h) => isString(h))
+        ? 'hostnames must be a list of at most 64 host names'
       : m.serverCount !== undefined && !isCount(m.serverCount, MAX_SERVER_COUNT)
         ? `serverCount must be an integer from 1 to ${MAX_SERVER_COUNT}`
         : undefined,

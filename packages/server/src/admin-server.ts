@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type { HostPort, Logger } from '@cluster-tunnel/protocol';
 import type { AgentRegistry } from './agent-registry.js';
 import type { ServerMetrics } from './metrics.js';
+import { requestPath } from './request-path.js';
 import type { TcpRouteStatus } from './tcp-route.js';
 
 export interface AdminServerOptions {
@@ -53,7 +54,8 @@ export class AdminServer {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const path = new URL(req.url ?? '/', 'http://admin').pathname;
+    const path = requestPath(req);
+    if (path === undefined) return text(res, 400, 'malformed request target\n');
     if (path === '/healthz') return text(res, 200, 'ok\n');
     if (path === '/readyz')
       return this.o.isReady() ? text(res, 200, 'ready\n') : text(res, 503, 'not ready\n');

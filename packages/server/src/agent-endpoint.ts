@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import {
   CONTROL_PROTOCOL_VERSION,
   ControlChannel,
+  MAX_TIMER_MS,
   TunnelError,
   WEBSOCKET_VERSION,
   YamuxSession,
@@ -10,6 +11,7 @@ import {
   clusterOfLabel,
   createWebSocketDuplex,
   upgradeResponseHead,
+  type ControlMessage,
   type ErrorCode,
   type Logger,
   type YamuxStream,
@@ -17,6 +19,7 @@ import {
 import { AgentSession, type AgentIdentity } from './agent-session.js';
 import type { AgentRegistry } from './agent-registry.js';
 import type { ServerMetrics } from './metrics.js';
+import { requestPath } from './request-path.js';
 import type { TokenVerifier, VerifiedToken } from './token-verifier.js';
 
 export const AGENT_PATH = '/connect';
@@ -29,6 +32,7 @@ const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   TUN_ERR_TOKEN_EXPIRED: 401,
   TUN_ERR_UNKNOWN_KEY: 401,
   TUN_ERR_TOKEN_REVOKED: 403,
+  TUN_ERR_LIMIT_EXCEEDED: 429,
   TUN_ERR_SERVER_FULL: 503,
 };
 
@@ -40,29 +44,48 @@ export interface AgentEndpointOptions {
   keepaliveIntervalMs: number;
   keepaliveTimeoutMs: number;
   maxAgents: number;
+  /** Sessions one cluster's agents may hold on this server (registered or registering). */
+  maxAgentsPerCluster: number;
+  /** Each agent session's memory budget (the yamux session's maxBufferedBytes). */
+  maxSessionBufferedBytes: number;
   verifier: TokenVerifier;
   registry: AgentRegistry;
   metrics: ServerMetrics;
   log: Logger;
 }
 
+/** A session from its accepted upgrade on: who it is, and the timer that ends it at token expiry. */
+interface Connected {
+  token: VerifiedToken;
+  expiryTimer: NodeJS.Timeout | undefined;
+  /** Set once the agent opened its control stream. */
+  control: ControlChannel | undefined;
+  /** Set once registered. */
+  agent: AgentSession | undefined;
+}
+
 /**
  * The agent side of the public port: checks and authenticates the WebSocket upgrade (a refused
  * agent costs one HTTP response, no WebSocket), answers the RFC 6455 handshake itself
  * (ws-handshake.ts), runs the yamux session and the register handshake, and puts the agent's
- * routes into the registry.
+ * routes into the registry. A session lives only as long as its token: it ends at the token's
+ * expiry and as soon as the token is revoked (docs/SECURITY.md).
  */
 export class AgentEndpoint {
-  private readonly pending = new Set<YamuxSession>();
+  private readonly sessions = new Map<YamuxSession, Connected>();
+  private readonly perCluster = new Map<string, number>();
 
   constructor(private readonly o: AgentEndpointOptions) {}
 
-  async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+  /** Resolves true once the WebSocket is accepted (101 sent), false when the agent was refused. */
+  async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<boolean> {
     const remoteAddress = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
     socket.on('error', () => undefined);
-    if (new URL(req.url ?? '/', 'http://x').pathname !== AGENT_PATH) {
-      refuse(socket, 404, 'TUN_ERR_PROTOCOL', 'no such endpoint');
-      return;
+    const path = requestPath(req);
+    if (path !== AGENT_PATH) {
+      if (path === undefined) refuse(socket, 400, 'TUN_ERR_PROTOCOL', 'malformed request target');
+      else refuse(socket, 404, 'TUN_ERR_PROTOCOL', 'no such endpoint');
+      return false;
     }
     let key: string;
     try {
@@ -81,37 +104,57 @@ export class AgentEndpoint {
         e.message,
         status === 426 ? { 'Sec-WebSocket-Version': WEBSOCKET_VERSION } : {},
       );
-      return;
+      return false;
     }
     let token: VerifiedToken;
     try {
       token = await this.authenticate(req);
-      if (this.o.registry.size + this.pending.size >= this.o.maxAgents) {
-        throw new TunnelError('TUN_ERR_SERVER_FULL', `server holds ${this.o.maxAgents} agents`);
-      }
+      this.checkCapacity(token.clusterId);
     } catch (err) {
       const e =
         err instanceof TunnelError ? err : new TunnelError('TUN_ERR_TOKEN_INVALID', 'token check failed');
       this.o.metrics.agentRefusals.inc({ code: e.code });
       this.o.log.warn({ code: e.code, remoteAddress, err: e.message }, 'agent refused');
       refuse(socket, HTTP_STATUS[e.code] ?? 401, e.code, e.message);
-      return;
+      return false;
     }
-    // The agent may have left while its token was verified.
-    if (socket.destroyed || !socket.writable) return;
+    // The agent may have left (or run out of time) while its token was verified.
+    if (socket.destroyed || !socket.writable) return false;
     socket.write(upgradeResponseHead(key));
     this.onWebSocket(socket, head, token, remoteAddress);
+    return true;
   }
 
   /** Sends GoAway to every agent and waits for their streams (bounded by the caller). */
   async close(): Promise<void> {
-    for (const s of this.pending) s.destroy();
+    for (const [session, c] of this.sessions) if (!c.agent) session.destroy();
     await Promise.all(this.o.registry.all().map((a) => a.close()));
   }
 
   destroy(): void {
-    for (const s of this.pending) s.destroy();
-    for (const a of this.o.registry.all()) a.destroy();
+    for (const session of this.sessions.keys()) session.destroy();
+  }
+
+  /** The revocation list changed: every session whose token is on it ends now. */
+  onRevocations(revoked: ReadonlySet<string>): void {
+    for (const [session, c] of this.sessions) {
+      if (revoked.has(c.token.tokenId)) {
+        this.end(session, c, 'TUN_ERR_TOKEN_REVOKED', `token ${c.token.tokenId} was revoked`);
+      }
+    }
+  }
+
+  private checkCapacity(clusterId: string): void {
+    if (this.sessions.size >= this.o.maxAgents) {
+      throw new TunnelError('TUN_ERR_SERVER_FULL', `server holds ${this.o.maxAgents} agents`);
+    }
+    if ((this.perCluster.get(clusterId) ?? 0) >= this.o.maxAgentsPerCluster) {
+      throw new TunnelError(
+        'TUN_ERR_LIMIT_EXCEEDED',
+        `cluster ${clusterId} holds ${this.o.maxAgentsPerCluster} agent sessions on this server already`,
+        { details: { limit: 'maxAgentsPerCluster' } },
+      );
+    }
   }
 
   private async authenticate(req: IncomingMessage): Promise<VerifiedToken> {
@@ -126,14 +169,32 @@ export class AgentEndpoint {
       role: 'server',
       keepaliveIntervalMs: this.o.keepaliveIntervalMs,
       keepaliveTimeoutMs: this.o.keepaliveTimeoutMs,
+      // An agent opens exactly one stream, the control stream; more are refused (RST).
+      acceptBacklog: 1,
+      maxInboundStreams: 1,
+      maxBufferedBytes: this.o.maxSessionBufferedBytes,
     });
-    this.pending.add(session);
-    session.once('close', () => this.pending.delete(session));
-    this.register(session, token, remoteAddress).catch((err: unknown) => {
+    const connected: Connected = { token, expiryTimer: undefined, control: undefined, agent: undefined };
+    this.sessions.set(session, connected);
+    const { clusterId } = token;
+    this.perCluster.set(clusterId, (this.perCluster.get(clusterId) ?? 0) + 1);
+    this.armExpiry(session, connected);
+    session.on('pause', (limit: string) => {
+      this.o.metrics.sessionPauses.inc({ limit });
+      this.o.log.warn({ clusterId, remoteAddress, limit }, 'agent over a session limit: not reading it');
+    });
+    session.once('close', () => {
+      clearTimeout(connected.expiryTimer);
+      this.sessions.delete(session);
+      const left = (this.perCluster.get(clusterId) ?? 1) - 1;
+      if (left > 0) this.perCluster.set(clusterId, left);
+      else this.perCluster.delete(clusterId);
+    });
+    this.register(session, connected, remoteAddress).catch((err: unknown) => {
       const e = err instanceof TunnelError ? err : new TunnelError('TUN_ERR_PROTOCOL', String(err));
       this.o.metrics.agentRefusals.inc({ code: e.code });
       this.o.log.warn(
-        { clusterId: token.clusterId, remoteAddress, code: e.code, err: e.message },
+        { clusterId, remoteAddress, code: e.code, err: e.message },
         'agent registration failed',
       );
       session.close().catch(() => undefined);
@@ -141,9 +202,45 @@ export class AgentEndpoint {
     });
   }
 
-  private async register(session: YamuxSession, token: VerifiedToken, remoteAddress: string): Promise<void> {
+  /** Ends the session when its token expires (a timer re-armed for expiries beyond setTimeout's range). */
+  private armExpiry(session: YamuxSession, c: Connected): void {
+    const leftMs = c.token.expiresAt.getTime() - Date.now();
+    if (leftMs <= 0) {
+      this.end(session, c, 'TUN_ERR_TOKEN_EXPIRED', 'the token has expired');
+      return;
+    }
+    c.expiryTimer = setTimeout(() => this.armExpiry(session, c), Math.min(leftMs, MAX_TIMER_MS));
+    c.expiryTimer.unref();
+  }
+
+  /**
+   * Ends a session for a reason of its own (its token): the agent hears the code on the control
+   * stream, then GoAway, then the connection closes.
+   */
+  private end(session: YamuxSession, c: Connected, code: ErrorCode, message: string): void {
+    if (session.isClosed) return;
+    this.o.metrics.agentRefusals.inc({ code });
+    this.o.log.warn(
+      { clusterId: c.token.clusterId, tokenId: c.token.tokenId, agentId: c.agent?.identity.agentId, code },
+      'agent session ended',
+    );
+    c.control?.send({ type: 'error', code, message });
+    session.destroy(new TunnelError(code, message));
+  }
+
+  private async register(session: YamuxSession, c: Connected, remoteAddress: string): Promise<void> {
+    const { token } = c;
     const controlStream = await firstStream(session, REGISTER_TIMEOUT_MS);
     const control = new ControlChannel(controlStream);
+    c.control = control;
+    // The agent says one thing, `register`, and nothing after it: a second message (before or
+    // after the answer) or a malformed one is a protocol violation that ends the session.
+    let messages = 0;
+    control.on('message', (m: ControlMessage) => {
+      if (++messages === 1) return; // next() takes it
+      this.end(session, c, 'TUN_ERR_BAD_CONTROL_MESSAGE', `unexpected ${m.type} after register`);
+    });
+    control.on('error', (err: TunnelError) => this.end(session, c, err.code, err.message));
     const message = await control.next(REGISTER_TIMEOUT_MS);
     const fail = (code: ErrorCode, text: string): never => {
       control.send({ type: 'error', code, message: text });
@@ -172,12 +269,21 @@ export class AgentEndpoint {
       agentVersion: message.agentVersion,
       clusterId: token.clusterId,
       tokenId: token.tokenId,
+      tokenExpiresAt: token.expiresAt,
       remoteAddress,
     };
     const agent = new AgentSession(identity, session, control, labels);
-    // Agents never open more streams: anything after the control stream is refused.
+    c.agent = agent;
+    const log = this.o.log.child({ agentId: identity.agentId, clusterId: identity.clusterId });
+    // The control stream lives as long as the session: the agent ending it is leaving.
+    control.once('close', () => {
+      if (!session.isClosed && !session.isGoingAway) {
+        log.info('agent closed its control stream');
+        session.close().catch(() => undefined);
+      }
+    });
+    // Agents never open more streams (maxInboundStreams refuses them): the fallback resets any.
     session.on('stream', (extra: YamuxStream) => extra.destroy());
-    this.pending.delete(session);
     this.o.registry.add(agent);
     this.o.metrics.agentsConnected.inc();
     const hostnames = labels.map((l) => `${l}.${this.o.domain}`);
@@ -187,13 +293,16 @@ export class AgentEndpoint {
       hostnames,
       serverCount: this.o.serverCount,
     });
-    const log = this.o.log.child({ agentId: identity.agentId, clusterId: identity.clusterId });
     log.info({ hostnames, remoteAddress, agentVersion: identity.agentVersion }, 'agent connected');
     session.once('close', (err?: TunnelError) => {
       this.o.registry.remove(agent);
       this.o.metrics.agentsConnected.dec();
       log.info({ durationMs: Date.now() - agent.connectedAt, code: err?.code }, 'agent disconnected');
     });
+    // Revoked while it registered: the list was checked when the token was verified.
+    if (this.o.verifier.isRevoked(token.tokenId)) {
+      this.end(session, c, 'TUN_ERR_TOKEN_REVOKED', `token ${token.tokenId} was revoked`);
+    }
   }
 }
 

@@ -8,6 +8,8 @@ export interface AgentIdentity {
   /** From the verified token: the only cluster whose routes this agent may hold. */
   clusterId: string;
   tokenId: string;
+  /** The session ends then (agent-endpoint.ts). */
+  tokenExpiresAt: Date;
   remoteAddress: string;
 }
 

@@ -19,7 +19,8 @@ import {
 import { SERVER_CONFIG_SCHEMA, resolveServerConfig, type ServerConfig } from './config.js';
 import { buildKubeconfig } from './kubeconfig.js';
 import { SIGNING_KEY_FILES, createToken, generateSigningKeyPair } from './token-issuer.js';
-import { TunnelServer } from './tunnel-server.js';
+import { writeAtomic } from './data-file.js';
+import { DEMO_TOKEN_FILE, TunnelServer } from './tunnel-server.js';
 
 const VERSION = '0.1.0';
 /** Exit code for a configuration the user must fix (all problems printed). */
@@ -134,8 +135,9 @@ async function printSteps(config: ServerConfig, server: TunnelServer): Promise<v
     return; // keys managed elsewhere (production): nothing to mint here
   }
   const demoToken = await createToken({ privateKeyPem, clusterId: 'demo', ttlMs: 24 * 3600_000 });
-  const tokenFile = join(config.dataDir, 'demo.token');
-  await writeFile(tokenFile, `${demoToken}\n`, { mode: 0o600 });
+  const tokenFile = join(config.dataDir, DEMO_TOKEN_FILE);
+  // Atomic: a file left from an earlier run with looser permissions is replaced, not reused.
+  await writeAtomic(tokenFile, `${demoToken}\n`, 0o600);
   const rel = (p: string) => relative(process.cwd(), p) || '.';
   const { port } = server.address;
   const host = config.listen.host === '0.0.0.0' ? '127.0.0.1' : config.listen.host;

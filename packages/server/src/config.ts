@@ -78,7 +78,51 @@ export const SERVER_CONFIG_SCHEMA = {
     default: '10s',
     min: 1,
     max: MAX_TIMER_MS,
-    description: 'how long a new connection may take to send its TLS ClientHello',
+    description:
+      'how long a new connection may take to name its route, or to finish TLS, send its request and be authenticated',
+  },
+  maxPendingConnections: {
+    type: 'int',
+    flag: 'max-pending-connections',
+    env: 'TUNNEL_SERVER_MAX_PENDING_CONNECTIONS',
+    default: 1024,
+    min: 1,
+    description: 'most public-port connections not yet routed or authenticated; more are reset',
+  },
+  maxPendingConnectionsPerAddress: {
+    type: 'int',
+    flag: 'max-pending-connections-per-address',
+    env: 'TUNNEL_SERVER_MAX_PENDING_CONNECTIONS_PER_ADDRESS',
+    default: 64,
+    min: 0,
+    description:
+      'the same from one IPv4 address or IPv6 /64; 0 turns it off (behind a balancer that hides client addresses)',
+  },
+  maxAgentsPerCluster: {
+    type: 'int',
+    flag: 'max-agents-per-cluster',
+    env: 'TUNNEL_SERVER_MAX_AGENTS_PER_CLUSTER',
+    default: 32,
+    min: 1,
+    description: "agent sessions one cluster's token may hold on this server; more are refused with 429",
+  },
+  maxSessionBufferedBytes: {
+    type: 'int',
+    flag: 'max-session-buffered-bytes',
+    env: 'TUNNEL_SERVER_MAX_SESSION_BUFFERED_BYTES',
+    default: 64 * 1024 * 1024,
+    min: 256 * 1024,
+    description:
+      "each agent session's memory budget: received bytes held for users that are behind; above it the agent is not read",
+  },
+  maxTokenLifetimeMs: {
+    type: 'duration-ms',
+    flag: 'max-token-lifetime-ms',
+    env: 'TUNNEL_SERVER_MAX_TOKEN_LIFETIME_MS',
+    default: '8760h',
+    min: 1000,
+    max: 10 * 8760 * 3_600_000,
+    description: 'agent tokens valid for longer than this (exp - iat) are refused',
   },
   tokenPublicKey: {
     type: 'file-list',
@@ -178,6 +222,12 @@ export interface ServerConfig {
   readonly tlsCert: string | undefined;
   readonly tlsKey: string | undefined;
   readonly handshakeTimeoutMs: number;
+  readonly maxPendingConnections: number;
+  /** 0: no per-address limit. */
+  readonly maxPendingConnectionsPerAddress: number;
+  readonly maxAgentsPerCluster: number;
+  readonly maxSessionBufferedBytes: number;
+  readonly maxTokenLifetimeMs: number;
   /** Absolute paths, at least one; the default may not exist yet (created on first start). */
   readonly tokenPublicKey: readonly string[];
   /** Absolute path; the file may not exist. */

@@ -21,6 +21,17 @@ export class ServerMetrics {
     labelNames: ['code'] as const,
     registers: [this.registry],
   });
+  readonly sessionPauses = new Counter({
+    name: 'tunnel_agent_session_pauses_total',
+    help: 'Times the server stopped reading an agent over a session limit (docs/SECURITY.md), by limit',
+    labelNames: ['limit'] as const,
+    registers: [this.registry],
+  });
+  readonly pendingConnections = new Gauge({
+    name: 'tunnel_pending_connections',
+    help: 'Public-port connections not yet routed or authenticated',
+    registers: [this.registry],
+  });
   readonly userStreams = new Gauge({
     name: 'tunnel_user_streams_active',
     help: 'User connections currently forwarded to agents',

@@ -1,0 +1,161 @@
+/**
+ * Attackers as test fixtures (docs/SECURITY.md): an agent with a valid token that speaks the
+ * protocol badly over a real WebSocket to a real server process, the server's figures read from
+ * its /metrics, and the kubectl latency of a bystander cluster.
+ */
+import type { Duplex } from 'node:stream';
+import { dial } from '../../packages/client/src/dialer.js';
+import {
+  CONTROL_PROTOCOL_VERSION,
+  ControlChannel,
+  Flag,
+  FrameType,
+  YamuxSession,
+  createWebSocketDuplex,
+  encodeControlMessage,
+  encodeHeader,
+  type ControlMessage,
+} from '../../packages/protocol/src/index.js';
+import { onTestFinished } from 'vitest';
+import { runKubectl } from './kubectl.js';
+import type { ServerHandle } from './tunnel.js';
+
+/** A WebSocket to the server's /connect, accepted with `token`, before any yamux. */
+export async function dialRaw(server: ServerHandle, token: string): Promise<Duplex> {
+  const dialed = await dial({
+    server: server.url,
+    token,
+    caFile: server.caFile,
+    noProxy: [],
+    timeoutMs: 5_000,
+  });
+  const ws = createWebSocketDuplex(dialed.socket, { role: 'client', head: dialed.head });
+  ws.on('error', () => undefined);
+  onTestFinished(() => {
+    ws.destroy();
+  });
+  return ws;
+}
+
+/** Raw yamux frames, whole, for writing to a WebSocket from dialRaw. */
+export const frames = {
+  ping: (id: number): Buffer => encodeHeader(FrameType.Ping, Flag.SYN, 0, id),
+  syn: (streamId: number): Buffer => encodeHeader(FrameType.WindowUpdate, Flag.SYN, streamId, 0),
+  emptyUpdate: (streamId: number): Buffer => encodeHeader(FrameType.WindowUpdate, 0, streamId, 0),
+  data: (streamId: number, payload: Buffer, flags = 0): Buffer =>
+    Buffer.concat([encodeHeader(FrameType.Data, flags, streamId, payload.length), payload]),
+  /** Opens stream 1 and sends `register` on it, as an agent's first bytes. */
+  register: (routes: string[], agentId = 'hostile'): Buffer =>
+    frames.data(
+      1,
+      encodeControlMessage({
+        type: 'register',
+        protocolVersion: CONTROL_PROTOCOL_VERSION,
+        agentId,
+        agentVersion: '0.1.0',
+        routes,
+      }),
+      Flag.SYN,
+    ),
+};
+
+/**
+ * A registered agent whose yamux session is ours (a real YamuxSession over dialRaw's WebSocket),
+ * so a test can misbehave after registration by writing raw frames to `ws` next to it.
+ */
+export async function registerRaw(
+  server: ServerHandle,
+  token: string,
+  routes: string[],
+): Promise<{ ws: Duplex; session: YamuxSession; control: ControlChannel; registered: ControlMessage }> {
+  const ws = await dialRaw(server, token);
+  const session = new YamuxSession(ws, { role: 'client', keepaliveIntervalMs: 0 });
+  session.on('error', () => undefined);
+  onTestFinished(() => session.destroy());
+  const control = new ControlChannel(session.open());
+  const answer = control.next(5_000);
+  control.send({
+    type: 'register',
+    protocolVersion: CONTROL_PROTOCOL_VERSION,
+    agentId: 'hostile',
+    agentVersion: '0.1.0',
+    routes,
+  });
+  return { ws, session, control, registered: await answer };
+}
+
+/** Writes `count` frames from `make` in 64 KiB batches, waiting for drain: bounded in count. */
+export async function writeFrames(ws: Duplex, count: number, make: (i: number) => Buffer): Promise<void> {
+  let batch: Buffer[] = [];
+  let size = 0;
+  const flush = async (): Promise<void> => {
+    if (batch.length === 0 || ws.destroyed) return;
+    const ok = ws.write(Buffer.concat(batch));
+    batch = [];
+    size = 0;
+    if (!ok) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          ws.off('drain', done);
+          ws.off('close', done);
+          resolve();
+        };
+        ws.once('drain', done);
+        ws.once('close', done);
+      });
+    }
+  };
+  for (let i = 0; i < count && !ws.destroyed; i++) {
+    const frame = make(i);
+    if (size + frame.length > 64 * 1024) await flush();
+    batch.push(frame);
+    size += frame.length;
+  }
+  await flush();
+}
+
+/** One sample of a server's Prometheus metric (the first series whose labels include `labels`). */
+export async function serverMetric(
+  server: ServerHandle,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number> {
+  const res = await fetch(`http://127.0.0.1:${server.adminPort}/metrics`);
+  const text = await res.text();
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name)) continue;
+    const match = /^([a-z_]+)(\{[^}]*\})?\s+(\S+)$/.exec(line);
+    if (!match || match[1] !== name) continue;
+    const labelText = match[2] ?? '';
+    if (Object.entries(labels).every(([k, v]) => labelText.includes(`${k}="${v}"`))) return Number(match[3]);
+  }
+  return 0;
+}
+
+/** Samples the server's resident memory every 100 ms while `work` runs; resolves with the peak. */
+export async function peakRssDuring(server: ServerHandle, work: Promise<unknown>): Promise<number> {
+  let peak = await serverMetric(server, 'process_resident_memory_bytes');
+  let done = false;
+  const finished = work.finally(() => {
+    done = true;
+  });
+  for (let i = 0; i < 600 && !done; i++) {
+    await Promise.race([finished, new Promise((r) => setTimeout(r, 100))]);
+    peak = Math.max(peak, await serverMetric(server, 'process_resident_memory_bytes'));
+  }
+  await finished;
+  return peak;
+}
+
+/** Median wall time of `runs` runs of `kubectl get pods` against `kubeconfig`, each required to succeed. */
+export async function kubectlMedianMs(kubeconfig: string, runs = 5): Promise<number> {
+  const times: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const started = performance.now();
+    const result = await runKubectl(['get', 'pods', '-o', 'name'], { kubeconfig, timeoutMs: 20_000 });
+    if (result.code !== 0) throw new Error(`kubectl failed during the measurement: ${result.stderr}`);
+    times.push(performance.now() - started);
+  }
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)]!;
+}

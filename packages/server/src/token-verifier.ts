@@ -20,11 +20,18 @@ const DEFAULT_REVOCATION_CHECK_INTERVAL_MS = 500;
 export interface TokenVerifierOptions {
   /** Ed25519 public keys (SPKI PEM) trusted to sign tokens; several during a key rotation. */
   publicKeyPems: readonly string[];
+  /**
+   * The `aud` every token must carry: this server's domain (`token create --domain`). A token
+   * minted for another deployment sharing the signing key is refused here.
+   */
+  audience: string;
+  /** Longest `exp - iat` accepted; undefined means no cap. Whole seconds are compared exactly. */
+  maxLifetimeMs?: number;
   /** One revoked token id (`jti`) per line, `#` starts a comment. May not exist yet. */
   revocationFile?: string;
   /** The file is stat()ed at most once per interval, on verify; a change is seen within it. */
   revocationCheckIntervalMs?: number;
-  /** Leeway for `exp` and `nbf` against clock skew between the issuer and this server. */
+  /** Leeway for `exp`, `nbf` and a future `iat` against clock skew between issuer and server. */
   clockToleranceMs?: number;
   /** Epoch milliseconds; injectable for tests. Also paces the revocation checks. */
   now?: () => number;
@@ -37,14 +44,17 @@ export interface VerifiedToken {
 }
 
 /**
- * Verifies agent tokens: EdDSA only, key picked by `kid`, issuer, expiry, claim shapes, then
- * the revocation list. Errors are TunnelErrors with the TUN_ERR_TOKEN_* / TUN_ERR_UNKNOWN_KEY codes.
+ * Verifies agent tokens: EdDSA only, key picked by `kid`, issuer, audience, expiry, issue time,
+ * lifetime, claim shapes, then the revocation list. Errors are TunnelErrors with the
+ * TUN_ERR_TOKEN_* / TUN_ERR_UNKNOWN_KEY codes.
  */
 export class TokenVerifier {
   private readonly keys = new Map<string, KeyObject>();
+  private readonly audience: string;
+  private readonly maxLifetimeMs: number | undefined;
   private readonly revocationFile: string | undefined;
   private readonly revocationCheckIntervalMs: number;
-  private readonly clockToleranceSec: number;
+  private readonly clockToleranceMs: number;
   private readonly now: () => number;
   private revokedTokenIds = new Set<string>();
   /** Identity of the revocation file last read (inode, size, times), or 'absent'. */
@@ -56,6 +66,21 @@ export class TokenVerifier {
   constructor(options: TokenVerifierOptions) {
     if (options.publicKeyPems.length === 0)
       throw new TunnelError('TUN_ERR_CONFIG', 'no token verification key configured');
+    if (typeof options.audience !== 'string' || options.audience.length === 0)
+      throw new TunnelError('TUN_ERR_CONFIG', 'the token verifier needs an audience (the server domain)');
+    const { maxLifetimeMs, clockToleranceMs = 0, revocationCheckIntervalMs } = options;
+    if (maxLifetimeMs !== undefined && !(Number.isSafeInteger(maxLifetimeMs) && maxLifetimeMs >= 1000)) {
+      throw new TunnelError('TUN_ERR_CONFIG', `maxLifetimeMs must be at least 1000, not ${maxLifetimeMs}`);
+    }
+    if (!(Number.isFinite(clockToleranceMs) && clockToleranceMs >= 0)) {
+      throw new TunnelError('TUN_ERR_CONFIG', `clockToleranceMs must be 0 or more, not ${clockToleranceMs}`);
+    }
+    if (revocationCheckIntervalMs !== undefined && !(revocationCheckIntervalMs > 0)) {
+      throw new TunnelError(
+        'TUN_ERR_CONFIG',
+        `revocationCheckIntervalMs must be more than 0, not ${revocationCheckIntervalMs}`,
+      );
+    }
     for (const [index, pem] of options.publicKeyPems.entries()) {
       let key: KeyObject;
       try {
@@ -67,10 +92,11 @@ export class TokenVerifier {
       }
       this.keys.set(keyIdOf(key), key);
     }
+    this.audience = options.audience;
+    this.maxLifetimeMs = maxLifetimeMs;
     this.revocationFile = options.revocationFile;
-    this.revocationCheckIntervalMs =
-      options.revocationCheckIntervalMs ?? DEFAULT_REVOCATION_CHECK_INTERVAL_MS;
-    this.clockToleranceSec = (options.clockToleranceMs ?? 0) / 1000;
+    this.revocationCheckIntervalMs = revocationCheckIntervalMs ?? DEFAULT_REVOCATION_CHECK_INTERVAL_MS;
+    this.clockToleranceMs = clockToleranceMs;
     this.now = options.now ?? Date.now;
   }
 
@@ -110,10 +136,11 @@ export class TokenVerifier {
       ({ payload } = await jwtVerify(token, key, {
         algorithms: [TOKEN_ALGORITHM],
         issuer: TOKEN_ISSUER,
+        audience: this.audience,
         typ: 'JWT',
         requiredClaims: ['exp', 'iat', 'jti', 'sub'],
         currentDate: new Date(this.now()),
-        clockTolerance: this.clockToleranceSec,
+        clockTolerance: this.clockToleranceMs / 1000,
       }));
     } catch (err) {
       if (err instanceof joseErrors.JWTExpired) {
@@ -122,7 +149,34 @@ export class TokenVerifier {
           details: { kid: header.kid },
         });
       }
+      if (err instanceof joseErrors.JWTClaimValidationFailed && err.claim === 'aud') {
+        // The usual cause is `token create` run without this server's --domain.
+        const why = err.reason === 'missing' ? 'has no audience' : 'is for another audience';
+        throw invalid(
+          `the token ${why}; this server accepts only tokens for ${JSON.stringify(this.audience)} ` +
+            '(tunnel-server token create --domain)',
+          err,
+        );
+      }
       throw invalid('the token does not verify', err);
+    }
+
+    // jose compares `iat` with the clock only under maxTokenAge, which we do not use. createToken
+    // rounds iat down to the second, so a token is surely from the future only when iat itself
+    // is past now + tolerance: comparing in milliseconds refuses nothing issued before now.
+    const issuedAt = payload.iat as number;
+    if (issuedAt * 1000 > this.now() + this.clockToleranceMs) {
+      throw invalid(
+        `the token was issued in the future (iat ${issuedAt}, now ${Math.floor(this.now() / 1000)}); ` +
+          "check the issuer's clock or the server's clock tolerance",
+      );
+    }
+    const lifetimeMs = ((payload.exp as number) - issuedAt) * 1000;
+    if (this.maxLifetimeMs !== undefined && lifetimeMs > this.maxLifetimeMs) {
+      throw invalid(
+        `the token lives ${formatMs(lifetimeMs)}, more than the ${formatMs(this.maxLifetimeMs)} this server ` +
+          'allows; issue one with a shorter --ttl',
+      );
     }
 
     const clusterId = payload['cluster'];
@@ -190,6 +244,13 @@ export function parseRevocations(text: string): Set<string> {
     if (tokenId) tokenIds.add(tokenId);
   }
   return tokenIds;
+}
+
+/** 8760h, 90s or 1500ms: the units of `--ttl`, so the limit reads as the flag is written. */
+function formatMs(ms: number): string {
+  if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
+  if (ms % 1000 === 0) return `${ms / 1000}s`;
+  return `${ms}ms`;
 }
 
 function ignoreMissing(err: NodeJS.ErrnoException): undefined {

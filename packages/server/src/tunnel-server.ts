@@ -95,7 +95,7 @@ export class TunnelServer {
       this.log.info({ dataDir: c.dataDir }, 'token signing key created');
     }
     const publicKeyPems = await Promise.all(c.tokenPublicKey.map((f) => readFile(f, 'utf8')));
-    this.verifier = new TokenVerifier({ publicKeyPems, revocationFile: c.revokedFile });
+    this.verifier = new TokenVerifier({ publicKeyPems, audience: c.domain, revocationFile: c.revokedFile });
     this.endpoint = new AgentEndpoint({
       serverId: c.serverId,
       serverCount: c.serverCount,

@@ -1,6 +1,17 @@
 import { execFile } from 'node:child_process';
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
-import { mkdtemp, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import {
+  appendFile,
+  mkdir,
+  mkdtemp,
+  readFile,
+  rename,
+  rm,
+  rmdir,
+  stat,
+  unlink,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -14,6 +25,8 @@ import {
 } from '../../packages/server/src/token-issuer.js';
 import { TokenVerifier, parseRevocations } from '../../packages/server/src/token-verifier.js';
 import type { TokenVerifierOptions } from '../../packages/server/src/token-verifier.js';
+import { ManualClock } from '../helpers/manual-clock.js';
+import { flushIo, pollUntil } from '../helpers/streams.js';
 import { SERVER_BIN } from '../helpers/tunnel.js';
 
 const execFileAsync = promisify(execFile);
@@ -556,6 +569,181 @@ describe('tunnel-server token create', () => {
     await expect(
       tokenCreate('--cluster', 'u1', '--domain', 'not a domain', '--data-dir', dataDir),
     ).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('--domain') });
+  });
+});
+
+describe('TokenVerifier revocation watch', () => {
+  const INTERVAL_MS = 500;
+
+  /** A verifier whose watch runs on `clock`, watched; records every callback. */
+  function watched(revocationFile: string | undefined, publicKeyPem = keyPair().publicKeyPem) {
+    const clock = new ManualClock();
+    const tokenVerifier = verifier({ publicKeyPems: [publicKeyPem], revocationFile, timers: clock });
+    const changes: string[][] = [];
+    const errors: Array<{ code: string; retryable: boolean }> = [];
+    tokenVerifier.watchRevocations(
+      (revoked) => changes.push([...revoked].sort()),
+      (err) => errors.push(err),
+    );
+    /** Runs the next check once it is armed, that is once the previous one has finished. */
+    const tick = async (): Promise<void> => {
+      await pollUntil(() => clock.pending === 1, 2_000, 'the next revocation check to be armed');
+      clock.advance(INTERVAL_MS);
+    };
+    /** Waits until the check started by the last tick() has finished and armed the next one. */
+    const settled = () => pollUntil(() => clock.pending === 1, 2_000, 'the revocation check to finish');
+    const changed = (count: number) => pollUntil(() => changes.length === count, 2_000, `change #${count}`);
+    return { clock, tokenVerifier, changes, errors, tick, settled, changed };
+  }
+
+  it('calls back with the whole set at once, then when the file is written, rewritten, appended to, replaced by rename and removed', async () => {
+    const dir = await tempDir();
+    const revocationFile = join(dir, 'revoked-tokens');
+    const { privateKeyPem, publicKeyPem } = keyPair();
+    const token = await createToken({ privateKeyPem, clusterId: 'u1', audience: AUDIENCE, ttlMs: HOUR_MS });
+    const id = decodeJwt(token).jti as string;
+    const w = watched(revocationFile, publicKeyPem);
+
+    await w.changed(1);
+    expect(w.changes[0]).toEqual([]); // the file does not exist yet
+
+    await writeFile(revocationFile, `${id}\n`);
+    await w.tick();
+    await w.changed(2);
+    expect(w.changes[1]).toEqual([id]);
+    expect(w.tokenVerifier.isRevoked(id)).toBe(true);
+    await expect(w.tokenVerifier.verify(token)).rejects.toMatchObject({ code: 'TUN_ERR_TOKEN_REVOKED' });
+
+    await writeFile(revocationFile, `${id}\nbbb\n`);
+    await w.tick();
+    await w.changed(3);
+    expect(w.changes[2]).toEqual([id, 'bbb'].sort());
+
+    await appendFile(revocationFile, 'ccc  # appended\n');
+    await w.tick();
+    await w.changed(4);
+    expect(w.changes[3]).toEqual([id, 'bbb', 'ccc'].sort());
+
+    const replacement = join(dir, 'revoked-tokens.new');
+    await writeFile(replacement, '# replaced\nccc\n');
+    await rename(replacement, revocationFile);
+    await w.tick();
+    await w.changed(5);
+    expect(w.changes[4]).toEqual(['ccc']);
+    expect(w.tokenVerifier.isRevoked(id)).toBe(false);
+
+    await unlink(revocationFile);
+    await w.tick();
+    await w.changed(6);
+    expect(w.changes[5]).toEqual([]);
+    expect(w.errors).toEqual([]);
+  });
+
+  it('stays quiet when the file changes but the set of token ids does not', async () => {
+    const dir = await tempDir();
+    const revocationFile = join(dir, 'revoked-tokens');
+    await writeFile(revocationFile, 'aaa\n');
+    const w = watched(revocationFile);
+    await w.changed(1);
+    // Another size and mtime, so the file is read again; only comments and blank lines differ.
+    await writeFile(revocationFile, '# the list\n\naaa  # leaked in a CI log\n');
+    await w.tick();
+    await w.settled();
+    expect(w.changes).toEqual([['aaa']]);
+  });
+
+  it('stops on close(), even with a check in flight, and arms no further check', async () => {
+    const dir = await tempDir();
+    const revocationFile = join(dir, 'revoked-tokens');
+    const w = watched(revocationFile);
+    await w.changed(1);
+    await writeFile(revocationFile, 'aaa\n');
+    await w.tick(); // the check is now reading the file
+    await w.tokenVerifier.close();
+    expect(w.clock.pending).toBe(0);
+    w.clock.advance(60_000);
+    await flushIo();
+    expect(w.changes).toEqual([[]]);
+    expect(() => w.tokenVerifier.watchRevocations(() => {})).toThrow(
+      expect.objectContaining({ code: 'TUN_ERR_CONFIG' }),
+    );
+  });
+
+  it('clears the armed check on close()', async () => {
+    const dir = await tempDir();
+    const w = watched(join(dir, 'revoked-tokens'));
+    await w.changed(1);
+    await w.settled();
+    await w.tokenVerifier.close();
+    expect(w.clock.pending).toBe(0);
+  });
+
+  it('reports a file that cannot be read once per run of failures, keeps the last set, and verify() fails closed', async () => {
+    const dir = await tempDir();
+    const revocationFile = join(dir, 'revoked-tokens');
+    const { privateKeyPem, publicKeyPem } = keyPair();
+    const token = await createToken({ privateKeyPem, clusterId: 'u1', audience: AUDIENCE, ttlMs: HOUR_MS });
+    await writeFile(revocationFile, 'aaa\n');
+    const w = watched(revocationFile, publicKeyPem);
+    await w.changed(1);
+    await expect(w.tokenVerifier.verify(token)).resolves.toMatchObject({ clusterId: 'u1' });
+
+    // A directory where the file should be: stat works, reading fails.
+    await unlink(revocationFile);
+    await mkdir(revocationFile);
+    await w.tick();
+    await pollUntil(() => w.errors.length === 1, 2_000, 'the error callback');
+    expect(w.errors[0]).toMatchObject({ code: 'TUN_ERR_CONFIG', retryable: true });
+    expect(w.tokenVerifier.isRevoked('aaa')).toBe(true);
+    await expect(w.tokenVerifier.verify(token)).rejects.toMatchObject({ code: 'TUN_ERR_CONFIG' });
+    await w.tick();
+    await w.settled();
+    expect(w.errors).toHaveLength(1);
+
+    // Readable again, then unreadable again: a new run of failures is reported again.
+    await rmdir(revocationFile);
+    await writeFile(revocationFile, 'bbb\n');
+    await w.tick();
+    await w.changed(2);
+    expect(w.changes[1]).toEqual(['bbb']);
+    await unlink(revocationFile);
+    await mkdir(revocationFile);
+    await w.tick();
+    await pollUntil(() => w.errors.length === 2, 2_000, 'the second error callback');
+    expect(w.changes).toHaveLength(2);
+  });
+
+  it('tells a watcher the empty set once when there is no revocation file, and arms no check', async () => {
+    const w = watched(undefined);
+    await w.changed(1);
+    expect(w.changes).toEqual([[]]);
+    expect(w.clock.pending).toBe(0);
+  });
+
+  it('tells a second watcher the current set without waiting for a change', async () => {
+    const dir = await tempDir();
+    const revocationFile = join(dir, 'revoked-tokens');
+    await writeFile(revocationFile, 'aaa\n');
+    const w = watched(revocationFile);
+    await w.changed(1);
+    const later: string[][] = [];
+    w.tokenVerifier.watchRevocations((revoked) => later.push([...revoked]));
+    await pollUntil(() => later.length === 1, 2_000, 'the second watcher');
+    expect(later).toEqual([['aaa']]);
+  });
+
+  it('sees a revocation within a second with the default interval and real timers', async () => {
+    const dir = await tempDir();
+    const revocationFile = join(dir, 'revoked-tokens');
+    const tokenVerifier = verifier({ publicKeyPems: [keyPair().publicKeyPem], revocationFile });
+    const changes: string[][] = [];
+    tokenVerifier.watchRevocations((revoked) => changes.push([...revoked]));
+    await pollUntil(() => changes.length === 1, 2_000, 'the first read');
+    await writeFile(revocationFile, 'aaa\n');
+    const writtenMs = Date.now();
+    await pollUntil(() => changes.length === 2, 1_500, 'the revocation');
+    expect(Date.now() - writtenMs).toBeLessThan(1_200);
+    expect(changes[1]).toEqual(['aaa']);
   });
 });
 

@@ -3,7 +3,8 @@ import type { KeyObject } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { decodeProtectedHeader, errors as joseErrors, jwtVerify } from 'jose';
 import type { JWTPayload, ProtectedHeaderParameters } from 'jose';
-import { TunnelError } from '@cluster-tunnel/protocol';
+import { TunnelError, systemClock } from '@cluster-tunnel/protocol';
+import type { Clock } from '@cluster-tunnel/protocol';
 import {
   CLUSTER_ID_PATTERN,
   TOKEN_ALGORITHM,
@@ -29,12 +30,34 @@ export interface TokenVerifierOptions {
   maxLifetimeMs?: number;
   /** One revoked token id (`jti`) per line, `#` starts a comment. May not exist yet. */
   revocationFile?: string;
-  /** The file is stat()ed at most once per interval, on verify; a change is seen within it. */
+  /**
+   * The file is stat()ed at most once per interval on verify, and once per interval while
+   * watchRevocations() runs; a change is seen within it.
+   */
   revocationCheckIntervalMs?: number;
   /** Leeway for `exp`, `nbf` and a future `iat` against clock skew between issuer and server. */
   clockToleranceMs?: number;
-  /** Epoch milliseconds; injectable for tests. Also paces the revocation checks. */
+  /** Epoch milliseconds; injectable for tests. Also paces the revocation checks on verify. */
   now?: () => number;
+  /** Timers of the revocation watch (default: unref'd real timers); injectable for tests. */
+  timers?: Pick<Clock, 'setTimeout' | 'clearTimeout'>;
+}
+
+/** Called with the whole current set: first after the first read, then whenever it changes. */
+export type RevocationListener = (revoked: ReadonlySet<string>) => void;
+/**
+ * Called when the revocation file starts failing to be read (once per run of failures, not per
+ * check): verify() refuses every token meanwhile, while isRevoked() keeps the last set read.
+ */
+export type RevocationErrorListener = (err: TunnelError) => void;
+
+interface RevocationWatcher {
+  onChange: RevocationListener;
+  onError: RevocationErrorListener | undefined;
+  /** The set last passed to onChange; sets are replaced, never mutated, so identity is change. */
+  notified: ReadonlySet<string> | undefined;
+  /** onError was called for the current run of failed reads. */
+  errorReported: boolean;
 }
 
 export interface VerifiedToken {
@@ -46,7 +69,8 @@ export interface VerifiedToken {
 /**
  * Verifies agent tokens: EdDSA only, key picked by `kid`, issuer, audience, expiry, issue time,
  * lifetime, claim shapes, then the revocation list. Errors are TunnelErrors with the
- * TUN_ERR_TOKEN_* / TUN_ERR_UNKNOWN_KEY codes.
+ * TUN_ERR_TOKEN_* / TUN_ERR_UNKNOWN_KEY codes. watchRevocations() lets the server end sessions
+ * of tokens revoked after they connected.
  */
 export class TokenVerifier {
   private readonly keys = new Map<string, KeyObject>();
@@ -56,11 +80,17 @@ export class TokenVerifier {
   private readonly revocationCheckIntervalMs: number;
   private readonly clockToleranceMs: number;
   private readonly now: () => number;
-  private revokedTokenIds = new Set<string>();
+  private readonly timers: Pick<Clock, 'setTimeout' | 'clearTimeout'>;
+  /** Replaced on every change and never mutated, so listeners may keep what they were given. */
+  private revokedTokenIds: ReadonlySet<string> = new Set<string>();
+  /** False until the file has been read once: watchers are told only about sets actually read. */
+  private revocationsRead = false;
   /** Identity of the revocation file last read (inode, size, times), or 'absent'. */
   private revocationStamp: string | undefined;
   private nextRevocationCheckMs = Number.NEGATIVE_INFINITY;
   private revocationRefresh: Promise<void> | undefined;
+  private readonly watchers: RevocationWatcher[] = [];
+  private watchTimer: unknown;
   private closed = false;
 
   constructor(options: TokenVerifierOptions) {
@@ -98,6 +128,7 @@ export class TokenVerifier {
     this.revocationCheckIntervalMs = revocationCheckIntervalMs ?? DEFAULT_REVOCATION_CHECK_INTERVAL_MS;
     this.clockToleranceMs = clockToleranceMs;
     this.now = options.now ?? Date.now;
+    this.timers = options.timers ?? systemClock;
   }
 
   /** Key ids this verifier trusts. */
@@ -198,15 +229,60 @@ export class TokenVerifier {
     return { clusterId, tokenId, expiresAt: new Date((payload.exp as number) * 1000) };
   }
 
-  /** Idempotent; later verify() calls fail. Nothing is watched between calls, so nothing leaks. */
+  /** True when `tokenId` is in the revocation set as last read (by verify or the watch). */
+  isRevoked(tokenId: string): boolean {
+    return this.revokedTokenIds.has(tokenId);
+  }
+
+  /**
+   * Re-reads the revocation file every revocationCheckIntervalMs on a timer that does not keep
+   * the process alive, until close(). `onChange` gets the whole current set after the first read
+   * and after every change; `onError` hears of a file that stops being readable (see
+   * RevocationErrorListener). Without a revocation file, `onChange` gets the empty set once.
+   * A listener that throws does not stop the watch: its error is rethrown from process.nextTick.
+   */
+  watchRevocations(onChange: RevocationListener, onError?: RevocationErrorListener): void {
+    if (this.closed) throw new TunnelError('TUN_ERR_CONFIG', 'the token verifier is closed');
+    this.watchers.push({ onChange, onError, notified: undefined, errorReported: false });
+    if (this.revocationFile === undefined) {
+      this.revocationsRead = true;
+      queueMicrotask(() => this.notifyWatchers());
+      return;
+    }
+    if (this.watchers.length === 1) this.checkRevocationsNow();
+    // A later watcher still gets the current set, once the file has been read.
+    else if (this.revocationsRead) queueMicrotask(() => this.notifyWatchers());
+  }
+
+  /** Idempotent; later verify() calls fail and the revocation watch stops. */
   async close(): Promise<void> {
     this.closed = true;
+    this.watchers.length = 0;
+    if (this.watchTimer !== undefined) this.timers.clearTimeout(this.watchTimer);
+    this.watchTimer = undefined;
     await this.revocationRefresh?.catch(() => {});
   }
 
-  private async refreshRevocations(): Promise<void> {
-    if (this.revocationFile === undefined || this.now() < this.nextRevocationCheckMs) return;
-    // Concurrent verifies share one stat/read.
+  /** One watch tick: read now, whoever read last, then arm the next tick after it finishes. */
+  private checkRevocationsNow(): void {
+    this.watchTimer = undefined;
+    this.refreshRevocations(true)
+      // Already reported to onError by readRevocations; the next tick tries again.
+      .catch(() => {})
+      .finally(() => {
+        if (this.closed || this.watchers.length === 0) return;
+        // Armed after the read, not on an interval, so a slow disk never stacks reads.
+        this.watchTimer = this.timers.setTimeout(
+          () => this.checkRevocationsNow(),
+          this.revocationCheckIntervalMs,
+        );
+      });
+  }
+
+  private async refreshRevocations(force = false): Promise<void> {
+    if (this.revocationFile === undefined) return;
+    if (!force && this.now() < this.nextRevocationCheckMs) return;
+    // Concurrent verifies and the watch share one stat/read.
     this.revocationRefresh ??= this.readRevocations(this.revocationFile).finally(() => {
       this.revocationRefresh = undefined;
     });
@@ -215,23 +291,47 @@ export class TokenVerifier {
 
   private async readRevocations(file: string): Promise<void> {
     try {
-      // stat, not a watcher: works when the file does not exist yet and when it is replaced by
-      // rename (the inode changes), and holds no handle open between calls.
+      // stat, not fs.watch: works when the file does not exist yet and when it is replaced by
+      // rename (the inode changes), and holds no handle open between checks.
       const stats = await stat(file, { bigint: true }).catch(ignoreMissing);
       const stamp = stats ? `${stats.ino}:${stats.size}:${stats.mtimeNs}:${stats.ctimeNs}` : 'absent';
       if (stamp !== this.revocationStamp) {
         const text = stats ? await readFile(file, 'utf8').catch(ignoreMissing) : undefined;
-        this.revokedTokenIds = parseRevocations(text ?? '');
+        const next = parseRevocations(text ?? '');
+        // Replace only on a real change, so a touch or a comment edit tells no one anything.
+        if (!sameSet(next, this.revokedTokenIds)) this.revokedTokenIds = next;
         // A change between stat and read leaves an older stamp: the next check reads again.
         this.revocationStamp = stamp;
       }
       this.nextRevocationCheckMs = this.now() + this.revocationCheckIntervalMs;
     } catch (cause) {
-      // Fail closed: a revocation list that cannot be read must not let revoked tokens in.
-      throw new TunnelError('TUN_ERR_CONFIG', `cannot read the revocation file ${file}`, {
+      // Fail closed: a revocation list that cannot be read must not let revoked tokens in, so
+      // the next verify() reads again (and fails) even if a good read was less than an interval ago.
+      this.nextRevocationCheckMs = Number.NEGATIVE_INFINITY;
+      const err = new TunnelError('TUN_ERR_CONFIG', `cannot read the revocation file ${file}`, {
         cause,
         retryable: true,
       });
+      for (const watcher of this.watchers) {
+        if (watcher.errorReported) continue;
+        watcher.errorReported = true;
+        callListener(() => watcher.onError?.(err));
+      }
+      throw err;
+    }
+    for (const watcher of this.watchers) watcher.errorReported = false;
+    this.revocationsRead = true;
+    // close() empties the watchers, so nothing is told after it.
+    this.notifyWatchers();
+  }
+
+  private notifyWatchers(): void {
+    if (!this.revocationsRead) return;
+    const current = this.revokedTokenIds;
+    for (const watcher of this.watchers) {
+      if (watcher.notified === current) continue;
+      watcher.notified = current;
+      callListener(() => watcher.onChange(current));
     }
   }
 }
@@ -251,6 +351,23 @@ function formatMs(ms: number): string {
   if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
   if (ms % 1000 === 0) return `${ms / 1000}s`;
   return `${ms}ms`;
+}
+
+function sameSet(a: ReadonlySet<string>, b: ReadonlySet<string>): boolean {
+  if (a.size !== b.size) return false;
+  for (const item of a) if (!b.has(item)) return false;
+  return true;
+}
+
+/** Runs a caller's listener so that its bug surfaces as an uncaught error, not as ours. */
+function callListener(fn: () => void): void {
+  try {
+    fn();
+  } catch (err) {
+    process.nextTick(() => {
+      throw err;
+    });
+  }
 }
 
 function ignoreMissing(err: NodeJS.ErrnoException): undefined {

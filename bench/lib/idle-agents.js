@@ -73,7 +73,13 @@ const sessions = [];
 
 async function openAgent(i) {
   const clusterId = `idle${i}`;
-  const token = await createToken({ privateKeyPem, clusterId, ttlMs: 3_600_000 });
+  // The audience is the server's domain; bench servers run on the default (bench/lib/tunnel.js).
+  const token = await createToken({
+    privateKeyPem,
+    clusterId,
+    audience: 'proxy.localhost',
+    ttlMs: 3_600_000,
+  });
   // The agent's handshake (packages/client/src/dialer.ts), with the shared TLS context.
   const key = createWebSocketKey();
   const req = https.request(`https://127.0.0.1:${port}/connect`, {

@@ -89,6 +89,7 @@ describe('agent authentication on the WebSocket upgrade', () => {
     const expired = await signToken({
       privateKeyPem: await signingKey(server),
       clusterId: 'u1',
+      audience: 'proxy.localhost',
       ttlMs: 60_000,
       now: () => Date.now() - 3_600_000,
     });
@@ -104,6 +105,7 @@ describe('agent authentication on the WebSocket upgrade', () => {
     const byForeignKey = await signToken({
       privateKeyPem: foreign.privateKeyPem,
       clusterId: 'u1',
+      audience: 'proxy.localhost',
       ttlMs: 60_000,
     });
     expect((await refusal(server, byForeignKey)).body.code).toBe('TUN_ERR_UNKNOWN_KEY');
@@ -144,6 +146,7 @@ describe('agent authentication on the WebSocket upgrade', () => {
     const expired = await signToken({
       privateKeyPem: await signingKey(server),
       clusterId: 'u1',
+      audience: 'proxy.localhost',
       ttlMs: 60_000,
       now: () => Date.now() - 3_600_000,
     });

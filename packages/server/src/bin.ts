@@ -4,13 +4,14 @@
  * `kubeconfig` prints a kubeconfig for a cluster's route. Only this file and config.ts read
  * argv and env.
  */
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { Command } from 'commander';
 import {
   TunnelError,
   addConfigOptions,
   createLogger,
+  isDnsName,
   isTunnelError,
   parseDurationMs,
   parseHostPort,
@@ -67,23 +68,41 @@ start.action(async (opts: Record<string, unknown>) => {
   process.on('SIGINT', () => stop('SIGINT'));
 });
 
+interface TokenCreateFlags {
+  cluster: string;
+  domain: string;
+  ttl: string;
+  dataDir: string;
+  signingKey?: string;
+}
+
 const token = program.command('token').description('agent tokens');
 token
   .command('create')
   .description('print a signed token for an agent of one cluster')
   .requiredOption('--cluster <uid>', 'cluster id the token grants (lower-case letters and digits)')
+  .option(
+    '--domain <domain>',
+    "the tunnel server's domain (its --domain): the token's audience, accepted by that server only",
+    SERVER_CONFIG_SCHEMA.domain.default,
+  )
   .option('--ttl <duration>', 'lifetime, e.g. 24h, 8760h', '8760h')
   .option('--data-dir <dir>', 'server data directory holding the signing key', './.tunnel')
   .option('--signing-key <file>', 'Ed25519 private key (PEM); default <data-dir>/token-signing.key')
-  .action(async (o: { cluster: string; ttl: string; dataDir: string; signingKey?: string }) => {
+  .action(async (o: TokenCreateFlags) => {
     const ttlMs = parseDurationMs(o.ttl);
     if (ttlMs === undefined || ttlMs === 0) {
       throw new TunnelError('TUN_ERR_CONFIG', `--ttl: ${JSON.stringify(o.ttl)} is not a duration like 24h`);
     }
+    // Spelled as the server's config spells its domain, so `--domain Proxy.Example.com.` matches.
+    const audience = o.domain.toLowerCase().replace(/\.$/, '');
+    if (!isDnsName(audience)) {
+      throw new TunnelError('TUN_ERR_CONFIG', `--domain: ${JSON.stringify(o.domain)} is not a DNS name`);
+    }
     const privateKeyPem = o.signingKey
       ? await readFile(o.signingKey, 'utf8')
       : (await generateSigningKeyPair(o.dataDir)).privateKeyPem;
-    process.stdout.write(`${await createToken({ privateKeyPem, clusterId: o.cluster, ttlMs })}\n`);
+    process.stdout.write(`${await createToken({ privateKeyPem, clusterId: o.cluster, audience, ttlMs })}\n`);
   });
 
 program
@@ -134,7 +153,12 @@ async function printSteps(config: ServerConfig, server: TunnelServer): Promise<v
   } catch {
     return; // keys managed elsewhere (production): nothing to mint here
   }
-  const demoToken = await createToken({ privateKeyPem, clusterId: 'demo', ttlMs: 24 * 3600_000 });
+  const demoToken = await createToken({
+    privateKeyPem,
+    clusterId: 'demo',
+    audience: config.domain,
+    ttlMs: 24 * 3600_000,
+  });
   const tokenFile = join(config.dataDir, DEMO_TOKEN_FILE);
   // Atomic: a file left from an earlier run with looser permissions is replaced, not reused.
   await writeAtomic(tokenFile, `${demoToken}\n`, 0o600);
@@ -148,7 +172,7 @@ async function printSteps(config: ServerConfig, server: TunnelServer): Promise<v
       `cluster-tunnel server ${config.serverId} is listening on ${host}:${port} (domain ${config.domain}).`,
       '',
       `1. A 24h agent token for cluster "demo" is in ${rel(tokenFile)}:`,
-      `   ${demoToken.slice(0, 24)}…  (more: node packages/server/dist/bin.js token create --cluster <uid>)`,
+      `   ${demoToken.slice(0, 24)}…  (more: node packages/server/dist/bin.js token create --cluster <uid> --domain ${config.domain})`,
       '2. Run an agent next to your cluster (here it forwards to an API server at 127.0.0.1:6443):',
       `   node packages/client/dist/bin.js --server wss://${host}:${port}/connect --ca-file ${caFile} \\`,
       `     --token-file ${rel(tokenFile)} --route apiserver=127.0.0.1:6443`,

@@ -124,6 +124,15 @@ export const SERVER_CONFIG_SCHEMA = {
     max: 10 * 8760 * 3_600_000,
     description: 'agent tokens valid for longer than this (exp - iat) are refused',
   },
+  tokenClockToleranceMs: {
+    type: 'duration-ms',
+    flag: 'token-clock-tolerance-ms',
+    env: 'TUNNEL_SERVER_TOKEN_CLOCK_TOLERANCE_MS',
+    default: '60s',
+    min: 0,
+    max: 3_600_000,
+    description: "clock skew allowed between the token issuer and this server, for a token's exp, nbf and iat",
+  },
   tokenPublicKey: {
     type: 'file-list',
     flag: 'token-public-key',
@@ -228,6 +237,7 @@ export interface ServerConfig {
   readonly maxAgentsPerCluster: number;
   readonly maxSessionBufferedBytes: number;
   readonly maxTokenLifetimeMs: number;
+  readonly tokenClockToleranceMs: number;
   /** Absolute paths, at least one; the default may not exist yet (created on first start). */
   readonly tokenPublicKey: readonly string[];
   /** Absolute path; the file may not exist. */

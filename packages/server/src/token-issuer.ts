@@ -3,7 +3,7 @@ import type { KeyObject } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SignJWT } from 'jose';
-import { CLUSTER_ID_PATTERN, TunnelError, isValidClusterId } from '@cluster-tunnel/protocol';
+import { CLUSTER_ID_PATTERN, TunnelError, isDnsName, isValidClusterId } from '@cluster-tunnel/protocol';
 import { readOptional, writeAtomic } from './data-file.js';
 
 /** The `iss` claim of every agent token. */
@@ -33,6 +33,12 @@ export interface SigningKeyPair {
 export interface CreateTokenOptions {
   privateKeyPem: string;
   clusterId: string;
+  /**
+   * The `aud` claim: the domain of the tunnel server that is to accept the token, in the form
+   * the server's config keeps it (lower case, no trailing dot), e.g. `proxy.localhost`.
+   */
+  audience: string;
+  /** Lifetime; `exp - iat` is this rounded down to whole seconds, never more. */
   ttlMs: number;
   /** Epoch milliseconds; injectable for tests. */
   now?: () => number;
@@ -101,26 +107,39 @@ export async function generateSigningKeyPair(dir: string): Promise<SigningKeyPai
   return { privateKeyPem, publicKeyPem, keyId: keyIdOf(privateKey), created };
 }
 
-/** Signs an agent token for `clusterId`, valid for `ttlMs` from now. */
+/** Signs an agent token for `clusterId` on the server of domain `audience`, valid for `ttlMs` from now. */
 export async function createToken(options: CreateTokenOptions): Promise<string> {
   if (!isValidClusterId(options.clusterId)) {
     throw new TunnelError('TUN_ERR_CONFIG', `invalid cluster id ${JSON.stringify(options.clusterId)}`, {
       details: { pattern: CLUSTER_ID_PATTERN.source },
     });
   }
+  const { audience } = options;
+  // The server lower-cases its domain and drops a trailing dot; a token for any other spelling
+  // would be refused there, so refuse it here where the mistake is made.
+  if (typeof audience !== 'string' || !isDnsName(audience) || audience !== audience.toLowerCase()) {
+    throw new TunnelError(
+      'TUN_ERR_CONFIG',
+      `token audience ${JSON.stringify(audience)} is not a lower-case DNS name like proxy.example.com`,
+    );
+  }
   if (!Number.isFinite(options.ttlMs) || options.ttlMs < 1000) {
     throw new TunnelError('TUN_ERR_CONFIG', `token ttlMs must be at least 1000, not ${options.ttlMs}`);
   }
   const privateKey = loadSigningKey(options.privateKeyPem);
   const nowMs = (options.now ?? Date.now)();
-  // JWT times are whole seconds; round expiry down so a token never outlives the ttl asked for.
+  // JWT times are whole seconds. exp is iat plus the ttl rounded down, so `exp - iat` never
+  // exceeds the ttl (a server's lifetime cap equal to the ttl accepts the token) and the token
+  // never outlives the ttl asked for.
+  const issuedAt = Math.floor(nowMs / 1000);
   return new SignJWT({ cluster: options.clusterId })
     .setProtectedHeader({ alg: TOKEN_ALGORITHM, kid: keyIdOf(privateKey), typ: 'JWT' })
     .setIssuer(TOKEN_ISSUER)
     .setSubject(`${TOKEN_SUBJECT_PREFIX}${options.clusterId}`)
     .setJti(randomBytes(16).toString('base64url'))
-    .setIssuedAt(Math.floor(nowMs / 1000))
-    .setExpirationTime(Math.floor((nowMs + options.ttlMs) / 1000))
+    .setAudience(audience)
+    .setIssuedAt(issuedAt)
+    .setExpirationTime(issuedAt + Math.floor(options.ttlMs / 1000))
     .sign(privateKey);
 }
 

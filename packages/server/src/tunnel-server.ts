@@ -123,7 +123,13 @@ export class TunnelServer {
       this.log.info({ dataDir: c.dataDir }, 'token signing key created');
     }
     const publicKeyPems = await Promise.all(c.tokenPublicKey.map((f) => readFile(f, 'utf8')));
-    this.verifier = new TokenVerifier({ publicKeyPems, revocationFile: c.revokedFile });
+    this.verifier = new TokenVerifier({
+      publicKeyPems,
+      audience: c.domain,
+      maxLifetimeMs: c.maxTokenLifetimeMs,
+      clockToleranceMs: c.tokenClockToleranceMs,
+      revocationFile: c.revokedFile,
+    });
     this.endpoint = new AgentEndpoint({
       serverId: c.serverId,
       serverCount: c.serverCount,
@@ -138,6 +144,11 @@ export class TunnelServer {
       metrics: this.metrics,
       log: this.log,
     });
+    // A token revoked while its agent is connected ends that session within the check interval.
+    this.verifier.watchRevocations(
+      (revoked) => this.endpoint?.onRevocations(revoked),
+      (err) => this.log.error({ err, revokedFile: c.revokedFile }, 'revocation file unreadable: refusing all agents'),
+    );
     await new Promise<void>((resolve, reject) => {
       this.publicServer.once('error', reject);
       this.publicServer.listen(c.listen.port, c.listen.host, () => {

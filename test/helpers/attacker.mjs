@@ -129,7 +129,9 @@ function anonymous(open) {
     const socket = net.connect({ port, host: '127.0.0.1', localAddress: values['local-address'] });
     socket.on('error', () => {});
     const started = Date.now();
-    socket.once('close', () => resolve({ sent: socket.bytesWritten, closedBy: 'server', heldMs: Date.now() - started }));
+    socket.once('close', () =>
+      resolve({ sent: socket.bytesWritten, closedBy: 'server', heldMs: Date.now() - started }),
+    );
     socket.once('connect', () => open(socket));
     setTimeout(() => socket.destroy(), Math.max(0, deadline - Date.now())).unref();
   });
@@ -151,18 +153,29 @@ async function captureClientHello() {
       });
     });
     server.listen(0, '127.0.0.1', () => {
-      const c = tls.connect({ port: server.address().port, host: '127.0.0.1', servername: 'proxy.localhost' });
+      const c = tls.connect({
+        port: server.address().port,
+        host: '127.0.0.1',
+        servername: 'proxy.localhost',
+      });
       c.on('error', () => {});
     });
   });
 }
 
 const ATTACKS = {
-  'yamux-ping-flood': () => asAgent((ws) => flood(ws, (i) => Buffer.concat([i === 0 ? register() : Buffer.alloc(0), batchOf(frame.ping)(i)]))),
+  'yamux-ping-flood': () =>
+    asAgent((ws) =>
+      flood(ws, (i) => Buffer.concat([i === 0 ? register() : Buffer.alloc(0), batchOf(frame.ping)(i)])),
+    ),
   'ws-ping-flood': () =>
     asAgent((_ws, socket) => flood(socket, () => Buffer.concat(Array.from({ length: 512 }, wsPing)))),
   'syn-flood': () =>
-    asAgent((ws) => flood(ws, (i) => Buffer.concat([i === 0 ? register() : Buffer.alloc(0), batchOf((n) => frame.syn(3 + 2 * n))(i)]))),
+    asAgent((ws) =>
+      flood(ws, (i) =>
+        Buffer.concat([i === 0 ? register() : Buffer.alloc(0), batchOf((n) => frame.syn(3 + 2 * n))(i)]),
+      ),
+    ),
   'prereg-tiny-frames': () =>
     asAgent((ws) =>
       flood(ws, (i) =>
@@ -176,7 +189,11 @@ const ATTACKS = {
       ),
     ),
   'empty-frames': () =>
-    asAgent((ws) => flood(ws, (i) => Buffer.concat([i === 0 ? register() : Buffer.alloc(0), batchOf(() => frame.empty(1))(i)]))),
+    asAgent((ws) =>
+      flood(ws, (i) =>
+        Buffer.concat([i === 0 ? register() : Buffer.alloc(0), batchOf(() => frame.empty(1))(i)]),
+      ),
+    ),
   'control-junk': () =>
     asAgent((ws) =>
       flood(ws, (i) =>
@@ -189,7 +206,12 @@ const ATTACKS = {
   silent: () => anonymous(() => {}),
   'slow-headers': () =>
     new Promise((resolve) => {
-      const socket = tls.connect({ port, host: '127.0.0.1', servername: 'proxy.localhost', ca: readFileSync(values.ca) });
+      const socket = tls.connect({
+        port,
+        host: '127.0.0.1',
+        servername: 'proxy.localhost',
+        ca: readFileSync(values.ca),
+      });
       socket.on('error', () => {});
       const started = Date.now();
       let timer;

@@ -63,17 +63,17 @@ export const CONTROL_MESSAGES: Readonly<Record<ControlMessage['type'], Validator
         ? `agentId must match ${ID_PATTERN.source}`
         : typeof m.agentVersion !== 'string' || !VERSION_PATTERN.test(m.agentVersion)
           ? `agentVersion must match ${VERSION_PATTERN.source}`
-        : !Array.isArray(m.routes) || m.routes.length > 64 || !m.routes.every((r) => isString(r, 63))
-          ? 'routes must be a list of at most 64 labels'
-          : undefined,
+          : !Array.isArray(m.routes) || m.routes.length > 64 || !m.routes.every((r) => isString(r, 63))
+            ? 'routes must be a list of at most 64 labels'
+            : undefined,
   registered: (m) =>
     typeof m.serverId !== 'string' || !ID_PATTERN.test(m.serverId)
       ? `serverId must match ${ID_PATTERN.source}`
       : !Array.isArray(m.hostnames) || m.hostnames.length > 64 || !m.hostnames.every((h) => isString(h))
         ? 'hostnames must be a list of at most 64 host names'
-      : m.serverCount !== undefined && !isCount(m.serverCount, MAX_SERVER_COUNT)
-        ? `serverCount must be an integer from 1 to ${MAX_SERVER_COUNT}`
-        : undefined,
+        : m.serverCount !== undefined && !isCount(m.serverCount, MAX_SERVER_COUNT)
+          ? `serverCount must be an integer from 1 to ${MAX_SERVER_COUNT}`
+          : undefined,
   error: (m) =>
     typeof m.code !== 'string' || !(m.code in ERROR_CODES) || typeof m.message !== 'string'
       ? 'code must be a known TUN_ERR_* code'

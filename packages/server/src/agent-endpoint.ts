@@ -48,6 +48,8 @@ export interface AgentEndpointOptions {
   maxAgentsPerCluster: number;
   /** Each agent session's memory budget (the yamux session's maxBufferedBytes). */
   maxSessionBufferedBytes: number;
+  /** The verifier's clock tolerance: a session ends this long after its token's `exp`, as verify() would. */
+  tokenClockToleranceMs: number;
   verifier: TokenVerifier;
   registry: AgentRegistry;
   metrics: ServerMetrics;
@@ -179,8 +181,9 @@ export class AgentEndpoint {
     const { clusterId } = token;
     this.perCluster.set(clusterId, (this.perCluster.get(clusterId) ?? 0) + 1);
     this.armExpiry(session, connected);
-    session.on('pause', (limit: string) => {
-      this.o.metrics.sessionPauses.inc({ limit });
+    session.on('pause', (limit: string) => this.o.metrics.sessionPauses.inc({ limit }));
+    // Once per session: a peer at the edge of a limit pauses and resumes many times.
+    session.once('pause', (limit: string) => {
       this.o.log.warn({ clusterId, remoteAddress, limit }, 'agent over a session limit: not reading it');
     });
     session.once('close', () => {
@@ -204,7 +207,7 @@ export class AgentEndpoint {
 
   /** Ends the session when its token expires (a timer re-armed for expiries beyond setTimeout's range). */
   private armExpiry(session: YamuxSession, c: Connected): void {
-    const leftMs = c.token.expiresAt.getTime() - Date.now();
+    const leftMs = c.token.expiresAt.getTime() + this.o.tokenClockToleranceMs - Date.now();
     if (leftMs <= 0) {
       this.end(session, c, 'TUN_ERR_TOKEN_EXPIRED', 'the token has expired');
       return;
@@ -230,7 +233,15 @@ export class AgentEndpoint {
 
   private async register(session: YamuxSession, c: Connected, remoteAddress: string): Promise<void> {
     const { token } = c;
-    const controlStream = await firstStream(session, REGISTER_TIMEOUT_MS);
+    // Every wait below also ends when the session does, with the session's reason (a flood can
+    // end it while the control stream is being handed over).
+    const ended = new Promise<never>((_, reject) =>
+      session.once('close', (err?: TunnelError) =>
+        reject(err ?? new TunnelError('TUN_ERR_SESSION_CLOSED', 'agent left before registering')),
+      ),
+    );
+    ended.catch(() => undefined);
+    const controlStream = await Promise.race([firstStream(session, REGISTER_TIMEOUT_MS), ended]);
     const control = new ControlChannel(controlStream);
     c.control = control;
     // The agent says one thing, `register`, and nothing after it: a second message (before or
@@ -241,7 +252,7 @@ export class AgentEndpoint {
       this.end(session, c, 'TUN_ERR_BAD_CONTROL_MESSAGE', `unexpected ${m.type} after register`);
     });
     control.on('error', (err: TunnelError) => this.end(session, c, err.code, err.message));
-    const message = await control.next(REGISTER_TIMEOUT_MS);
+    const message = await Promise.race([control.next(REGISTER_TIMEOUT_MS), ended]);
     const fail = (code: ErrorCode, text: string): never => {
       control.send({ type: 'error', code, message: text });
       throw new TunnelError(code, text);

@@ -131,7 +131,8 @@ export const SERVER_CONFIG_SCHEMA = {
     default: '60s',
     min: 0,
     max: 3_600_000,
-    description: "clock skew allowed between the token issuer and this server, for a token's exp, nbf and iat",
+    description:
+      "clock skew allowed between the token issuer and this server, for a token's exp, nbf and iat",
   },
   tokenPublicKey: {
     type: 'file-list',

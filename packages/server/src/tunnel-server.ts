@@ -139,6 +139,7 @@ export class TunnelServer {
       maxAgents: c.maxAgents,
       maxAgentsPerCluster: c.maxAgentsPerCluster,
       maxSessionBufferedBytes: c.maxSessionBufferedBytes,
+      tokenClockToleranceMs: c.tokenClockToleranceMs,
       verifier: this.verifier,
       registry: this.registry,
       metrics: this.metrics,
@@ -147,7 +148,11 @@ export class TunnelServer {
     // A token revoked while its agent is connected ends that session within the check interval.
     this.verifier.watchRevocations(
       (revoked) => this.endpoint?.onRevocations(revoked),
-      (err) => this.log.error({ err, revokedFile: c.revokedFile }, 'revocation file unreadable: refusing all agents'),
+      (err) =>
+        this.log.error(
+          { err, revokedFile: c.revokedFile },
+          'revocation file unreadable: refusing all agents',
+        ),
     );
     await new Promise<void>((resolve, reject) => {
       this.publicServer.once('error', reject);

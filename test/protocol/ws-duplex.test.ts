@@ -23,7 +23,7 @@ import {
   webSocketAccept,
 } from '../../packages/protocol/src/ws-handshake.js';
 import { seededRandom } from '../helpers/random.js';
-import { delay, pipePairForTest, readAtLeast, readToEndWithForAwait } from '../helpers/streams.js';
+import { delay, pipePairForTest, pollUntil, readAtLeast, readToEndWithForAwait } from '../helpers/streams.js';
 import {
   dialWebSocket,
   ourWebSocketServer,
@@ -261,6 +261,27 @@ const receivedCloses: ReceivedCloseCase[] = [
   ],
   ['1000 and an overlong encoding', 'TUN_ERR_PROTOCOL', 1007, closePayload(1000, Buffer.from([0xc0, 0xaf]))],
 ];
+
+/** A connected TCP or TLS socket pair on 127.0.0.1, destroyed when the test ends. */
+async function socketPair(kind: 'tcp' | 'tls'): Promise<{ ours: net.Socket; peer: net.Socket }> {
+  const { key, cert } = await tlsCredentials();
+  const server = kind === 'tcp' ? net.createServer() : tls.createServer({ key, cert });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  const accepted = once(server, kind === 'tcp' ? 'connection' : 'secureConnection') as Promise<[net.Socket]>;
+  const peer =
+    kind === 'tcp' ? net.connect(port, '127.0.0.1') : tls.connect({ host: '127.0.0.1', port, ca: cert });
+  // Both at once: a TLS 1.3 client may be connected before the server's side is.
+  const [[ours]] = await Promise.all([accepted, once(peer, kind === 'tcp' ? 'connect' : 'secureConnect')]);
+  onTestFinished(async () => {
+    peer.destroy();
+    ours.destroy();
+    await new Promise((resolve) => server.close(resolve));
+  });
+  peer.on('error', ignore);
+  return { ours, peer };
+}
 
 async function until(check: () => boolean, what: string): Promise<void> {
   for (let i = 0; i < 500 && !check(); i++) await delay(10);
@@ -596,6 +617,118 @@ describe('createWebSocketDuplex over wss', () => {
     ours.destroy();
     expect((await theirsClosed)[0]).toBe(1006);
   });
+
+  it.each(['tcp', 'tls'] as const)(
+    'answers a ping flood from a peer that never reads with at most one pong in the socket, and the last ping is answered (regression: one queued pong per ping, unbounded) over %s',
+    async (kind) => {
+      const { ours: socket, peer } = await socketPair(kind);
+      wrap({ socket, head: Buffer.alloc(0) }, 'server');
+      // The peer never reads (until the end): a pong per ping would fill the loopback buffers
+      // (a few MiB), then pile up in our socket's write buffer.
+      peer.pause();
+      // Runs after the duplex's own 'data' listener: sees the socket after each read's pongs.
+      let consumedBytes = 0;
+      let maxWritableBytes = 0;
+      socket.on('data', function measure(chunk: Buffer) {
+        consumedBytes += chunk.length;
+        maxWritableBytes = Math.max(maxWritableBytes, socket.writableLength);
+      });
+
+      // 256 Ki masked pings of 125 bytes (32.75 MiB), each carrying its index in its first 4 bytes.
+      const pingCount = 256 * 1024;
+      const perWrite = 8 * 1024;
+      const key = randomBytes(4);
+      const keyWord = key.readUInt32BE(0);
+      const body = Buffer.alloc(125, 0x61).map((b, i) => b ^ key[i & 3]!);
+      const ping = Buffer.concat([Buffer.from([0x80 | WsOpcode.Ping, 0x80 | 125]), key, body]);
+      for (let first = 0; first < pingCount; first += perWrite) {
+        const chunk = Buffer.allocUnsafe(perWrite * ping.length);
+        for (let i = 0; i < perWrite; i++) {
+          ping.copy(chunk, i * ping.length);
+          // The index, masked: its 4 bytes line up with the key (mask phase 0).
+          chunk.writeUInt32BE(((first + i) ^ keyWord) >>> 0, i * ping.length + 6);
+        }
+        if (!peer.write(chunk)) await once(peer, 'drain');
+      }
+      const sentBytes = pingCount * ping.length;
+      await pollUntil(() => consumedBytes >= sentBytes, 30_000, 'our side to read every ping');
+      expect(consumedBytes).toBe(sentBytes);
+      console.log(
+        `ws-duplex: ${pingCount} pings (${(sentBytes / MiB).toFixed(1)} MiB) to a peer that never reads over ${kind}: ` +
+          `our socket held at most ${maxWritableBytes} unsent bytes`,
+      );
+      // One pong written (127 bytes) and none queued behind it, whatever the ping count.
+      expect(maxWritableBytes).toBeLessThan(64 * KiB);
+      expect(socket.writableLength).toBeLessThan(64 * KiB);
+
+      // When the peer reads again, the pong of its newest ping arrives last.
+      let fromUs = Buffer.alloc(0);
+      const answered: number[] = [];
+      let otherFrames = 0;
+      peer.on('data', (c: Buffer) => {
+        fromUs = Buffer.concat([fromUs, c]);
+        // Every frame from us here is a pong of 125 bytes: 127 on the wire, unmasked.
+        for (; fromUs.length >= 127; fromUs = fromUs.subarray(127)) {
+          if (fromUs[0] !== (0x80 | WsOpcode.Pong) || fromUs[1] !== 125) otherFrames += 1;
+          answered.push(fromUs.readUInt32BE(2));
+        }
+      });
+      peer.resume();
+      await pollUntil(() => answered.at(-1) === pingCount - 1, 30_000, 'the pong of the last ping');
+      expect(otherFrames).toBe(0);
+      // Pings that arrived while a pong was out were answered by a later pong, not each by its own.
+      expect(answered.length).toBeLessThan(pingCount);
+      expect(answered.every((n, i) => i === 0 || n > answered[i - 1]!)).toBe(true);
+    },
+  );
+
+  it.each(['tcp', 'tls'] as const)(
+    "behind data the peer has not read, answers 10000 pings with two pongs: the first ping's, then the newest's once the peer reads (regression: a pong per ping) over %s",
+    async (kind) => {
+      const { ours: socket, peer } = await socketPair(kind);
+      const ours = wrap({ socket, head: Buffer.alloc(0) }, 'server');
+      peer.pause();
+      // More than the loopback buffers can take (tcp_rmem max is 32 MiB): the rest stays in our
+      // socket, so the first pong's write cannot complete before the peer reads.
+      const dataBytes = 64 * MiB;
+      ours.write(Buffer.alloc(dataBytes, 0x5a));
+      let consumedBytes = 0;
+      socket.on('data', function count(chunk: Buffer) {
+        consumedBytes += chunk.length;
+      });
+      const pingCount = 10_000;
+      const pings = Buffer.concat(
+        Array.from({ length: pingCount }, (_, i) => {
+          const payload = Buffer.alloc(4);
+          payload.writeUInt32BE(i);
+          return peerFrame(WsOpcode.Ping, payload, true);
+        }),
+      );
+      peer.write(pings);
+      await pollUntil(() => consumedBytes >= pings.length, 30_000, 'our side to read every ping');
+      // Our data with its frame headers (64 of 10 bytes), one pong (6 bytes), nothing queued
+      // behind it; a pong per ping would be 60000 bytes more.
+      expect(socket.writableLength).toBeLessThanOrEqual(dataBytes + 4 * KiB);
+
+      const fromUs: Buffer[] = [];
+      // The last 6 bytes read: the wait ends when they are the pong of the last ping.
+      let tail: Buffer = Buffer.alloc(0);
+      peer.on('data', (c: Buffer) => {
+        fromUs.push(c);
+        tail = (c.length >= 6 ? c : Buffer.concat([tail, c])).subarray(-6);
+      });
+      peer.resume();
+      const lastPong = Buffer.from([0x80 | WsOpcode.Pong, 4, 0, 0, 0, 0]);
+      lastPong.writeUInt32BE(pingCount - 1, 2);
+      await pollUntil(() => tail.equals(lastPong), 30_000, 'the pong of the last ping');
+      const frames = wireFrames(Buffer.concat(fromUs));
+      const dataFrames = frames.filter((f) => f.opcode === WsOpcode.Binary);
+      expect(dataFrames.reduce((n, f) => n + f.payload.length, 0)).toBe(dataBytes);
+      const pongs = frames.filter((f) => f.opcode === WsOpcode.Pong).map((f) => f.payload.readUInt32BE(0));
+      expect(frames).toHaveLength(dataFrames.length + pongs.length);
+      expect(pongs).toEqual([0, pingCount - 1]);
+    },
+  );
 
   it('handed a socket that is already gone, fails with TUN_ERR_TRANSPORT_CLOSED', async () => {
     const upgraded = await wsPeerPair('client');

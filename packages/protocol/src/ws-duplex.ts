@@ -15,6 +15,9 @@
  * A WebSocket cannot half-close: once either side sends its close frame, the other answers and
  * the connection ends. So `end()` here ends both directions (the peer sees 'end'), and the
  * Duplex is created with `allowHalfOpen: false`. Stream half-close lives in yamux (FIN).
+ *
+ * A peer's pings are answered, but at most one pong is in the socket at a time: a peer that pings
+ * and never reads would otherwise grow our write buffer by a pong per ping, without limit.
  */
 import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
@@ -61,6 +64,11 @@ export function createWebSocketDuplex(socket: Duplex, opts: WebSocketDuplexOptio
   let paused = false;
   // Whether the consumer still wants data after the pieces of one socket read.
   let wantMore = true;
+  // A pong is in the socket (its write callback has not run). RFC 6455 §5.5.3 lets us answer only
+  // the latest of several pings, so while one is out the newest ping's payload waits in
+  // pendingPong, replacing any older one: memory stays one pong whatever the peer's ping rate.
+  let pongInFlight = false;
+  let pendingPong: Buffer | null = null;
 
   const duplex = new Duplex({
     allowHalfOpen: false,
@@ -131,10 +139,29 @@ export function createWebSocketDuplex(socket: Duplex, opts: WebSocketDuplexOptio
     else waiting = true;
   }
 
+  function sendPong(payload: Buffer): void {
+    if (pongInFlight) {
+      pendingPong = payload; // decoder payloads are fresh buffers: safe to hold
+      return;
+    }
+    pongInFlight = true;
+    socket.write(encodeControlFrame(WsOpcode.Pong, payload, masked), onPongWritten);
+  }
+
+  function onPongWritten(err?: Error | null): void {
+    pongInFlight = false;
+    const next = pendingPong;
+    pendingPong = null;
+    // A failed write is the socket's error to report ('error'/'close' end the duplex); after our
+    // close frame no frame may follow it (RFC 6455 §5.5.1).
+    if (next !== null && !err && !closeSent && !duplex.destroyed) sendPong(next);
+  }
+
   /** Our close frame (the code alone), once; we never send 1005, 1006 or 1015 (RFC 6455 §7.4.1). */
   function sendClose(code: number): void {
     if (closeSent) return;
     closeSent = true;
+    pendingPong = null;
     const payload = Buffer.allocUnsafe(2);
     payload.writeUInt16BE(code, 0);
     socket.write(encodeControlFrame(WsOpcode.Close, payload, masked));
@@ -171,7 +198,7 @@ export function createWebSocketDuplex(socket: Duplex, opts: WebSocketDuplexOptio
   function onControl(opcode: number, payload: Buffer): void {
     if (closeReceived || duplex.destroyed) return;
     if (opcode === WsOpcode.Ping) {
-      if (!closeSent) socket.write(encodeControlFrame(WsOpcode.Pong, payload, masked));
+      if (!closeSent) sendPong(payload);
       return;
     }
     if (opcode !== WsOpcode.Close) return; // a pong: we never ping at this layer (yamux does)

@@ -13,6 +13,7 @@ import { WebSocket } from 'ws';
 import { dial } from '../../packages/client/src/dialer.js';
 import { isTunnelError } from '../../packages/protocol/src/errors.js';
 import { createWebSocketDuplex, type WebSocketDuplexOptions } from '../../packages/protocol/src/ws-duplex.js';
+import { WsOpcode } from '../../packages/protocol/src/ws-frame-decoder.js';
 import { nativeMaskLoaded } from '../../packages/protocol/src/ws-mask.js';
 import {
   checkUpgradeRequest,
@@ -22,7 +23,7 @@ import {
   webSocketAccept,
 } from '../../packages/protocol/src/ws-handshake.js';
 import { seededRandom } from '../helpers/random.js';
-import { delay, pipePairForTest, readAtLeast, readToEndWithForAwait } from '../helpers/streams.js';
+import { delay, pipePairForTest, pollUntil, readAtLeast, readToEndWithForAwait } from '../helpers/streams.js';
 import {
   dialWebSocket,
   ourWebSocketServer,
@@ -121,11 +122,165 @@ function upgradeRequest(key: string): string {
   return `GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n${lines.join('')}\r\n`;
 }
 
+/** A FIN frame of `payload` (at most 125 bytes), masked with a random key when `masked`. */
+function peerFrame(opcode: number, payload: Buffer, masked: boolean): Buffer {
+  if (!masked) return Buffer.concat([Buffer.from([0x80 | opcode, payload.length]), payload]);
+  const key = randomBytes(4);
+  const body = Buffer.from(payload.map((b, i) => b ^ key[i % 4]!));
+  return Buffer.concat([Buffer.from([0x80 | opcode, 0x80 | payload.length]), key, body]);
+}
+
 /** A masked binary frame (client → server) of `payload`, at most 125 bytes. */
 function maskedFrame(payload: Buffer): Buffer {
-  const key = randomBytes(4);
-  const masked = Buffer.from(payload.map((b, i) => b ^ key[i % 4]!));
-  return Buffer.concat([Buffer.from([0x82, 0x80 | payload.length]), key, masked]);
+  return peerFrame(WsOpcode.Binary, payload, true);
+}
+
+interface WireFrame {
+  opcode: number;
+  payload: Buffer;
+}
+
+/** The whole frames in `bytes` (a partial frame at the end is left out), unmasked. */
+function wireFrames(bytes: Buffer): WireFrame[] {
+  const frames: WireFrame[] = [];
+  let p = 0;
+  while (p + 2 <= bytes.length) {
+    const masked = (bytes[p + 1]! & 0x80) !== 0;
+    let length = bytes[p + 1]! & 0x7f;
+    let at = p + 2;
+    if (length === 126) {
+      if (at + 2 > bytes.length) break;
+      length = bytes.readUInt16BE(at);
+      at += 2;
+    } else if (length === 127) {
+      if (at + 8 > bytes.length) break;
+      length = Number(bytes.readBigUInt64BE(at));
+      at += 8;
+    }
+    const key = masked ? bytes.subarray(at, at + 4) : undefined;
+    if (masked) at += 4;
+    if (at + length > bytes.length) break;
+    const payload = Buffer.from(bytes.subarray(at, at + length));
+    if (key) for (let i = 0; i < payload.length; i++) payload[i]! ^= key[i & 3]!;
+    frames.push({ opcode: bytes[p]! & 0x0f, payload });
+    p = at + length;
+  }
+  return frames;
+}
+
+/** The payloads of the close frames among `frames`. */
+function closePayloads(frames: WireFrame[]): Buffer[] {
+  return frames.filter((f) => f.opcode === WsOpcode.Close).map((f) => f.payload);
+}
+
+/**
+ * Our duplex (`ourRole`) on an upgraded TLS socket whose peer is a raw socket: `send` writes a
+ * crafted frame (masked when the peer is the client), `framesFromUs` parses what we wrote after
+ * the handshake.
+ */
+async function withRawPeer(ourRole: 'client' | 'server'): Promise<{
+  ours: Duplex;
+  send(opcode: number, payload: Buffer): void;
+  framesFromUs(): WireFrame[];
+}> {
+  if (ourRole === 'server') {
+    const server = await ourWebSocketServer();
+    onTestFinished(() => server.close());
+    const upgraded = server.nextUpgrade();
+    const raw = await rawClient(server.url, upgradeRequest(createWebSocketKey()));
+    const ours = wrap(await upgraded, 'server');
+    return {
+      ours,
+      send: (opcode, payload) => raw.socket.write(peerFrame(opcode, payload, true)),
+      framesFromUs() {
+        const bytes = raw.received();
+        const end = bytes.indexOf('\r\n\r\n');
+        return end === -1 ? [] : wireFrames(bytes.subarray(end + 4));
+      },
+    };
+  }
+  let peerSocket: Duplex | undefined;
+  const fromUs: Buffer[] = [];
+  const url = await rawUpgradeServer((req, socket) => {
+    peerSocket = socket;
+    socket.on('data', (c: Buffer) => fromUs.push(c));
+    socket.write(upgradeResponseHead(req.headers['sec-websocket-key']!));
+  });
+  const ours = wrap(await dialWebSocket(url), 'client');
+  return {
+    ours,
+    send: (opcode, payload) => peerSocket!.write(peerFrame(opcode, payload, false)),
+    framesFromUs: () => wireFrames(Buffer.concat(fromUs)),
+  };
+}
+
+/** A close frame's payload: the code, then the reason. */
+function closePayload(code: number, reason: Buffer | string = ''): Buffer {
+  const payload = Buffer.alloc(2);
+  payload.writeUInt16BE(code);
+  return Buffer.concat([payload, Buffer.from(reason)]);
+}
+
+/** How a received close ends our duplex: cleanly, or with an error of this code. */
+type CloseOutcome = 'clean' | 'TUN_ERR_TRANSPORT_CLOSED' | 'TUN_ERR_PROTOCOL';
+
+// Codes we must never put on the wire: RFC 6455 §7.4.1 reserves them for reporting locally.
+const RESERVED_CLOSE_CODES = [1005, 1006, 1015];
+
+/** A received close payload, how it ends our duplex, and the code we answer with. */
+type ReceivedCloseCase = [what: string, outcome: CloseOutcome, reply: number, payload: Buffer];
+
+const receivedCloses: ReceivedCloseCase[] = [
+  ['1000', 'clean', 1000, closePayload(1000)],
+  ['no code', 'clean', 1000, Buffer.alloc(0)],
+  ['1000 and a UTF-8 reason', 'clean', 1000, closePayload(1000, 'done \u20ac')],
+  // Defined (RFC 6455 §7.4.1), IANA-registered (1012–1014), libraries' and applications' ranges.
+  ...[1001, 1002, 1003, 1007, 1008, 1011, 1012, 1013, 1014, 3000, 4000, 4999].map(
+    (code): ReceivedCloseCase => [`${code}`, 'TUN_ERR_TRANSPORT_CLOSED', code, closePayload(code, 'why')],
+  ),
+  // Below the range, unassigned, reserved for local use only (1005, 1006, 1015), or above it.
+  ...[0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535].map((code): ReceivedCloseCase => [
+    `${code}`,
+    'TUN_ERR_PROTOCOL',
+    1002,
+    closePayload(code),
+  ]),
+  ['a 1-byte payload', 'TUN_ERR_PROTOCOL', 1002, Buffer.from([0x03])],
+  ['1000 and a reason holding 0xff', 'TUN_ERR_PROTOCOL', 1007, closePayload(1000, Buffer.from([0x6f, 0xff]))],
+  [
+    '4000 and a reason cut inside a character',
+    'TUN_ERR_PROTOCOL',
+    1007,
+    closePayload(4000, Buffer.from('\u20ac').subarray(0, 2)),
+  ],
+  [
+    '1000 and a reason holding a UTF-16 surrogate',
+    'TUN_ERR_PROTOCOL',
+    1007,
+    closePayload(1000, Buffer.from([0xed, 0xa0, 0x80])),
+  ],
+  ['1000 and an overlong encoding', 'TUN_ERR_PROTOCOL', 1007, closePayload(1000, Buffer.from([0xc0, 0xaf]))],
+];
+
+/** A connected TCP or TLS socket pair on 127.0.0.1, destroyed when the test ends. */
+async function socketPair(kind: 'tcp' | 'tls'): Promise<{ ours: net.Socket; peer: net.Socket }> {
+  const { key, cert } = await tlsCredentials();
+  const server = kind === 'tcp' ? net.createServer() : tls.createServer({ key, cert });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  const accepted = once(server, kind === 'tcp' ? 'connection' : 'secureConnection') as Promise<[net.Socket]>;
+  const peer =
+    kind === 'tcp' ? net.connect(port, '127.0.0.1') : tls.connect({ host: '127.0.0.1', port, ca: cert });
+  // Both at once: a TLS 1.3 client may be connected before the server's side is.
+  const [[ours]] = await Promise.all([accepted, once(peer, kind === 'tcp' ? 'connect' : 'secureConnect')]);
+  onTestFinished(async () => {
+    peer.destroy();
+    ours.destroy();
+    await new Promise((resolve) => server.close(resolve));
+  });
+  peer.on('error', ignore);
+  return { ours, peer };
 }
 
 async function until(check: () => boolean, what: string): Promise<void> {
@@ -313,6 +468,52 @@ describe('createWebSocketDuplex over wss', () => {
   );
 
   it.each(ROLES)(
+    'answers their close without a code with 1000, a clean end (regression: answered with an empty close) (ours: %s)',
+    async (role) => {
+      const { ours, theirs } = await withWsPeer(role);
+      const theirsClosed = once(theirs, 'close') as Promise<[number]>;
+      const errors: Error[] = [];
+      ours.on('error', (err: Error) => errors.push(err));
+      const ended = once(ours, 'end');
+      ours.resume();
+      theirs.close(); // a close frame with no payload
+      await ended;
+      // ws reports 1005 when the answer carries no code.
+      expect((await theirsClosed)[0]).toBe(1000);
+      expect(errors).toEqual([]);
+    },
+  );
+
+  describe.each(ROLES)('a close frame from a raw peer (ours: %s)', (role) => {
+    it.each(receivedCloses)(
+      'close with %s: our end is %s and we answer with a close frame of code %s alone',
+      async (_what, outcome, reply, payload) => {
+        const { ours, send, framesFromUs } = await withRawPeer(role);
+        const errors: Error[] = [];
+        ours.on('error', (err: Error) => errors.push(err));
+        // once() would reject on the 'error' that comes first.
+        const closed = new Promise((resolve) => ours.once('close', resolve));
+        ours.resume();
+        send(WsOpcode.Close, payload);
+        await closed;
+        if (outcome === 'clean') expect(errors).toEqual([]);
+        else {
+          expect(errors).toHaveLength(1);
+          expect(isTunnelError(errors[0], outcome), String(errors[0])).toBe(true);
+        }
+        if (outcome === 'TUN_ERR_PROTOCOL') {
+          const details = (errors[0] as { details?: { websocket?: unknown } }).details;
+          expect(String(details?.websocket)).toMatch(reply === 1007 ? /UTF-8/ : /close/);
+        }
+        await until(() => closePayloads(framesFromUs()).length > 0, 'our close frame');
+        const ourCloses = closePayloads(framesFromUs());
+        expect(ourCloses).toEqual([closePayload(reply)]);
+        expect(RESERVED_CLOSE_CODES).not.toContain(ourCloses[0]!.readUInt16BE(0));
+      },
+    );
+  });
+
+  it.each(ROLES)(
     'closes with 1002 and TUN_ERR_PROTOCOL when the ws peer sends a text message (ours: %s)',
     async (role) => {
       const { ours, theirs } = await withWsPeer(role);
@@ -416,6 +617,118 @@ describe('createWebSocketDuplex over wss', () => {
     ours.destroy();
     expect((await theirsClosed)[0]).toBe(1006);
   });
+
+  it.each(['tcp', 'tls'] as const)(
+    'answers a ping flood from a peer that never reads with at most one pong in the socket, and the last ping is answered (regression: one queued pong per ping, unbounded) over %s',
+    async (kind) => {
+      const { ours: socket, peer } = await socketPair(kind);
+      wrap({ socket, head: Buffer.alloc(0) }, 'server');
+      // The peer never reads (until the end): a pong per ping would fill the loopback buffers
+      // (a few MiB), then pile up in our socket's write buffer.
+      peer.pause();
+      // Runs after the duplex's own 'data' listener: sees the socket after each read's pongs.
+      let consumedBytes = 0;
+      let maxWritableBytes = 0;
+      socket.on('data', function measure(chunk: Buffer) {
+        consumedBytes += chunk.length;
+        maxWritableBytes = Math.max(maxWritableBytes, socket.writableLength);
+      });
+
+      // 256 Ki masked pings of 125 bytes (32.75 MiB), each carrying its index in its first 4 bytes.
+      const pingCount = 256 * 1024;
+      const perWrite = 8 * 1024;
+      const key = randomBytes(4);
+      const keyWord = key.readUInt32BE(0);
+      const body = Buffer.alloc(125, 0x61).map((b, i) => b ^ key[i & 3]!);
+      const ping = Buffer.concat([Buffer.from([0x80 | WsOpcode.Ping, 0x80 | 125]), key, body]);
+      for (let first = 0; first < pingCount; first += perWrite) {
+        const chunk = Buffer.allocUnsafe(perWrite * ping.length);
+        for (let i = 0; i < perWrite; i++) {
+          ping.copy(chunk, i * ping.length);
+          // The index, masked: its 4 bytes line up with the key (mask phase 0).
+          chunk.writeUInt32BE(((first + i) ^ keyWord) >>> 0, i * ping.length + 6);
+        }
+        if (!peer.write(chunk)) await once(peer, 'drain');
+      }
+      const sentBytes = pingCount * ping.length;
+      await pollUntil(() => consumedBytes >= sentBytes, 30_000, 'our side to read every ping');
+      expect(consumedBytes).toBe(sentBytes);
+      console.log(
+        `ws-duplex: ${pingCount} pings (${(sentBytes / MiB).toFixed(1)} MiB) to a peer that never reads over ${kind}: ` +
+          `our socket held at most ${maxWritableBytes} unsent bytes`,
+      );
+      // One pong written (127 bytes) and none queued behind it, whatever the ping count.
+      expect(maxWritableBytes).toBeLessThan(64 * KiB);
+      expect(socket.writableLength).toBeLessThan(64 * KiB);
+
+      // When the peer reads again, the pong of its newest ping arrives last.
+      let fromUs = Buffer.alloc(0);
+      const answered: number[] = [];
+      let otherFrames = 0;
+      peer.on('data', (c: Buffer) => {
+        fromUs = Buffer.concat([fromUs, c]);
+        // Every frame from us here is a pong of 125 bytes: 127 on the wire, unmasked.
+        for (; fromUs.length >= 127; fromUs = fromUs.subarray(127)) {
+          if (fromUs[0] !== (0x80 | WsOpcode.Pong) || fromUs[1] !== 125) otherFrames += 1;
+          answered.push(fromUs.readUInt32BE(2));
+        }
+      });
+      peer.resume();
+      await pollUntil(() => answered.at(-1) === pingCount - 1, 30_000, 'the pong of the last ping');
+      expect(otherFrames).toBe(0);
+      // Pings that arrived while a pong was out were answered by a later pong, not each by its own.
+      expect(answered.length).toBeLessThan(pingCount);
+      expect(answered.every((n, i) => i === 0 || n > answered[i - 1]!)).toBe(true);
+    },
+  );
+
+  it.each(['tcp', 'tls'] as const)(
+    "behind data the peer has not read, answers 10000 pings with two pongs: the first ping's, then the newest's once the peer reads (regression: a pong per ping) over %s",
+    async (kind) => {
+      const { ours: socket, peer } = await socketPair(kind);
+      const ours = wrap({ socket, head: Buffer.alloc(0) }, 'server');
+      peer.pause();
+      // More than the loopback buffers can take (tcp_rmem max is 32 MiB): the rest stays in our
+      // socket, so the first pong's write cannot complete before the peer reads.
+      const dataBytes = 64 * MiB;
+      ours.write(Buffer.alloc(dataBytes, 0x5a));
+      let consumedBytes = 0;
+      socket.on('data', function count(chunk: Buffer) {
+        consumedBytes += chunk.length;
+      });
+      const pingCount = 10_000;
+      const pings = Buffer.concat(
+        Array.from({ length: pingCount }, (_, i) => {
+          const payload = Buffer.alloc(4);
+          payload.writeUInt32BE(i);
+          return peerFrame(WsOpcode.Ping, payload, true);
+        }),
+      );
+      peer.write(pings);
+      await pollUntil(() => consumedBytes >= pings.length, 30_000, 'our side to read every ping');
+      // Our data with its frame headers (64 of 10 bytes), one pong (6 bytes), nothing queued
+      // behind it; a pong per ping would be 60000 bytes more.
+      expect(socket.writableLength).toBeLessThanOrEqual(dataBytes + 4 * KiB);
+
+      const fromUs: Buffer[] = [];
+      // The last 6 bytes read: the wait ends when they are the pong of the last ping.
+      let tail: Buffer = Buffer.alloc(0);
+      peer.on('data', (c: Buffer) => {
+        fromUs.push(c);
+        tail = (c.length >= 6 ? c : Buffer.concat([tail, c])).subarray(-6);
+      });
+      peer.resume();
+      const lastPong = Buffer.from([0x80 | WsOpcode.Pong, 4, 0, 0, 0, 0]);
+      lastPong.writeUInt32BE(pingCount - 1, 2);
+      await pollUntil(() => tail.equals(lastPong), 30_000, 'the pong of the last ping');
+      const frames = wireFrames(Buffer.concat(fromUs));
+      const dataFrames = frames.filter((f) => f.opcode === WsOpcode.Binary);
+      expect(dataFrames.reduce((n, f) => n + f.payload.length, 0)).toBe(dataBytes);
+      const pongs = frames.filter((f) => f.opcode === WsOpcode.Pong).map((f) => f.payload.readUInt32BE(0));
+      expect(frames).toHaveLength(dataFrames.length + pongs.length);
+      expect(pongs).toEqual([0, pingCount - 1]);
+    },
+  );
 
   it('handed a socket that is already gone, fails with TUN_ERR_TRANSPORT_CLOSED', async () => {
     const upgraded = await wsPeerPair('client');

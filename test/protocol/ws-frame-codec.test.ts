@@ -1,7 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { isTunnelError } from '../../packages/protocol/src/errors.js';
-import { WebSocketFrameDecoder, WsOpcode } from '../../packages/protocol/src/ws-frame-decoder.js';
+import {
+  WebSocketFrameDecoder,
+  WsOpcode,
+  isValidCloseCode,
+  parseClosePayload,
+} from '../../packages/protocol/src/ws-frame-decoder.js';
 import {
   MAX_MASKED_FRAME_BYTES,
   MAX_UNMASKED_FRAME_BYTES,
@@ -133,6 +138,89 @@ describe('WebSocketFrameDecoder', () => {
     }
     expect(isTunnelError(first, 'TUN_ERR_PROTOCOL')).toBe(true);
     expect(() => decoder.push(Buffer.from([0x82, 0]))).toThrow(first as Error);
+  });
+});
+
+describe('parseClosePayload', () => {
+  const withCode = (code: number, reason: Buffer = Buffer.alloc(0)): Buffer => {
+    const payload = Buffer.alloc(2 + reason.length);
+    payload.writeUInt16BE(code);
+    reason.copy(payload, 2);
+    return payload;
+  };
+
+  it('accepts exactly 1000–1003, 1007–1014 and 3000–4999 of all 65536 codes, echoing them; the rest fail with 1002', () => {
+    const accepted: number[] = [];
+    const wrong: string[] = [];
+    // Checked in plain code and asserted once: 65536 expect() calls take seconds.
+    for (let code = 0; code <= 0xffff; code++) {
+      const close = parseClosePayload(withCode(code));
+      if (close.valid !== isValidCloseCode(code)) wrong.push(`${code}: valid ${close.valid}`);
+      if (close.valid) {
+        accepted.push(code);
+        if (close.code !== code || close.reply !== code || close.reason !== '')
+          wrong.push(`${code}: not echoed`);
+      } else if (
+        close.reply !== 1002 ||
+        !isTunnelError(close.error, 'TUN_ERR_PROTOCOL') ||
+        close.error.details?.code !== code
+      ) {
+        wrong.push(`${code}: ${close.reply} ${close.error.code}`);
+      }
+    }
+    expect(wrong).toEqual([]);
+    const ranges = [
+      [1000, 1003],
+      [1007, 1014],
+      [3000, 4999],
+    ].flatMap(([from, to]) => Array.from({ length: to! - from! + 1 }, (_, i) => from! + i));
+    expect(accepted).toEqual(ranges);
+  });
+
+  it('answers a close without a code with 1000, and never answers with 1005, 1006 or 1015', () => {
+    expect(parseClosePayload(Buffer.alloc(0))).toEqual({
+      valid: true,
+      code: undefined,
+      reason: '',
+      reply: 1000,
+    });
+    const replies = new Set<number>();
+    for (let code = 0; code <= 0xffff; code++) replies.add(parseClosePayload(withCode(code)).reply);
+    for (const reserved of [1005, 1006, 1015]) expect(replies.has(reserved)).toBe(false);
+  });
+
+  it('fails a 1-byte payload with 1002', () => {
+    const close = parseClosePayload(Buffer.from([0x03]));
+    expect(close.valid).toBe(false);
+    expect(close.reply).toBe(1002);
+  });
+
+  it.each([
+    ['0xff', [0x6f, 0xff]],
+    ['a character cut short', [0xe2, 0x82]],
+    ['a UTF-16 surrogate', [0xed, 0xa0, 0x80]],
+    ['an overlong encoding', [0xc0, 0xaf]],
+    ['a code point above U+10FFFF', [0xf4, 0x90, 0x80, 0x80]],
+  ])('fails a reason holding %s with 1007 and TUN_ERR_PROTOCOL', (_what, bytes) => {
+    const close = parseClosePayload(withCode(4000, Buffer.from(bytes)));
+    expect(close.valid).toBe(false);
+    expect(close.reply).toBe(1007);
+    if (!close.valid) {
+      expect(isTunnelError(close.error, 'TUN_ERR_PROTOCOL')).toBe(true);
+      expect(close.error.details).toMatchObject({ code: 4000, websocket: expect.stringMatching(/UTF-8/) });
+    }
+  });
+
+  it('decodes a UTF-8 reason of multi-byte characters (120 bytes)', () => {
+    const reason = 'fermé \u{1f512} '.repeat(10);
+    const bytes = Buffer.from(reason);
+    expect(bytes.length).toBeLessThanOrEqual(123);
+    expect(parseClosePayload(withCode(1001, bytes))).toEqual({
+      valid: true,
+      code: 1001,
+      reason,
+      reply: 1001,
+    });
   });
 });
 

@@ -15,11 +15,14 @@
  * A WebSocket cannot half-close: once either side sends its close frame, the other answers and
  * the connection ends. So `end()` here ends both directions (the peer sees 'end'), and the
  * Duplex is created with `allowHalfOpen: false`. Stream half-close lives in yamux (FIN).
+ *
+ * A peer's pings are answered, but at most one pong is in the socket at a time: a peer that pings
+ * and never reads would otherwise grow our write buffer by a pong per ping, without limit.
  */
 import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { TunnelError } from './errors.js';
-import { WebSocketFrameDecoder, WsOpcode } from './ws-frame-decoder.js';
+import { WebSocketFrameDecoder, WsCloseCode, WsOpcode, parseClosePayload } from './ws-frame-decoder.js';
 import { encodeControlFrame, encodeMasked, encodeUnmasked, releaseSlabs } from './ws-frame-encoder.js';
 
 export interface WebSocketDuplexOptions {
@@ -40,11 +43,8 @@ export interface WebSocketDuplexOptions {
 const DEFAULT_HIGH_WATER_MARK_BYTES = 1024 * 1024;
 // Received bytes held before the socket is paused.
 const READABLE_HIGH_WATER_MARK_BYTES = 256 * 1024;
-// 1000 is a normal closure; 1005 is a close frame that carried no status code.
-const CLEAN_CLOSE_CODES: ReadonlySet<number> = new Set([1000, 1005]);
-const CLOSE_NORMAL = 1000;
-const CLOSE_PROTOCOL_ERROR = 1002;
-// The code RFC 6455 §7.1.5 gives a connection that ended without a close frame.
+// The code RFC 6455 §7.1.5 gives a connection that ended without a close frame: reported in
+// errors, never sent (§7.4.1).
 const CLOSE_ABNORMAL = 1006;
 // After our close frame went out because of an error, how long the peer may take to hang up.
 const ERROR_CLOSE_LINGER_MS = 1_000;
@@ -64,6 +64,11 @@ export function createWebSocketDuplex(socket: Duplex, opts: WebSocketDuplexOptio
   let paused = false;
   // Whether the consumer still wants data after the pieces of one socket read.
   let wantMore = true;
+  // A pong is in the socket (its write callback has not run). RFC 6455 §5.5.3 lets us answer only
+  // the latest of several pings, so while one is out the newest ping's payload waits in
+  // pendingPong, replacing any older one: memory stays one pong whatever the peer's ping rate.
+  let pongInFlight = false;
+  let pendingPong: Buffer | null = null;
 
   const duplex = new Duplex({
     allowHalfOpen: false,
@@ -86,7 +91,7 @@ export function createWebSocketDuplex(socket: Duplex, opts: WebSocketDuplexOptio
       if (closeReceived) return cb(); // the peer closed first and we answered
       ifOpen(cb, () => {
         finalCallback = cb;
-        sendClose(CLOSE_NORMAL);
+        sendClose(WsCloseCode.Normal);
       });
     },
     destroy(err, cb) {
@@ -134,16 +139,39 @@ export function createWebSocketDuplex(socket: Duplex, opts: WebSocketDuplexOptio
     else waiting = true;
   }
 
-  function sendControl(opcode: number, payload: Buffer): void {
-    socket.write(encodeControlFrame(opcode, payload, masked));
+  function sendPong(payload: Buffer): void {
+    if (pongInFlight) {
+      pendingPong = payload; // decoder payloads are fresh buffers: safe to hold
+      return;
+    }
+    pongInFlight = true;
+    socket.write(encodeControlFrame(WsOpcode.Pong, payload, masked), onPongWritten);
   }
 
+  function onPongWritten(err?: Error | null): void {
+    pongInFlight = false;
+    const next = pendingPong;
+    pendingPong = null;
+    // A failed write is the socket's error to report ('error'/'close' end the duplex); after our
+    // close frame no frame may follow it (RFC 6455 §5.5.1).
+    if (next !== null && !err && !closeSent && !duplex.destroyed) sendPong(next);
+  }
+
+  /** Our close frame (the code alone), once; we never send 1005, 1006 or 1015 (RFC 6455 §7.4.1). */
   function sendClose(code: number): void {
     if (closeSent) return;
     closeSent = true;
+    pendingPong = null;
     const payload = Buffer.allocUnsafe(2);
     payload.writeUInt16BE(code, 0);
-    sendControl(WsOpcode.Close, payload);
+    socket.write(encodeControlFrame(WsOpcode.Close, payload, masked));
+  }
+
+  /** Fails the connection (RFC 6455 §7.1.7): our close frame says why, then the connection goes. */
+  function failConnection(code: number, err: Error): void {
+    sendClose(code);
+    socket.end();
+    duplex.destroy(err);
   }
 
   function onSocketData(chunk: Buffer): void {
@@ -152,10 +180,7 @@ export function createWebSocketDuplex(socket: Duplex, opts: WebSocketDuplexOptio
     try {
       decoder.push(chunk);
     } catch (err) {
-      // RFC 6455 §7.4.1: 1002 tells the peer why before the connection goes.
-      if (!closeSent) sendClose(CLOSE_PROTOCOL_ERROR);
-      socket.end();
-      duplex.destroy(err as Error);
+      failConnection(WsCloseCode.ProtocolError, err as Error);
       return;
     }
     // The consumer is behind: stop reading the socket so TCP pushes back on the sender.
@@ -173,27 +198,27 @@ export function createWebSocketDuplex(socket: Duplex, opts: WebSocketDuplexOptio
   function onControl(opcode: number, payload: Buffer): void {
     if (closeReceived || duplex.destroyed) return;
     if (opcode === WsOpcode.Ping) {
-      if (!closeSent) sendControl(WsOpcode.Pong, payload);
+      if (!closeSent) sendPong(payload);
       return;
     }
     if (opcode !== WsOpcode.Close) return; // a pong: we never ping at this layer (yamux does)
-    if (payload.length === 1) {
-      throw new TunnelError('TUN_ERR_PROTOCOL', 'malformed WebSocket frame: a close frame of 1 byte', {
-        details: { websocket: 'close frame of 1 byte' },
-      });
+    const close = parseClosePayload(payload);
+    if (!close.valid) {
+      // The rest of this read is still parsed, but the sink ignores it once destroyed.
+      failConnection(close.reply, close.error);
+      return;
     }
     closeReceived = true;
-    const code = payload.length >= 2 ? payload.readUInt16BE(0) : 1005;
-    // Answer with the same code (RFC 6455 §5.5.1); both close frames sent, TCP may go.
-    if (!closeSent) {
-      closeSent = true;
-      sendControl(WsOpcode.Close, payload.subarray(0, 2));
-    }
+    // Answer with their code, or 1000 when they gave none (RFC 6455 §5.5.1); both close frames
+    // are sent, TCP may go.
+    sendClose(close.reply);
     socket.end();
-    if (!CLEAN_CLOSE_CODES.has(code)) {
-      const details = { code, reason: payload.subarray(2).toString() };
+    if (close.code !== undefined && close.code !== WsCloseCode.Normal) {
+      const details = { code: close.code, reason: close.reason };
       duplex.destroy(
-        new TunnelError('TUN_ERR_TRANSPORT_CLOSED', `the WebSocket closed with code ${code}`, { details }),
+        new TunnelError('TUN_ERR_TRANSPORT_CLOSED', `the WebSocket closed with code ${close.code}`, {
+          details,
+        }),
       );
       return;
     }

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { TunnelError } from './errors.js';
 import { applyMask } from './ws-mask.js';
 
@@ -9,6 +10,16 @@ export const WsOpcode = {
   Close: 0x8,
   Ping: 0x9,
   Pong: 0xa,
+} as const;
+
+/** Close codes we send (RFC 6455 §7.4.1); the payload of our close frames is the code alone. */
+export const WsCloseCode = {
+  /** A normal closure: our end(), or the answer to a close that carried no code. */
+  Normal: 1000,
+  /** The peer broke the framing rules (a malformed frame, a close code not allowed on the wire). */
+  ProtocolError: 1002,
+  /** The peer sent data inconsistent with its type: a close reason that is not UTF-8. */
+  InvalidPayload: 1007,
 } as const;
 
 /** Control frames carry at most this many payload bytes and are never fragmented (RFC 6455 §5.5). */
@@ -24,7 +35,10 @@ export interface WebSocketFrameSink {
    * they arrive: a frame's payload may come in several pieces and is never reassembled here.
    */
   onData(piece: Buffer): void;
-  /** A complete control frame (close, ping or pong), unmasked; payload at most 125 bytes. */
+  /**
+   * A complete control frame (close, ping or pong), unmasked; payload at most 125 bytes, in a
+   * buffer of its own that the sink may keep.
+   */
   onControl(opcode: number, payload: Buffer): void;
 }
 
@@ -202,8 +216,66 @@ export class WebSocketFrameDecoder {
   }
 }
 
-function frameError(what: string): TunnelError {
+/** `code`: the close code the peer sent, when the frame at fault is a close. */
+function frameError(what: string, code?: number): TunnelError {
   return new TunnelError('TUN_ERR_PROTOCOL', `malformed WebSocket frame: ${what}`, {
-    details: { websocket: what },
+    details: code === undefined ? { websocket: what } : { websocket: what, code },
   });
+}
+
+/** What a received close frame says, checked against RFC 6455 §5.5.1 and §7.4. */
+export type ReceivedClose =
+  | {
+      valid: true;
+      /** The peer's code; undefined when the frame carried none (an empty payload). */
+      code: number | undefined;
+      reason: string;
+      /** The code to answer with: the peer's, or 1000 for a close without one. */
+      reply: number;
+    }
+  | {
+      valid: false;
+      /** The code to fail the connection with: 1002, or 1007 for a reason that is not UTF-8. */
+      reply: number;
+      error: TunnelError;
+    };
+
+/**
+ * True for a code a peer may put on the wire: 1000–1003 and 1007–1011 (RFC 6455 §7.4.1),
+ * 1012–1014 (IANA-registered since), and 3000–4999 (libraries, frameworks, applications).
+ * 1004 and 1016–2999 are unassigned or reserved for this protocol; 1005, 1006 and 1015 exist only
+ * to be reported locally and must never be sent (§7.4.1); anything else is outside §7.4.2.
+ */
+export function isValidCloseCode(code: number): boolean {
+  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
+}
+
+/**
+ * Checks a received close frame's payload: empty, or a valid code and a UTF-8 reason (§5.5.1:
+ * a code of 2 bytes first; §8.1: an invalid UTF-8 reason fails the connection, as ws does).
+ */
+export function parseClosePayload(payload: Buffer): ReceivedClose {
+  if (payload.length === 0) {
+    return { valid: true, code: undefined, reason: '', reply: WsCloseCode.Normal };
+  }
+  if (payload.length === 1) {
+    return { valid: false, reply: WsCloseCode.ProtocolError, error: frameError('a close payload of 1 byte') };
+  }
+  const code = payload.readUInt16BE(0);
+  if (!isValidCloseCode(code)) {
+    return {
+      valid: false,
+      reply: WsCloseCode.ProtocolError,
+      error: frameError(`close code ${code}, which no endpoint may send`, code),
+    };
+  }
+  const reason = payload.subarray(2);
+  if (!isUtf8(reason)) {
+    return {
+      valid: false,
+      reply: WsCloseCode.InvalidPayload,
+      error: frameError('a close reason that is not valid UTF-8', code),
+    };
+  }
+  return { valid: true, code, reason: reason.toString('utf8'), reply: code };
 }

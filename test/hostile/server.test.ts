@@ -93,8 +93,11 @@ describe('a hostile server in front of a real agent', () => {
     // The session is intact: a good stream reaches the echo target.
     const { stream, reply } = await session.openUserStream('cluster-u1', Buffer.from('ping'));
     expect(reply).toEqual({ ok: true });
-    const echoed = await new Promise<string>((resolve) =>
-      stream.once('data', (d: Buffer) => resolve(d.toString())),
+    // readStreamReply leaves the stream paused: a 'data' listener alone does not restart it.
+    const echoed = await withDeadline(
+      new Promise<string>((resolve) => stream.once('data', (d: Buffer) => resolve(d.toString())).resume()),
+      5_000,
+      'the echo',
     );
     expect(echoed).toBe('ping');
     expect(agent.logs.filter((l) => l.msg === 'agent registered')).toHaveLength(1);
@@ -131,6 +134,14 @@ describe('a hostile server in front of a real agent', () => {
     );
     for (let i = 0; i < 2_000 && !next.session.isClosed; i++) next.socket.write(wsPing);
     await withDeadline(next.sessionClosed, 10_000, 'the agent to end the WebSocket-flooded session');
+    // Whether the agent had seen `registered` yet decides which line reports it.
+    const wsEnded = await agent.waitForLog(
+      (l) =>
+        (l.msg === 'session ended' || l.msg === 'registration failed') &&
+        (l.err as { details?: { limit?: string } } | undefined)?.details?.limit === 'webSocketPingsPerSecond',
+      10_000,
+    );
+    expect(wsEnded.err).toMatchObject({ code: 'TUN_ERR_LIMIT_EXCEEDED' });
     expect(agentRssBytes(agent) - before).toBeLessThan(64 * MiB);
     await pollUntil(() => peer.sessions.length >= 3, 10_000, 'the agent to dial a third time');
   });

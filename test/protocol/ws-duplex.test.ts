@@ -11,7 +11,7 @@ import type { IncomingMessage } from 'node:http';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { WebSocket } from 'ws';
 import { dial } from '../../packages/client/src/dialer.js';
-import { isTunnelError } from '../../packages/protocol/src/errors.js';
+import { isTunnelError, type TunnelError } from '../../packages/protocol/src/errors.js';
 import { createWebSocketDuplex, type WebSocketDuplexOptions } from '../../packages/protocol/src/ws-duplex.js';
 import { WsOpcode } from '../../packages/protocol/src/ws-frame-decoder.js';
 import { nativeMaskLoaded } from '../../packages/protocol/src/ws-mask.js';
@@ -622,7 +622,7 @@ describe('createWebSocketDuplex over wss', () => {
     'answers a ping flood from a peer that never reads with at most one pong in the socket, and the last ping is answered (regression: one queued pong per ping, unbounded) over %s',
     async (kind) => {
       const { ours: socket, peer } = await socketPair(kind);
-      wrap({ socket, head: Buffer.alloc(0) }, 'server');
+      wrap({ socket, head: Buffer.alloc(0) }, 'server', { pingsPerSecond: Infinity }); // the rate limit has its own test
       // The peer never reads (until the end): a pong per ping would fill the loopback buffers
       // (a few MiB), then pile up in our socket's write buffer.
       peer.pause();
@@ -682,11 +682,32 @@ describe('createWebSocketDuplex over wss', () => {
     },
   );
 
+  it('fails the connection with 1008 and TUN_ERR_LIMIT_EXCEEDED when the peer pings faster than pingsPerSecond', async () => {
+    const { ours: socket, peer } = await socketPair('tcp');
+    const ours = wrap({ socket, head: Buffer.alloc(0) }, 'server', { pingsPerSecond: 10 });
+    const failed = once(ours, 'error');
+    const key = randomBytes(4);
+    const ping = Buffer.concat([Buffer.from([0x80 | WsOpcode.Ping, 0x80 | 4]), key, Buffer.alloc(4)]);
+    const fromUs: Buffer[] = [];
+    peer.on('data', (c: Buffer) => fromUs.push(c));
+    // The burst is four seconds' worth: 40 pings are answered, the 41st is one too many.
+    peer.write(Buffer.concat(Array.from({ length: 41 }, () => ping)));
+    const [err] = (await failed) as [TunnelError];
+    expect(err.code).toBe('TUN_ERR_LIMIT_EXCEEDED');
+    expect(err.details).toEqual({ limit: 'webSocketPingsPerSecond' });
+    await once(peer, 'close');
+    // Pongs (coalesced: 6 bytes each, unmasked), then our close frame: 1008.
+    let bytes = Buffer.concat(fromUs);
+    while (bytes[0] === (0x80 | WsOpcode.Pong)) bytes = bytes.subarray(6);
+    expect(bytes[0]).toBe(0x80 | WsOpcode.Close);
+    expect(bytes.readUInt16BE(2)).toBe(1008);
+  });
+
   it.each(['tcp', 'tls'] as const)(
     "behind data the peer has not read, answers 10000 pings with two pongs: the first ping's, then the newest's once the peer reads (regression: a pong per ping) over %s",
     async (kind) => {
       const { ours: socket, peer } = await socketPair(kind);
-      const ours = wrap({ socket, head: Buffer.alloc(0) }, 'server');
+      const ours = wrap({ socket, head: Buffer.alloc(0) }, 'server', { pingsPerSecond: Infinity });
       peer.pause();
       // More than the loopback buffers can take (tcp_rmem max is 32 MiB): the rest stays in our
       // socket, so the first pong's write cannot complete before the peer reads.

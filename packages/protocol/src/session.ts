@@ -674,8 +674,14 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
 
   private readonly onTransportError = (err: Error): void => {
     if (this.destroyed) return;
+    // The transport's own verdict on a misbehaving peer (a malformed WebSocket frame, a ping
+    // flood) keeps its code; anything else is the connection failing.
+    const peerFault =
+      err instanceof TunnelError && (PROTOCOL_CODES.has(err.code) || err.code === 'TUN_ERR_LIMIT_EXCEEDED');
     this.destroy(
-      new TunnelError('TUN_ERR_TRANSPORT_CLOSED', `transport failed: ${err.message}`, { cause: err }),
+      peerFault
+        ? err
+        : new TunnelError('TUN_ERR_TRANSPORT_CLOSED', `transport failed: ${err.message}`, { cause: err }),
     );
   };
 

@@ -24,6 +24,7 @@ import { Duplex } from 'node:stream';
 import { TunnelError } from './errors.js';
 import { WebSocketFrameDecoder, WsCloseCode, WsOpcode, parseClosePayload } from './ws-frame-decoder.js';
 import { encodeControlFrame, encodeMasked, encodeUnmasked, releaseSlabs } from './ws-frame-encoder.js';
+import { TokenBucket } from './token-bucket.js';
 
 export interface WebSocketDuplexOptions {
   /**
@@ -38,9 +39,16 @@ export interface WebSocketDuplexOptions {
   head?: Buffer;
   /** Writes complete at once while the socket buffers at most this; above it they wait for the socket. */
   highWaterMarkBytes?: number;
+  /**
+   * Pings (and pongs, which we never ask for) the peer may send a second, in bursts of four
+   * seconds' worth; more fail the connection with 1008 and TUN_ERR_LIMIT_EXCEEDED. Our peers
+   * never ping at this layer (yamux keeps the session alive): a flood only burns CPU.
+   */
+  pingsPerSecond?: number;
 }
 
 const DEFAULT_HIGH_WATER_MARK_BYTES = 1024 * 1024;
+const DEFAULT_PINGS_PER_SECOND = 64;
 // Received bytes held before the socket is paused.
 const READABLE_HIGH_WATER_MARK_BYTES = 256 * 1024;
 // The code RFC 6455 §7.1.5 gives a connection that ended without a close frame: reported in
@@ -56,6 +64,8 @@ export function createWebSocketDuplex(socket: Duplex, opts: WebSocketDuplexOptio
   // Client frames are masked (RFC 6455 §5.3), server frames never.
   const masked = opts.role === 'client';
   const decoder = new WebSocketFrameDecoder({ onData, onControl }, opts.role === 'server');
+  const pingsPerSecond = opts.pingsPerSecond ?? DEFAULT_PINGS_PER_SECOND;
+  const pingBucket = new TokenBucket(pingsPerSecond, 4 * pingsPerSecond, () => performance.now());
   // Our close frame is out; 'finish' waits until the peer answered, i.e. has every byte.
   let finalCallback: Callback | null = null;
   let closeSent = false;
@@ -197,6 +207,15 @@ export function createWebSocketDuplex(socket: Duplex, opts: WebSocketDuplexOptio
 
   function onControl(opcode: number, payload: Buffer): void {
     if (closeReceived || duplex.destroyed) return;
+    if ((opcode === WsOpcode.Ping || opcode === WsOpcode.Pong) && !pingBucket.take()) {
+      failConnection(
+        WsCloseCode.PolicyViolation,
+        new TunnelError('TUN_ERR_LIMIT_EXCEEDED', `more than ${pingsPerSecond} WebSocket pings a second`, {
+          details: { limit: 'webSocketPingsPerSecond' },
+        }),
+      );
+      return;
+    }
     if (opcode === WsOpcode.Ping) {
       if (!closeSent) sendPong(payload);
       return;

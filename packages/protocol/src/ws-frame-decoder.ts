@@ -20,6 +20,8 @@ export const WsCloseCode = {
   ProtocolError: 1002,
   /** The peer sent data inconsistent with its type: a close reason that is not UTF-8. */
   InvalidPayload: 1007,
+  /** The peer broke a rule of ours (RFC 6455 §7.4.1): pings faster than pingsPerSecond. */
+  PolicyViolation: 1008,
 } as const;
 
 /** Control frames carry at most this many payload bytes and are never fragmented (RFC 6455 §5.5). */

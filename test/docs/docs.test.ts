@@ -6,7 +6,9 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import {
   CONTROL_MESSAGES,
+  DEFAULT_SESSION_OPTIONS,
   ERROR_CODES,
+  MAX_UNSENT_REPLIES,
   Flag,
   FrameType,
   GoAwayCode,
@@ -16,6 +18,7 @@ import {
   encodeStreamReply,
   type ErrorCode,
 } from '../../packages/protocol/src/index.js';
+import { SERVER_CONFIG_SCHEMA } from '../../packages/server/src/config.js';
 
 function readDoc(name: string): string {
   return readFileSync(new URL(`../../docs/${name}`, import.meta.url), 'utf8');
@@ -132,5 +135,46 @@ describe('docs/PROTOCOL.md', () => {
       message: 'no target for cluster-u1-grafana',
     });
     expect(doc).toContain(`${hex(refused.subarray(0, 3))} ${refused.subarray(3).toString('utf8')}`);
+  });
+});
+
+describe('docs/SECURITY.md', () => {
+  const doc = readDoc('SECURITY.md');
+  const rows = tableRows(doc);
+  const mentioned = (name: string): boolean => rows.some((row) => row.some((cell) => cell.includes(name)));
+
+  // Every session option a peer's behaviour is measured against is a limit the page lists.
+  const sessionLimits = Object.keys(DEFAULT_SESSION_OPTIONS).filter((k) => k !== 'closeTimeoutMs');
+  it.each(sessionLimits)('lists the session option %s in a limits table', (option) => {
+    expect(mentioned(option)).toBe(true);
+  });
+
+  const serverLimits = Object.keys(SERVER_CONFIG_SCHEMA).filter((k) => /^max|TimeoutMs$|Tolerance/.test(k));
+  it.each(serverLimits.filter((k) => k !== 'drainTimeoutMs'))(
+    'lists the server setting %s in a limits table',
+    (key) => {
+      expect(mentioned(key)).toBe(true);
+    },
+  );
+
+  // The names a TUN_ERR_LIMIT_EXCEEDED carries in details.limit, wherever the code sets one.
+  const sources = ['protocol/src/session.ts', 'protocol/src/ws-duplex.ts', 'server/src/agent-endpoint.ts'];
+  const limitNames = new Set(
+    sources.flatMap((file) => {
+      const text = readFileSync(new URL(`../../packages/${file}`, import.meta.url), 'utf8');
+      return [...text.matchAll(/limit: '(\w+)'|limitExceeded\(\s*'(\w+)'|ReadLimit = ([^;]+);/g)].flatMap((m) =>
+        (m[1] ?? m[2] ?? m[3] ?? '').match(/\w+/g) ?? [],
+      );
+    }),
+  );
+  it('finds the limit names in the code', () => {
+    expect([...limitNames]).toEqual(expect.arrayContaining(['pingsPerSecond', 'maxAgentsPerCluster']));
+  });
+  it.each([...limitNames])('lists details.limit %s in a limits table', (name) => {
+    expect(mentioned(name)).toBe(true);
+  });
+  it('lists MAX_UNSENT_REPLIES with its value', () => {
+    expect(mentioned('MAX_UNSENT_REPLIES')).toBe(true);
+    expect(rows.some((r) => r.some((c) => c.includes(String(MAX_UNSENT_REPLIES))))).toBe(true);
   });
 });

@@ -42,15 +42,15 @@ function profileArgs(dir) {
 export const NO_TCP_ROUTE =
   'this build of tunnel-server has no --tcp-route option (tunnel-server start --help); run npm run build once packages/server has it';
 
-const tcpRouteSupport = new Map();
+const serverHelp = new Map();
 
 /**
- * Whether the build under `root` has `tunnel-server start --tcp-route` (asked once per build, from
- * its own --help), so the bench can skip the raw tunnel path with a clear message instead of
- * failing to start the server.
+ * Whether the build under `root` knows `tunnel-server start --<flag>` (asked once per build, from
+ * its own --help), so the bench can run older builds (A/B) and skip what they lack with a clear
+ * message instead of failing to start the server.
  */
-export function supportsTcpRoute(root = ROOT) {
-  if (!tcpRouteSupport.has(root)) {
+function supportsFlag(root, flag) {
+  if (!serverHelp.has(root)) {
     let help;
     try {
       help = execFileSync(process.execPath, [serverBin(root), 'start', '--help'], {
@@ -62,9 +62,14 @@ export function supportsTcpRoute(root = ROOT) {
       // Some CLIs exit non-zero after printing help; the text is what counts.
       help = `${err.stdout ?? ''}${err.stderr ?? ''}`;
     }
-    tcpRouteSupport.set(root, /--tcp-route\b/.test(help));
+    serverHelp.set(root, help);
   }
-  return tcpRouteSupport.get(root);
+  return new RegExp(`--${flag}\\b`).test(serverHelp.get(root));
+}
+
+/** Whether the build under `root` has the raw TCP route mode (`--tcp-route`). */
+export function supportsTcpRoute(root = ROOT) {
+  return supportsFlag(root, 'tcp-route');
 }
 
 /** GET on the admin port, bounded: resolves with { status, body }. */
@@ -124,6 +129,11 @@ export async function startTunnelServer({
       String(maxAgents),
       '--drain-timeout-ms',
       '1000',
+      // Every bench client connects from 127.0.0.1, hundreds at a time: the public port's
+      // pending-connection caps (docs/SECURITY.md) are for the internet, not for this load.
+      ...(supportsFlag(root, 'max-pending-connections-per-address')
+        ? ['--max-pending-connections-per-address', '0', '--max-pending-connections', '100000']
+        : []),
       ...(tcpRoute ? ['--tcp-route', `${RAW_ROUTE_LABEL}=127.0.0.1:${tcpRoutePort}`] : []),
     ]);
     if (profileDir) profiledPids[child.pid] = `${name}-server`;

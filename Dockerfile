@@ -2,7 +2,7 @@
 # cluster-tunnel: one image, both CLIs on PATH.
 #   tunnel-server start --config /etc/tunnel/config/server.yaml   (deploy/server)
 #   tunnel-client --server wss://<domain>/connect ...              (deploy/client)
-# Build: docker build -t ghcr.io/example/cluster-tunnel:0.1.0 .
+# Build: docker build -t registry.example/cluster-tunnel:0.1.0 .
 #
 # DECIDE: pin the base further by digest (node:20.20.2-bookworm-slim@sha256:...) if your
 # registry policy asks for it; bump NODE_VERSION with Node 20 security releases.

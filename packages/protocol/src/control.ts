@@ -120,11 +120,15 @@ export function decodeControlMessage(body: Buffer): ControlMessage {
  * (TunnelError, only when listened to), 'close'.
  */
 export class ControlChannel extends EventEmitter {
-  private buffered: Buffer = Buffer.alloc(0);
+  /** Received bytes not yet part of a whole message, oldest first: joined once per message. */
+  private chunks: Buffer[] = [];
+  private bufferedBytes = 0;
   private closed = false;
 
   constructor(readonly stream: Duplex) {
     super();
+    // A stream that died before we were handed it sends no 'close' again: we are closed now.
+    this.closed = stream.destroyed;
     stream.on('data', this.onData);
     stream.on('close', this.onClose);
     stream.on('error', this.onError);
@@ -165,20 +169,20 @@ export class ControlChannel extends EventEmitter {
   }
 
   private readonly onData = (chunk: Buffer): void => {
-    this.buffered = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk]);
+    this.chunks.push(chunk);
+    this.bufferedBytes += chunk.length;
     try {
-      while (this.buffered.length >= 4) {
-        const length = this.buffered.readUInt32BE(0);
+      while (this.bufferedBytes >= 4) {
+        const length = this.peekLength();
         if (length > MAX_CONTROL_MESSAGE_BYTES) {
           throw new TunnelError(
             'TUN_ERR_BAD_CONTROL_MESSAGE',
             `control message of ${length} bytes is too large`,
           );
         }
-        if (this.buffered.length < 4 + length) return;
-        const body = this.buffered.subarray(4, 4 + length);
-        this.buffered = this.buffered.subarray(4 + length);
-        this.emit('message', decodeControlMessage(body));
+        if (this.bufferedBytes < 4 + length) return;
+        const message = this.take(4 + length);
+        this.emit('message', decodeControlMessage(message.subarray(4)));
       }
     } catch (err) {
       const e =
@@ -188,6 +192,47 @@ export class ControlChannel extends EventEmitter {
       this.stream.destroy();
     }
   };
+
+  /** The 4-byte length at the front, which may span chunks (bufferedBytes >= 4). */
+  private peekLength(): number {
+    const first = this.chunks[0]!;
+    if (first.length >= 4) return first.readUInt32BE(0);
+    let length = 0;
+    let got = 0;
+    for (const chunk of this.chunks) {
+      for (let i = 0; i < chunk.length && got < 4; i++, got++) length = length * 256 + chunk[i]!;
+      if (got === 4) break;
+    }
+    return length;
+  }
+
+  /**
+   * Removes and returns the first `n` buffered bytes (n <= bufferedBytes): a view when they lie
+   * in one chunk, else one copy of exactly those bytes. Each byte is copied at most once, so a
+   * message trickled in 1-byte chunks costs O(length), not O(length²).
+   */
+  private take(n: number): Buffer {
+    const first = this.chunks[0]!;
+    this.bufferedBytes -= n;
+    if (first.length >= n) {
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let filled = 0;
+    let whole = 0; // chunks used up, removed at once below (shift per chunk would be quadratic)
+    while (filled < n) {
+      const chunk = this.chunks[whole]!;
+      const used = Math.min(chunk.length, n - filled);
+      chunk.copy(out, filled, 0, used);
+      filled += used;
+      if (used === chunk.length) whole++;
+      else this.chunks[whole] = chunk.subarray(used);
+    }
+    this.chunks.splice(0, whole);
+    return out;
+  }
 
   private readonly onError = (): void => {
     // The stream's own failure surfaces as 'close'; the session reports the cause.

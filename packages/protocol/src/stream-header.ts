@@ -40,18 +40,22 @@ export function encodeStreamHeader(header: StreamHeader): Buffer {
   ]);
 }
 
-type Parse<T> = (buf: Buffer) => { value: T; consumed: number } | undefined;
+/**
+ * A prefix parser: the value and the bytes it took, or how many bytes it needs before it can
+ * get further (always more than it was given), so the reader joins chunks only that often.
+ */
+type Parse<T> = (buf: Buffer) => { value: T; consumed: number } | { needBytes: number };
 
 const parseHeader: Parse<StreamHeader> = (buf) => {
-  if (buf.length < 2) return undefined;
+  if (buf.length < 2) return { needBytes: 2 };
   if (buf[0] !== STREAM_HEADER_VERSION) {
     throw new TunnelError('TUN_ERR_BAD_STREAM_HEADER', `unknown stream header version ${buf[0]}`);
   }
   const n = buf[1]!;
   if (n === 0) throw new TunnelError('TUN_ERR_BAD_STREAM_HEADER', 'empty route label');
-  if (buf.length < 3 + n) return undefined;
+  if (buf.length < 3 + n) return { needBytes: 3 + n };
   const m = buf[2 + n]!;
-  if (buf.length < 3 + n + m) return undefined;
+  if (buf.length < 3 + n + m) return { needBytes: 3 + n + m };
   return {
     value: {
       route: buf.toString('utf8', 2, 2 + n),
@@ -73,10 +77,10 @@ export function encodeStreamReply(reply: StreamReply): Buffer {
 }
 
 const parseReply: Parse<StreamReply> = (buf) => {
-  if (buf.length < 3) return undefined;
+  if (buf.length < 3) return { needBytes: 3 };
   const status = buf[0]!;
   const length = buf.readUInt16BE(1);
-  if (buf.length < 3 + length) return undefined;
+  if (buf.length < 3 + length) return { needBytes: 3 + length };
   if (status === STREAM_STATUS.ok && length === 0) return { value: { ok: true }, consumed: 3 };
   if (status !== STREAM_STATUS.refused) {
     throw new TunnelError('TUN_ERR_BAD_STREAM_HEADER', `unknown stream status ${status}`);
@@ -106,10 +110,14 @@ export function readStreamReply(stream: Readable, timeoutMs: number): Promise<St
  * Reads a prefix off a stream and puts back whatever follows it, so the caller can pipe the
  * rest untouched. Bounded in bytes and time. The stream is left paused: the caller must pipe()
  * or resume() it (a new 'data' listener alone does not restart an explicitly paused stream).
+ * Chunks are joined only when the parser's next step has all it needs: O(bytes) copying,
+ * however the peer splits the prefix.
  */
 function readPrefix<T>(stream: Readable, parse: Parse<T>, maxBytes: number, timeoutMs: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    let buffered: Buffer = Buffer.alloc(0);
+    const chunks: Buffer[] = [];
+    let received = 0;
+    let needBytes = 1;
     const finish = (err: Error | undefined, value?: T, rest?: Buffer): void => {
       clearTimeout(timer);
       stream.off('data', onData);
@@ -122,7 +130,12 @@ function readPrefix<T>(stream: Readable, parse: Parse<T>, maxBytes: number, time
       else resolve(value as T);
     };
     const onData = (chunk: Buffer): void => {
-      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+      chunks.push(chunk);
+      received += chunk.length;
+      if (received < needBytes) return;
+      const buffered = chunks.length === 1 ? chunk : Buffer.concat(chunks, received);
+      chunks.length = 0;
+      chunks.push(buffered);
       let parsed: ReturnType<Parse<T>>;
       try {
         parsed = parse(buffered);
@@ -130,10 +143,10 @@ function readPrefix<T>(stream: Readable, parse: Parse<T>, maxBytes: number, time
         finish(err as TunnelError);
         return;
       }
-      if (parsed) finish(undefined, parsed.value, buffered.subarray(parsed.consumed));
-      else if (buffered.length > maxBytes) {
+      if ('value' in parsed) finish(undefined, parsed.value, buffered.subarray(parsed.consumed));
+      else if (parsed.needBytes > maxBytes) {
         finish(new TunnelError('TUN_ERR_BAD_STREAM_HEADER', `stream prefix longer than ${maxBytes} bytes`));
-      }
+      } else needBytes = parsed.needBytes;
     };
     const onEnd = (): void =>
       finish(new TunnelError('TUN_ERR_BAD_STREAM_HEADER', 'stream ended before its header was complete'));

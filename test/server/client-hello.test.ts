@@ -5,9 +5,11 @@ import tls from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import fc from 'fast-check';
 import { generate } from 'selfsigned';
-import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { beforeAll, describe, expect, it, onTestFinished, vi } from 'vitest';
 import {
   DEFAULT_MAX_CLIENT_HELLO_BYTES,
+  ClientHelloParser,
+  MAX_CLIENT_HELLO_RECORDS,
   parseClientHello,
   readClientHello,
 } from '../../packages/server/src/client-hello.js';
@@ -100,6 +102,13 @@ async function captureClientHello(options: tls.ConnectionOptions): Promise<Buffe
 }
 
 /** Re-frames the handshake bytes of `hello` into TLS records of at most `fragmentBytes` each. */
+/** TLS records in `wire` (whole records only). */
+function recordCount(wire: Buffer): number {
+  let n = 0;
+  for (let offset = 0; offset + 5 <= wire.length; n++) offset += 5 + wire.readUInt16BE(offset + 3);
+  return n;
+}
+
 function reframe(hello: Buffer, fragmentBytes: number[]): Buffer {
   const records: Buffer[] = [];
   let offset = 0;
@@ -370,12 +379,30 @@ describe('parseClientHello', () => {
         fc.boolean(),
         (fragmentBytes, segmentBytes, refragment) => {
           const wire = refragment ? reframe(captured, fragmentBytes) : captured;
-          // Feed segments as readClientHello would, parsing after each one.
+          const records = recordCount(wire);
+          // Feed segments as readClientHello would: once to a fresh parse of everything so far,
+          // and piece by piece to one incremental parser; both must agree.
+          const parser = new ClientHelloParser(DEFAULT_MAX_CLIENT_HELLO_BYTES);
           let received = 0;
           let i = 0;
           for (;;) {
+            const from = received;
             received = Math.min(wire.length, received + (segmentBytes[i++ % segmentBytes.length] ?? 1));
+            if (records > MAX_CLIENT_HELLO_RECORDS) {
+              // Over the cap: refused, by both, at the record after the last one allowed.
+              let refused: unknown;
+              try {
+                parser.push(wire.subarray(from, received));
+              } catch (err) {
+                refused = err;
+              }
+              if (refused === undefined) continue;
+              expect(refused).toMatchObject({ code: 'TUN_ERR_CLIENT_HELLO' });
+              expect(() => parseClientHello(wire.subarray(0, received))).toThrow(/more than 32 records/);
+              return;
+            }
             const parsed = parseClientHello(wire.subarray(0, received), DEFAULT_MAX_CLIENT_HELLO_BYTES);
+            expect(parser.push(wire.subarray(from, received))).toEqual(parsed);
             if (parsed.complete) {
               expect(received).toBe(wire.length);
               expect(parsed).toEqual({ ...expected, consumedBytes: wire.length });
@@ -387,5 +414,91 @@ describe('parseClientHello', () => {
       ),
       { numRuns: 300 },
     );
+  });
+});
+
+/** A ClientHello for `serverName` with a padding extension (type 21) of `paddingBytes`, in one record. */
+function syntheticHello(serverName: string, paddingBytes: number): Buffer {
+  const name = Buffer.from(serverName);
+  const sni = Buffer.concat([
+    Buffer.from([0, 0]), // extension type server_name
+    u16(name.length + 5),
+    u16(name.length + 3),
+    Buffer.from([0]), // host_name
+    u16(name.length),
+    name,
+  ]);
+  const padding = Buffer.concat([Buffer.from([0, 21]), u16(paddingBytes), Buffer.alloc(paddingBytes)]);
+  const extensions = Buffer.concat([sni, padding]);
+  const body = Buffer.concat([
+    Buffer.from([3, 3]),
+    Buffer.alloc(32, 7), // random
+    Buffer.from([0]), // empty session id
+    u16(2),
+    Buffer.from([0x13, 0x01]), // one cipher suite
+    Buffer.from([1, 0]), // null compression
+    u16(extensions.length),
+    extensions,
+  ]);
+  const handshake = Buffer.concat([
+    Buffer.from([1, body.length >> 16, (body.length >> 8) & 0xff, body.length & 0xff]),
+    body,
+  ]);
+  return Buffer.concat([Buffer.from([22, 3, 1]), u16(handshake.length), handshake]);
+}
+
+function u16(n: number): Buffer {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(n, 0);
+  return b;
+}
+
+describe('ClientHellos split to cost CPU', () => {
+  it(`parses a hello in ${MAX_CLIENT_HELLO_RECORDS} records and refuses one in ${MAX_CLIENT_HELLO_RECORDS + 1}`, () => {
+    const hello = syntheticHello('cluster-u1.proxy.localhost', 2_000);
+    const handshakeBytes = hello.length - 5;
+    const inRecords = (n: number): Buffer => reframe(hello, [Math.ceil(handshakeBytes / n)]);
+    expect(recordCount(inRecords(MAX_CLIENT_HELLO_RECORDS))).toBe(MAX_CLIENT_HELLO_RECORDS);
+    expect(parseClientHello(inRecords(MAX_CLIENT_HELLO_RECORDS))).toMatchObject({
+      complete: true,
+      serverName: 'cluster-u1.proxy.localhost',
+    });
+    const tooMany = reframe(hello, [Math.floor(handshakeBytes / (MAX_CLIENT_HELLO_RECORDS + 1))]);
+    expect(recordCount(tooMany)).toBeGreaterThan(MAX_CLIENT_HELLO_RECORDS);
+    expect(() => parseClientHello(tooMany)).toThrow(/spans more than 32 records/);
+    // One byte per record is refused at the 33rd record, after 33 × 6 bytes, not at the end.
+    const oneByteRecords = reframe(hello, [1]);
+    const parser = new ClientHelloParser();
+    let refusedAt = -1;
+    for (let i = 0; i < oneByteRecords.length && refusedAt < 0; i++) {
+      try {
+        parser.push(oneByteRecords.subarray(i, i + 1));
+      } catch {
+        refusedAt = i;
+      }
+    }
+    expect(refusedAt).toBe(MAX_CLIENT_HELLO_RECORDS * 6 + 4);
+  });
+
+  it('regression client-hello-quadratic: reads a 16 KiB hello in 32 records, one byte per TCP segment, copying each byte a bounded number of times', async () => {
+    const hello = reframe(syntheticHello('cluster-u1.proxy.localhost', 16_000), [Math.ceil(16_100 / 32)]);
+    expect(recordCount(hello)).toBeLessThanOrEqual(MAX_CLIENT_HELLO_RECORDS);
+    const copied: number[] = [];
+    const realConcat = Buffer.concat.bind(Buffer);
+    vi.spyOn(Buffer, 'concat').mockImplementation((list: readonly Uint8Array[], total?: number) => {
+      const out = realConcat(list, total);
+      copied.push(out.length);
+      return out;
+    });
+    const parser = new ClientHelloParser();
+    let result;
+    for (let i = 0; i < hello.length; i++) result = parser.push(hello.subarray(i, i + 1));
+    vi.restoreAllMocks();
+    expect(result).toMatchObject({ complete: true, serverName: 'cluster-u1.proxy.localhost' });
+    // Each record is joined when its header and when its payload is whole, and the hello once at
+    // the end: a small multiple of its size. Parsing from the start on every record copied
+    // about records × size / 2 (over 250 KiB here), and more with more records.
+    const total = copied.reduce((a, b) => a + b, 0);
+    expect(total).toBeLessThan(4 * hello.length);
   });
 });

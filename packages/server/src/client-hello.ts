@@ -14,12 +14,15 @@ const SERVER_NAME_TYPE_HOST = 0;
 const MAX_HOSTNAME_CHARS = 253;
 const HOSTNAME_LABEL = /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/;
 
+/** Records a ClientHello may span: real clients send one; fragmenting hellos send a few. */
+export const MAX_CLIENT_HELLO_RECORDS = 32;
+
 /**
  * 16 KiB of ClientHello plus the record headers of up to 32 records. Real clients send one
  * record of under 2 KiB; the slack only admits clients that fragment the hello.
  */
 export const DEFAULT_MAX_CLIENT_HELLO_BYTES =
-  MAX_RECORD_PAYLOAD_BYTES + HANDSHAKE_HEADER_BYTES + 32 * RECORD_HEADER_BYTES;
+  MAX_RECORD_PAYLOAD_BYTES + HANDSHAKE_HEADER_BYTES + MAX_CLIENT_HELLO_RECORDS * RECORD_HEADER_BYTES;
 
 export type ClientHelloParse =
   /** `neededBytes`: parsing cannot progress until the buffer holds at least this many bytes. */
@@ -50,59 +53,138 @@ function malformed(reason: string, details: Record<string, unknown> = {}): Tunne
  * Parses the ClientHello at the start of `buf`, which may be cut anywhere: `complete: false`
  * means "need more bytes". The hello may be fragmented over several handshake records. Throws
  * TUN_ERR_CLIENT_HELLO as soon as the bytes seen so far cannot begin a ClientHello, or when the
- * hello would need more than `maxBytes` raw bytes.
+ * hello would need more than `maxBytes` raw bytes or MAX_CLIENT_HELLO_RECORDS records.
  */
 export function parseClientHello(buf: Buffer, maxBytes = DEFAULT_MAX_CLIENT_HELLO_BYTES): ClientHelloParse {
-  const fragments: Buffer[] = [];
-  let handshakeBytes = 0;
-  let offset = 0;
-  let headerBytes = 0;
-  let bodyLength: number | undefined;
-  for (;;) {
-    // Check each header byte as soon as it arrives so that plain HTTP fails on its first byte.
-    if (buf.length <= offset) return { complete: false, neededBytes: offset + 1 };
-    const contentType = buf[offset];
-    if (contentType !== RECORD_TYPE_HANDSHAKE) {
-      throw malformed('record is not a handshake record', { offset, contentType });
+  return new ClientHelloParser(maxBytes).push(buf);
+}
+
+/**
+ * The same parse, fed chunk by chunk as a socket delivers them. It keeps its place: a record
+ * is looked at again only while it is incomplete, and only its own bytes are joined, so the
+ * work is O(bytes) however the hello is split into reads and records (parsing from the start
+ * on every read cost O(records²): 50 hellos of 1-byte records burned seconds of CPU).
+ * Invariant: after push throws, the parser is done; push again throws the same error.
+ */
+export class ClientHelloParser {
+  /** Received bytes from the start of the record being parsed on, in chunks not yet joined. */
+  private tail: Buffer[] = [];
+  private tailBytes = 0;
+  /** Raw bytes of the complete records before `tail`. */
+  private offset = 0;
+  private records = 0;
+  /** Handshake bytes of the complete records. */
+  private readonly fragments: Buffer[] = [];
+  private handshakeBytes = 0;
+  private bodyLength: number | undefined;
+  /** Relative to `offset`: the tail must hold this many bytes before parsing goes on. */
+  private needBytes = 1;
+  private failure: TunnelError | undefined;
+
+  constructor(private readonly maxBytes = DEFAULT_MAX_CLIENT_HELLO_BYTES) {}
+
+  push(chunk: Buffer): ClientHelloParse {
+    if (this.failure) throw this.failure;
+    if (chunk.length > 0) {
+      this.tail.push(chunk);
+      this.tailBytes += chunk.length;
     }
-    if (buf.length <= offset + 1) return { complete: false, neededBytes: offset + 2 };
-    if (buf[offset + 1] !== 3)
-      throw malformed('record version is not TLS', { offset, versionMajor: buf[offset + 1] });
-    if (buf.length < offset + RECORD_HEADER_BYTES)
-      return { complete: false, neededBytes: offset + RECORD_HEADER_BYTES };
-    const recordLength = buf.readUInt16BE(offset + 3);
+    if (this.tailBytes < this.needBytes)
+      return { complete: false, neededBytes: this.offset + this.needBytes };
+    try {
+      return this.parse();
+    } catch (err) {
+      this.failure = err as TunnelError;
+      throw err;
+    }
+  }
+
+  private parse(): ClientHelloParse {
+    let buf = this.tail.length === 1 ? this.tail[0]! : Buffer.concat(this.tail, this.tailBytes);
+    for (;;) {
+      const result = this.parseRecord(buf);
+      if (typeof result === 'number') {
+        // Keep what there is joined: the next join adds only the bytes still to come.
+        this.tail = buf.length > 0 ? [buf] : [];
+        this.tailBytes = buf.length;
+        this.needBytes = result;
+        return { complete: false, neededBytes: this.offset + result };
+      }
+      if (result.complete) return result;
+      buf = result.rest;
+    }
+  }
+
+  /**
+   * One record at the start of `buf`: the bytes needed before it can be judged (a number), the
+   * whole hello, or the bytes after this record (the hello goes on in the next one).
+   */
+  private parseRecord(
+    buf: Buffer,
+  ): number | Extract<ClientHelloParse, { complete: true }> | { complete: false; rest: Buffer } {
+    const offset = this.offset;
+    // Check each header byte as soon as it arrives so that plain HTTP fails on its first byte.
+    if (buf.length < 1) return 1;
+    if (buf[0] !== RECORD_TYPE_HANDSHAKE) {
+      throw malformed('record is not a handshake record', { offset, contentType: buf[0] });
+    }
+    if (buf.length < 2) return 2;
+    if (buf[1] !== 3) throw malformed('record version is not TLS', { offset, versionMajor: buf[1] });
+    if (buf.length < RECORD_HEADER_BYTES) return RECORD_HEADER_BYTES;
+    const recordLength = buf.readUInt16BE(3);
     if (recordLength === 0 || recordLength > MAX_RECORD_PAYLOAD_BYTES) {
       throw malformed('record length out of range', { offset, recordLength });
     }
-    headerBytes += RECORD_HEADER_BYTES;
+    if (this.records >= MAX_CLIENT_HELLO_RECORDS) {
+      throw malformed(`ClientHello spans more than ${MAX_CLIENT_HELLO_RECORDS} records`, {
+        maxRecords: MAX_CLIENT_HELLO_RECORDS,
+      });
+    }
     const payloadStart = offset + RECORD_HEADER_BYTES;
     // The hello is returned only once its last record is whole, so that record must fit too.
-    if (payloadStart + recordLength > maxBytes) {
-      throw malformed('ClientHello too large', { neededBytes: payloadStart + recordLength, maxBytes });
+    if (payloadStart + recordLength > this.maxBytes) {
+      throw malformed('ClientHello too large', {
+        neededBytes: payloadStart + recordLength,
+        maxBytes: this.maxBytes,
+      });
     }
-    const payload = buf.subarray(payloadStart, payloadStart + recordLength);
-    fragments.push(payload);
-    handshakeBytes += payload.length;
-    if (bodyLength === undefined && handshakeBytes >= 1) {
-      const messageType = (fragments[0] as Buffer)[0];
-      if (messageType !== HANDSHAKE_TYPE_CLIENT_HELLO)
-        throw malformed('first handshake message is not a ClientHello', { messageType });
-    }
-    if (bodyLength === undefined && handshakeBytes >= HANDSHAKE_HEADER_BYTES) {
-      bodyLength = Buffer.concat(fragments).readUIntBE(1, 3);
-      // Lower bound on the raw bytes this hello needs: headers seen so far plus the message.
-      const neededBytes = headerBytes + HANDSHAKE_HEADER_BYTES + bodyLength;
-      if (neededBytes > maxBytes) throw malformed('ClientHello too large', { neededBytes, maxBytes });
-    }
-    // Parse again only once this record is whole: one-byte segments then cost O(records), not O(bytes²).
-    if (payload.length < recordLength) return { complete: false, neededBytes: payloadStart + recordLength };
-    offset = payloadStart + recordLength;
-    if (bodyLength !== undefined && handshakeBytes >= HANDSHAKE_HEADER_BYTES + bodyLength) {
-      const message = Buffer.concat(fragments);
+    const payload = buf.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + recordLength);
+    this.checkHandshakeHeader(payload);
+    if (payload.length < recordLength) return RECORD_HEADER_BYTES + recordLength;
+    this.records++;
+    this.fragments.push(payload);
+    this.handshakeBytes += payload.length;
+    this.offset = payloadStart + recordLength;
+    if (this.bodyLength !== undefined && this.handshakeBytes >= HANDSHAKE_HEADER_BYTES + this.bodyLength) {
+      const message =
+        this.fragments.length === 1 ? payload : Buffer.concat(this.fragments, this.handshakeBytes);
       const hello = parseClientHelloBody(
-        message.subarray(HANDSHAKE_HEADER_BYTES, HANDSHAKE_HEADER_BYTES + bodyLength),
+        message.subarray(HANDSHAKE_HEADER_BYTES, HANDSHAKE_HEADER_BYTES + this.bodyLength),
       );
-      return { complete: true, ...hello, consumedBytes: offset };
+      return { complete: true, ...hello, consumedBytes: this.offset };
+    }
+    return { complete: false, rest: buf.subarray(RECORD_HEADER_BYTES + recordLength) };
+  }
+
+  /**
+   * The handshake message's type and length, from its first 4 bytes, as soon as they are in
+   * (they may span records, and `partial` may be a record still arriving).
+   */
+  private checkHandshakeHeader(partial: Buffer): void {
+    if (this.bodyLength !== undefined) return;
+    const seen = this.handshakeBytes + partial.length;
+    if (seen < 1) return;
+    const first = this.fragments.length > 0 ? this.fragments[0]! : partial;
+    if (first[0] !== HANDSHAKE_TYPE_CLIENT_HELLO) {
+      throw malformed('first handshake message is not a ClientHello', { messageType: first[0] });
+    }
+    if (seen < HANDSHAKE_HEADER_BYTES) return;
+    const head = Buffer.concat([...this.fragments, partial]).subarray(0, HANDSHAKE_HEADER_BYTES);
+    this.bodyLength = head.readUIntBE(1, 3);
+    // Lower bound on the raw bytes this hello needs: headers seen so far plus the message.
+    const neededBytes = (this.records + 1) * RECORD_HEADER_BYTES + HANDSHAKE_HEADER_BYTES + this.bodyLength;
+    if (neededBytes > this.maxBytes) {
+      throw malformed('ClientHello too large', { neededBytes, maxBytes: this.maxBytes });
     }
   }
 }
@@ -216,7 +298,7 @@ export async function readClientHello(socket: Socket, opts: ReadClientHelloOptio
   return new Promise<ClientHello>((resolve, reject) => {
     const chunks: Buffer[] = [];
     let readBytes = 0;
-    let neededBytes = 1;
+    const parser = new ClientHelloParser(maxBytes);
     const timer = setTimeout(onTimeout, opts.handshakeTimeoutMs);
 
     function settle(err: TunnelError | undefined, hello?: ClientHello): void {
@@ -233,19 +315,20 @@ export async function readClientHello(socket: Socket, opts: ReadClientHelloOptio
     function onData(chunk: Buffer): void {
       chunks.push(chunk);
       readBytes += chunk.length;
-      if (readBytes < neededBytes) return;
-      const bytes = chunks.length === 1 ? chunk : Buffer.concat(chunks, readBytes);
-      if (chunks.length > 1) chunks.splice(0, chunks.length, bytes);
       let parsed: ClientHelloParse;
       try {
-        parsed = parseClientHello(bytes, maxBytes);
+        parsed = parser.push(chunk);
       } catch (err) {
         settle(err as TunnelError);
         return;
       }
-      if (parsed.complete) settle(undefined, { serverName: parsed.serverName, alpn: parsed.alpn, bytes });
-      else if (readBytes >= maxBytes) settle(malformed('ClientHello too large', { readBytes, maxBytes }));
-      else neededBytes = parsed.neededBytes;
+      if (parsed.complete) {
+        // Joined once: every byte read, for the caller to replay.
+        const bytes = chunks.length === 1 ? chunk : Buffer.concat(chunks, readBytes);
+        settle(undefined, { serverName: parsed.serverName, alpn: parsed.alpn, bytes });
+      } else if (readBytes >= maxBytes) {
+        settle(malformed('ClientHello too large', { readBytes, maxBytes }));
+      }
     }
     function onEnd(): void {
       settle(

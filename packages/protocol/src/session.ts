@@ -286,6 +286,11 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     return this.destroyed;
   }
 
+  /** Why the session was destroyed, once it was (undefined while open, or after a clean close). */
+  get failureReason(): TunnelError | undefined {
+    return this.failure;
+  }
+
   /** True once either side sent GoAway: no new streams. */
   get isGoingAway(): boolean {
     return this.localGoAway || this.remoteGoAway;

@@ -194,7 +194,11 @@ export class AgentEndpoint {
       else this.perCluster.delete(clusterId);
     });
     this.register(session, connected, remoteAddress).catch((err: unknown) => {
-      const e = err instanceof TunnelError ? err : new TunnelError('TUN_ERR_PROTOCOL', String(err));
+      // A session that failed (a flood, a protocol violation) also fails whatever waited on
+      // it: its own reason is the one to report.
+      const e =
+        session.failureReason ??
+        (err instanceof TunnelError ? err : new TunnelError('TUN_ERR_PROTOCOL', String(err)));
       this.o.metrics.agentRefusals.inc({ code: e.code });
       this.o.log.warn(
         { clusterId, remoteAddress, code: e.code, err: e.message },

@@ -147,15 +147,18 @@ export async function peakRssDuring(server: ServerHandle, work: Promise<unknown>
   return peak;
 }
 
-/** Median wall time of `runs` runs of `kubectl get pods` against `kubeconfig`, each required to succeed. */
-export async function kubectlMedianMs(kubeconfig: string, runs = 5): Promise<number> {
-  const times: number[] = [];
+/**
+ * The fastest of `runs` runs of `kubectl get pods` against `kubeconfig`, each required to
+ * succeed. The fastest, not the median: other work on the machine (the other test worker) only
+ * adds latency, in bursts, while a server hurt by a flood slows every request, the fastest too.
+ */
+export async function kubectlBestMs(kubeconfig: string, runs = 5): Promise<number> {
+  let best = Number.POSITIVE_INFINITY;
   for (let i = 0; i < runs; i++) {
     const started = performance.now();
     const result = await runKubectl(['get', 'pods', '-o', 'name'], { kubeconfig, timeoutMs: 20_000 });
     if (result.code !== 0) throw new Error(`kubectl failed during the measurement: ${result.stderr}`);
-    times.push(performance.now() - started);
+    best = Math.min(best, performance.now() - started);
   }
-  times.sort((a, b) => a - b);
-  return times[Math.floor(times.length / 2)]!;
+  return best;
 }

@@ -209,6 +209,7 @@ const ATTACKS = {
       const socket = tls.connect({
         port,
         host: '127.0.0.1',
+        localAddress: values['local-address'],
         servername: 'proxy.localhost',
         ca: readFileSync(values.ca),
       });

@@ -3,17 +3,23 @@
  * server process (docs/SECURITY.md, "an agent with a valid token"). Each flood runs in a process
  * of its own (test/helpers/attacker.mjs) while a bystander cluster is used with real kubectl:
  * the server's memory stays bounded, the attacker's sessions end with a coded reason, and the
- * bystander's kubectl latency (best of five) stays within twice its idle figure.
+ * bystander's kubectl latency (median of five) stays within twice its idle figure, and no
+ * request stalls. The hostile project runs after the others, one file at a time (vitest.config.ts).
  */
-import { spawn } from 'node:child_process';
+import { createPrivateKey } from 'node:crypto';
 import { appendFile, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { SignJWT, decodeJwt } from 'jose';
-import { createPrivateKey } from 'node:crypto';
-import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { setupClusterTunnel } from '../helpers/cluster-tunnel.js';
-import { dialRaw, kubectlBestMs, peakRssDuring, registerRaw, serverMetric } from '../helpers/hostile.js';
+import {
+  dialRaw,
+  kubectlLatency,
+  peakRssDuring,
+  registerRaw,
+  serverMetric,
+  startAttacker,
+} from '../helpers/hostile.js';
 import { findKubectl } from '../helpers/kubectl.js';
 import { pollUntil, withDeadline } from '../helpers/streams.js';
 import {
@@ -26,57 +32,11 @@ import {
 } from '../helpers/tunnel.js';
 import { keyIdOf } from '../../packages/server/src/token-issuer.js';
 
-const ATTACKER = join(import.meta.dirname, '../helpers/attacker.mjs');
 const MiB = 1024 * 1024;
 
 beforeAll(() => {
   findKubectl();
 });
-
-interface AttackRound {
-  round?: number;
-  sent?: number;
-  closedBy?: string;
-  error?: string;
-  done?: boolean;
-}
-
-/** Runs test/helpers/attacker.mjs until stopped (or `durationMs`); stopped when the test ends. */
-function startAttacker(
-  server: ServerHandle,
-  kind: string,
-  token: string,
-  durationMs = 30_000,
-): { rounds: AttackRound[]; stop: () => Promise<void> } {
-  const child = spawn(
-    process.execPath,
-    [
-      ATTACKER,
-      '--kind',
-      kind,
-      '--port',
-      String(server.port),
-      '--ca',
-      server.caFile,
-      '--token',
-      token,
-      '--duration-ms',
-      String(durationMs),
-    ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  const rounds: AttackRound[] = [];
-  createInterface({ input: child.stdout! }).on('line', (line) =>
-    rounds.push(JSON.parse(line) as AttackRound),
-  );
-  const exited = new Promise((r) => child.once('exit', r));
-  const stop = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    await exited;
-  };
-  onTestFinished(stop);
-  return { rounds, stop };
-}
 
 /** What the server logged about the attacker's sessions: every code it ended or refused them with. */
 function codesFor(server: ServerHandle, clusterId: string): string[] {
@@ -100,25 +60,27 @@ describe('a flooding agent costs its own sessions, not the server or other clust
       const good = await setupClusterTunnel({ uid: 'good' });
       const { server } = good;
       const evil = await createToken(server.dataDir, 'evil');
-      const idleMs = await kubectlBestMs(good.kubeconfig);
+      const idle = await kubectlLatency(good.kubeconfig);
       const rssBefore = await serverMetric(server, 'process_resident_memory_bytes');
 
-      const attacker = startAttacker(server, kind, evil);
+      const attacker = startAttacker(server, kind, { token: evil });
       await pollUntil(() => attacker.rounds.length > 0 || codesFor(server, 'evil').length > 0, 10_000);
-      let attackMs = 0;
+      let attack = { medianMs: 0, maxMs: 0 };
       const peakRss = await peakRssDuring(
         server,
-        kubectlBestMs(good.kubeconfig).then((ms) => (attackMs = ms)),
+        kubectlLatency(good.kubeconfig).then((l) => (attack = l)),
       );
       await attacker.stop();
 
       console.log(
-      `hostile ${kind}: kubectl idle ${idleMs.toFixed(0)} ms, under attack ${attackMs.toFixed(0)} ms; ` +
-        `server RSS +${((peakRss - rssBefore) / MiB).toFixed(1)} MiB; attacker rounds ${attacker.rounds.length}`,
-    );
-    expect(peakRss - rssBefore).toBeLessThan(96 * MiB);
+        `hostile ${kind}: kubectl idle ${idle.medianMs.toFixed(0)} ms, under attack ${attack.medianMs.toFixed(0)} ms (slowest ${attack.maxMs.toFixed(0)}); ` +
+          `server RSS +${((peakRss - rssBefore) / MiB).toFixed(1)} MiB; attacker rounds ${attacker.rounds.length}`,
+      );
+      expect(peakRss - rssBefore).toBeLessThan(96 * MiB);
       expect(codesFor(server, 'evil')).toContain(code);
-      expect(attackMs).toBeLessThanOrEqual(2 * idleMs);
+      expect(attack.medianMs).toBeLessThanOrEqual(2 * idle.medianMs);
+      // No request waits behind the attack (a refused connection retried, a stalled handshake).
+      expect(attack.maxMs).toBeLessThan(2_000);
       expect(server.proc.child.exitCode).toBeNull();
     },
   );

@@ -11,7 +11,8 @@ import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { serverMetric } from '../helpers/hostile.js';
+import { setupClusterTunnel } from '../helpers/cluster-tunnel.js';
+import { kubectlLatency, peakRssDuring, serverMetric, startAttacker } from '../helpers/hostile.js';
 import { pollUntil, withDeadline } from '../helpers/streams.js';
 import {
   createToken,
@@ -19,10 +20,12 @@ import {
   startServer,
   tempDir,
   writeTokenFile,
+  type LogLine,
   type ServerHandle,
 } from '../helpers/tunnel.js';
 
 const execFileAsync = promisify(execFile);
+const MiB = 1024 * 1024;
 
 /** A TLS connection to the server's own name, trusting its CA. */
 async function ownTls(server: ServerHandle): Promise<tls.TLSSocket> {
@@ -199,8 +202,11 @@ describe('connections that never finish their handshake', () => {
       expect(ms).toBeGreaterThanOrEqual(deadlineMs - 50);
       expect(ms).toBeLessThan(deadlineMs + 3_000);
     }
-    const phases = server.proc.logs
-      .filter((l) => l.msg === 'connection timed out before it was routed')
+    // The server logs each as it closes it; the lines cross a pipe after the closes.
+    const timedOut = (): LogLine[] =>
+      server.proc.logs.filter((l) => l.msg === 'connection timed out before it was routed');
+    await pollUntil(() => timedOut().length >= 4, 5_000, 'four timeout log lines');
+    const phases = timedOut()
       .map((l) => l.phase)
       .sort();
     expect(phases).toEqual(['client-hello', 'request-headers', 'request-headers', 'tls-handshake']);
@@ -303,3 +309,44 @@ function swallowAfterFirstWrite(socket: net.Socket): Duplex {
     },
   });
 }
+
+describe('anonymous floods cost their own connections, not the server or a cluster in use', () => {
+  it.each([
+    // [attack, connections held at once, what the server logs for them]
+    ['silent', 64, 'connection timed out before it was routed'],
+    ['slow-headers', 64, 'connection timed out before it was routed'],
+    ['hello-records', 64, 'connection refused before TLS'],
+  ])(
+    '%s ×%i from another address: memory bounded, kubectl to a cluster within 2× idle',
+    async (kind, connections, logged) => {
+      const good = await setupClusterTunnel({ uid: 'good' });
+      const { server } = good;
+      const idle = await kubectlLatency(good.kubeconfig);
+      const rssBefore = await serverMetric(server, 'process_resident_memory_bytes');
+      const attacker = startAttacker(server, kind, { connections, localAddress: '127.0.0.2' });
+      // The attack is on when the server holds its connections (or has refused some).
+      await pollUntil(
+        async () =>
+          (await serverMetric(server, 'tunnel_pending_connections')) >= connections / 2 ||
+          server.proc.logs.some((l) => l.msg === logged),
+        10_000,
+        'the attack to reach the server',
+      );
+      let attack = { medianMs: 0, maxMs: 0 };
+      const peakRss = await peakRssDuring(
+        server,
+        kubectlLatency(good.kubeconfig).then((l) => (attack = l)),
+      );
+      await attacker.stop();
+      console.log(
+        `hostile ${kind} ×${connections}: kubectl idle ${idle.medianMs.toFixed(0)} ms, under attack ${attack.medianMs.toFixed(0)} ms (slowest ${attack.maxMs.toFixed(0)}); ` +
+          `server RSS +${((peakRss - rssBefore) / MiB).toFixed(1)} MiB`,
+      );
+      expect(peakRss - rssBefore).toBeLessThan(96 * MiB);
+      expect(attack.medianMs).toBeLessThanOrEqual(2 * idle.medianMs);
+      // No request waits behind the attack (a refused connection retried, a stalled handshake).
+      expect(attack.maxMs).toBeLessThan(2_000);
+      expect(server.proc.child.exitCode).toBeNull();
+    },
+  );
+});

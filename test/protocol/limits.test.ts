@@ -182,6 +182,31 @@ describe('rates of things a peer may do now and then', () => {
   });
 });
 
+describe('frames we send', () => {
+  it('sends no empty Data frame for an empty write: it would count against the peer limit', async () => {
+    const { session, peer } = sessionWithRawPeer();
+    const frames: number[][] = [];
+    peer.on('data', (chunk: Buffer) => {
+      for (
+        let at = 0;
+        at + 12 <= chunk.length;
+        at += 12 + (chunk[at + 1] === FrameType.Data ? chunk.readUInt32BE(at + 8) : 0)
+      ) {
+        frames.push([chunk[at + 1]!, chunk.readUInt16BE(at + 2), chunk.readUInt32BE(at + 8)]);
+      }
+    });
+    const stream = session.open();
+    stream.write(Buffer.alloc(0));
+    stream.end();
+    await pollUntil(() => frames.length >= 2, 2_000);
+    await flushIo();
+    expect(frames).toEqual([
+      [FrameType.WindowUpdate, Flag.SYN, 0],
+      [FrameType.WindowUpdate, Flag.FIN, 0],
+    ]);
+  });
+});
+
 describe('received bytes held for consumers that are behind', () => {
   it('keeps 1-byte Data frames at about their payload: 8 streams of a full 256 KiB window each', async () => {
     const { session, peer } = sessionWithRawPeer();

@@ -210,6 +210,12 @@ export class YamuxStream extends Duplex {
       cb(this.resetReason ?? new TunnelError('TUN_ERR_STREAM_RESET', `stream ${this.id} is closed`));
       return;
     }
+    // Nothing to send: an empty Data frame would only count against the peer's empty-frame
+    // limit (the SYN or ACK has gone out already, or goes with the next frame).
+    if (chunk.length === 0) {
+      cb();
+      return;
+    }
     this.pendingChunk = chunk;
     this.pendingOffset = 0;
     this.pendingCb = cb;

@@ -21,6 +21,7 @@ import {
 } from '../../packages/protocol/src/index.js';
 import { onTestFinished } from 'vitest';
 import { runKubectl } from './kubectl.js';
+import { pollUntil } from './streams.js';
 import type { ServerHandle } from './tunnel.js';
 
 /** A WebSocket to the server's /connect, accepted with `token`, before any yamux. */
@@ -215,4 +216,41 @@ export function startAttacker(
   };
   onTestFinished(stop);
   return { rounds, stop };
+}
+
+export interface AttackEffect {
+  idle: KubectlLatency;
+  attack: KubectlLatency;
+  /** The server's resident memory at its peak during the attack, less before it. */
+  rssGrowthBytes: number;
+}
+
+/**
+ * What an attack does to a bystander: kubectl latency against `kubeconfig` idle, then while the
+ * attacker `start` launches is on (`on` tells when it has reached the server), and the server's
+ * memory growth meanwhile. Stops the attacker and prints the figures under `what`.
+ */
+export async function underAttack(
+  server: ServerHandle,
+  kubeconfig: string,
+  start: () => { stop: () => Promise<void> },
+  on: () => boolean | Promise<boolean>,
+  what: string,
+): Promise<AttackEffect> {
+  const idle = await kubectlLatency(kubeconfig);
+  const rssBefore = await serverMetric(server, 'process_resident_memory_bytes');
+  const attacker = start();
+  await pollUntil(on, 10_000, 'the attack to reach the server');
+  let attack: KubectlLatency = { medianMs: 0, maxMs: 0 };
+  const peak = await peakRssDuring(
+    server,
+    kubectlLatency(kubeconfig).then((l) => (attack = l)),
+  );
+  await attacker.stop();
+  const effect = { idle, attack, rssGrowthBytes: peak - rssBefore };
+  console.log(
+    `hostile ${what}: kubectl idle ${idle.medianMs.toFixed(0)} ms, under attack ${attack.medianMs.toFixed(0)} ms ` +
+      `(slowest ${attack.maxMs.toFixed(0)}); server RSS +${(effect.rssGrowthBytes / 2 ** 20).toFixed(1)} MiB`,
+  );
+  return effect;
 }

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { SignJWT, decodeJwt } from 'jose';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { setupClusterTunnel } from '../helpers/cluster-tunnel.js';
-import { dialRaw, registerRaw, startAttacker, underAttack } from '../helpers/hostile.js';
+import { dialRaw, frames, registerRaw, startAttacker, underAttack } from '../helpers/hostile.js';
 import { findKubectl } from '../helpers/kubectl.js';
 import { withDeadline } from '../helpers/streams.js';
 import {
@@ -65,6 +65,39 @@ describe('a flooding agent costs its own sessions, not the server or other clust
       expect(effect.attack.medianMs).toBeLessThanOrEqual(2 * effect.idle.medianMs);
       // No request waits behind the attack (a refused connection retried, a stalled handshake).
       expect(effect.attack.maxMs).toBeLessThan(2_000);
+      expect(server.proc.child.exitCode).toBeNull();
+    },
+  );
+});
+
+describe('protocol violations', () => {
+  it.each([
+    [
+      'a frame of yamux version 1',
+      () => Buffer.from([1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+      'TUN_ERR_BAD_VERSION',
+    ],
+    ['a Data frame on stream 0', () => frames.data(0, Buffer.from('x')), 'TUN_ERR_BAD_STREAM_ID'],
+    [
+      'a Data frame past the window',
+      () => frames.data(1, Buffer.alloc(300 * 1024)),
+      'TUN_ERR_WINDOW_EXCEEDED',
+    ],
+  ])(
+    '%s ends that session with its code; the server and another agent carry on',
+    async (_what, frame, code) => {
+      const server = await startServer();
+      const other = await registerRaw(server, await createToken(server.dataDir, 'u2'), ['cluster-u2']);
+      const { ws } = await registerRaw(server, await createToken(server.dataDir, 'u1'), ['cluster-u1']);
+      ws.write(frame());
+      const line = await server.proc.waitForLog(
+        (l) => l.msg === 'agent disconnected' && l.clusterId === 'u1',
+      );
+      expect(line.code).toBe(code);
+      // The other agent's session is untouched: it still answers a ping.
+      expect(
+        await withDeadline(other.session.ping(), 5_000, 'a ping on the other session'),
+      ).toBeGreaterThanOrEqual(0);
       expect(server.proc.child.exitCode).toBeNull();
     },
   );
@@ -157,7 +190,6 @@ describe('tokens that held up when tried (kept held)', () => {
   it('refuses an agent id outside the id alphabet (it travels into logs and metrics)', async () => {
     const server = await startServer();
     const ws = await dialRaw(server, await createToken(server.dataDir, 'u1'));
-    const { frames } = await import('../helpers/hostile.js');
     ws.resume(); // read (and drop) what the server says, so its closing is seen
     const closed = new Promise((r) => ws.once('close', r));
     ws.write(frames.register(['cluster-u1'], 'bad\nid"}'));

@@ -502,3 +502,35 @@ describe('ClientHellos split to cost CPU', () => {
     expect(total).toBeLessThan(4 * hello.length);
   });
 });
+
+describe('ClientHelloParser, regressions the fuzzer found (bench/fuzz.js)', () => {
+  it('keeps the whole hello as its answer: bytes pushed after it change nothing', async () => {
+    const hello = await captureClientHello({ servername: 'cluster-u1.proxy.localhost' });
+    const parser = new ClientHelloParser();
+    const first = parser.push(hello);
+    expect(first).toMatchObject({ complete: true, consumedBytes: hello.length });
+    // Before: the bytes after were parsed as the hello's next record, and consumedBytes doubled.
+    expect(parser.push(hello)).toEqual(first);
+  });
+
+  it.each([
+    ['announced too large', Buffer.from([22, 3, 1, 1, 0x8d, 1, 0, 0x50, 4, 0x30, 0xd3])],
+    ['not a ClientHello', Buffer.from([22, 3, 1, 1, 0x8d, 2])],
+  ])('judges a handshake header %s as soon as its bytes arrive, however they are split', (_what, bytes) => {
+    let whole: unknown;
+    try {
+      parseClientHello(bytes);
+    } catch (err) {
+      whole = err;
+    }
+    expect(whole).toMatchObject({ code: 'TUN_ERR_CLIENT_HELLO' });
+    for (let cut = 0; cut <= bytes.length; cut++) {
+      const parser = new ClientHelloParser();
+      // Before: after a record header alone, the parser waited for the whole record.
+      expect(() => {
+        parser.push(bytes.subarray(0, cut));
+        parser.push(bytes.subarray(cut));
+      }).toThrow((whole as Error).message);
+    }
+  });
+});

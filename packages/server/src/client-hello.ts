@@ -80,11 +80,14 @@ export class ClientHelloParser {
   /** Relative to `offset`: the tail must hold this many bytes before parsing goes on. */
   private needBytes = 1;
   private failure: TunnelError | undefined;
+  /** Once whole, the hello stays the answer: later bytes belong to the caller (TLS goes on). */
+  private result: Extract<ClientHelloParse, { complete: true }> | undefined;
 
   constructor(private readonly maxBytes = DEFAULT_MAX_CLIENT_HELLO_BYTES) {}
 
   push(chunk: Buffer): ClientHelloParse {
     if (this.failure) throw this.failure;
+    if (this.result) return this.result;
     if (chunk.length > 0) {
       this.tail.push(chunk);
       this.tailBytes += chunk.length;
@@ -110,7 +113,11 @@ export class ClientHelloParser {
         this.needBytes = result;
         return { complete: false, neededBytes: this.offset + result };
       }
-      if (result.complete) return result;
+      if (result.complete) {
+        this.result = result;
+        this.tail = [];
+        return result;
+      }
       buf = result.rest;
     }
   }
@@ -150,7 +157,16 @@ export class ClientHelloParser {
     }
     const payload = buf.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + recordLength);
     this.checkHandshakeHeader(payload);
-    if (payload.length < recordLength) return RECORD_HEADER_BYTES + recordLength;
+    if (payload.length < recordLength) {
+      // Ask for the handshake header first, byte by byte as its checks need them (the type, then
+      // the length), so a message that is no ClientHello, or one too large, is refused at once.
+      const seen = this.handshakeBytes + payload.length;
+      const headerMissing = (seen < 1 ? 1 : HANDSHAKE_HEADER_BYTES) - seen;
+      if (this.bodyLength === undefined && headerMissing > 0) {
+        return RECORD_HEADER_BYTES + Math.min(recordLength, payload.length + headerMissing);
+      }
+      return RECORD_HEADER_BYTES + recordLength;
+    }
     this.records++;
     this.fragments.push(payload);
     this.handshakeBytes += payload.length;

@@ -1,0 +1,15 @@
+/** Types of fuzz-targets.js, for test/fuzz (the bench itself is plain JavaScript). */
+export interface FuzzTarget {
+  seeds(): Promise<Buffer[]>;
+  /** Built files whose block coverage guides the fuzzer. */
+  files: string[];
+  /** undefined, or which invariant the input broke. */
+  run(input: Buffer, random: () => number): string | undefined | Promise<string | undefined>;
+}
+
+export const FUZZ_TARGETS: Readonly<
+  Record<
+    'yamux-decoder' | 'yamux-session' | 'websocket-decoder' | 'client-hello' | 'control' | 'stream-prefix',
+    FuzzTarget
+  >
+>;

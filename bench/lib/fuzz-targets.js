@@ -1,0 +1,359 @@
+/**
+ * What bench/fuzz.js (and, briefly, test/fuzz/parsers.test.ts) feeds malformed input to: every
+ * parser a peer can reach (docs/SECURITY.md). Each target has seeds (valid inputs), the built
+ * files whose coverage guides it, and `run(input, random)`, which returns undefined or a string
+ * saying which invariant broke:
+ *
+ * - only TunnelErrors with a known code come out, and a decoder that threw throws the same
+ *   error again;
+ * - the same bytes give the same result whole or split anywhere (split invariance);
+ * - a session fed anything ends with a coded error or carries on, never throws, and holds a
+ *   bounded amount of memory.
+ */
+import { Duplex, PassThrough } from 'node:stream';
+import net from 'node:net';
+import tls from 'node:tls';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const protocol = await import(path.join(ROOT, 'packages/protocol/dist/index.js'));
+const clientHello = await import(path.join(ROOT, 'packages/server/dist/client-hello.js'));
+const wsDecoder = await import(path.join(ROOT, 'packages/protocol/dist/ws-frame-decoder.js'));
+const {
+  ERROR_CODES,
+  TunnelError,
+  FrameDecoder,
+  FrameType,
+  Flag,
+  YamuxSession,
+  ControlChannel,
+  encodeHeader,
+  encodeControlMessage,
+  decodeControlMessage,
+  encodeStreamHeader,
+  encodeStreamReply,
+  readStreamHeader,
+  readStreamReply,
+} = protocol;
+
+/** Files whose coverage a target's guided phase follows (paths under the repository). */
+const DIST = (file) => path.join(ROOT, file);
+
+function coded(err) {
+  return err instanceof TunnelError && Object.hasOwn(ERROR_CODES, err.code);
+}
+
+/** Cuts `buf` at random points into 1..8 pieces. */
+function splitRandomly(buf, random) {
+  const pieces = [];
+  const cuts = Math.floor(random() * 8);
+  const points = Array.from({ length: cuts }, () => Math.floor(random() * (buf.length + 1))).sort(
+    (a, b) => a - b,
+  );
+  let at = 0;
+  for (const p of [...points, buf.length]) {
+    pieces.push(buf.subarray(at, p));
+    at = p;
+  }
+  return pieces;
+}
+
+/** Runs `push` over `pieces`, recording events; the outcome as a comparable string. */
+function decodeAll(makeDecoder, pieces) {
+  const events = [];
+  const decoder = makeDecoder(events);
+  for (const piece of pieces) {
+    try {
+      // A copy: the WebSocket decoder unmasks in place, and the same input is decoded twice.
+      decoder.push(Buffer.from(piece));
+    } catch (err) {
+      if (!coded(err)) return { broken: `threw ${err?.name}: ${err?.message}` };
+      let again;
+      try {
+        decoder.push(Buffer.from([0]));
+      } catch (e) {
+        again = e;
+      }
+      if (again !== err) return { broken: 'a failed decoder did not throw the same error again' };
+      return { outcome: `${JSON.stringify(events)} error ${err.code}` };
+    }
+  }
+  return { outcome: JSON.stringify(events) };
+}
+
+/** Consecutive data pieces are merged: how the bytes were split must not show. */
+function pushData(events, kind, piece) {
+  const last = events.at(-1);
+  if (last && last[0] === kind) last[1] += piece.toString('hex');
+  else events.push([kind, piece.toString('hex')]);
+}
+
+function splitInvariant(makeDecoder, input, random) {
+  const whole = decodeAll(makeDecoder, [input]);
+  if (whole.broken) return whole.broken;
+  const split = decodeAll(makeDecoder, splitRandomly(input, random));
+  if (split.broken) return split.broken;
+  if (whole.outcome !== split.outcome) return 'the result depends on how the bytes are split';
+  return undefined;
+}
+
+// ---- seeds ----
+
+const data = (id, flags, payload) =>
+  Buffer.concat([encodeHeader(FrameType.Data, flags, id, payload.length), payload]);
+const yamuxSeeds = [
+  Buffer.concat([encodeHeader(FrameType.WindowUpdate, Flag.SYN, 1, 0), data(1, 0, Buffer.from('hello'))]),
+  Buffer.concat([data(1, Flag.SYN, Buffer.from('x')), encodeHeader(FrameType.WindowUpdate, Flag.FIN, 1, 0)]),
+  Buffer.concat([encodeHeader(FrameType.Ping, Flag.SYN, 0, 7), encodeHeader(FrameType.Ping, Flag.ACK, 0, 7)]),
+  Buffer.concat([
+    encodeHeader(FrameType.WindowUpdate, Flag.SYN, 3, 1024),
+    encodeHeader(FrameType.GoAway, 0, 0, 0),
+  ]),
+  Buffer.concat([
+    data(1, Flag.SYN, Buffer.alloc(300, 1)),
+    encodeHeader(FrameType.WindowUpdate, Flag.RST, 1, 0),
+  ]),
+];
+
+function wsFrame(opcode, payload, fin = true, mask) {
+  const len = payload.length;
+  const head = [0x80 * (fin ? 1 : 0) + opcode];
+  let ext = Buffer.alloc(0);
+  if (len < 126) head.push((mask ? 0x80 : 0) | len);
+  else if (len < 65536) {
+    head.push((mask ? 0x80 : 0) | 126);
+    ext = Buffer.from([len >> 8, len & 0xff]);
+  } else {
+    head.push((mask ? 0x80 : 0) | 127);
+    ext = Buffer.alloc(8);
+    ext.writeBigUInt64BE(BigInt(len));
+  }
+  const body = Buffer.from(payload);
+  if (mask) for (let i = 0; i < body.length; i++) body[i] ^= mask[i & 3];
+  return Buffer.concat([Buffer.from(head), ext, mask ?? Buffer.alloc(0), body]);
+}
+const MASK = Buffer.from([1, 2, 3, 4]);
+const wsSeeds = (masked) => {
+  const m = masked ? MASK : undefined;
+  return [
+    wsFrame(2, Buffer.from('binary payload'), true, m),
+    Buffer.concat([wsFrame(2, Buffer.alloc(200, 5), false, m), wsFrame(0, Buffer.from('end'), true, m)]),
+    wsFrame(9, Buffer.from('ping'), true, m),
+    wsFrame(8, Buffer.from([3, 0xe8, 0x6f, 0x6b]), true, m),
+    wsFrame(2, Buffer.alloc(70_000, 9), true, m),
+  ];
+};
+
+async function captureHellos() {
+  const hellos = [];
+  for (const options of [
+    { servername: 'proxy.localhost' },
+    { servername: 'cluster-u1.proxy.localhost', ALPNProtocols: ['h2', 'http/1.1'] },
+    {
+      servername: 'cluster-u1-dashboard.proxy.localhost',
+      ALPNProtocols: ['http/1.1'],
+      maxVersion: 'TLSv1.2',
+    },
+    {},
+  ]) {
+    hellos.push(
+      await new Promise((resolve) => {
+        const server = net.createServer((s) => {
+          s.once('data', (d) => {
+            resolve(d);
+            s.destroy();
+            server.close();
+          });
+        });
+        server.listen(0, '127.0.0.1', () => {
+          const c = tls.connect({ port: server.address().port, host: '127.0.0.1', ...options });
+          c.on('error', () => {});
+        });
+      }),
+    );
+  }
+  return hellos;
+}
+
+const controlSeeds = [
+  encodeControlMessage({
+    type: 'register',
+    protocolVersion: 1,
+    agentId: 'agent-1',
+    agentVersion: '0.1.0',
+    routes: ['cluster-u1', 'cluster-u1-db'],
+  }),
+  encodeControlMessage({
+    type: 'registered',
+    serverId: 'server-1',
+    hostnames: ['cluster-u1.proxy.localhost'],
+    serverCount: 3,
+  }),
+  encodeControlMessage({ type: 'error', code: 'TUN_ERR_ROUTE_FORBIDDEN', message: 'no' }),
+];
+
+const streamSeeds = [
+  Buffer.concat([
+    encodeStreamHeader({ route: 'cluster-u1', remoteAddress: '203.0.113.9:40000' }),
+    Buffer.from('after'),
+  ]),
+  Buffer.concat([encodeStreamReply({ ok: true }), Buffer.from('after')]),
+  encodeStreamReply({ ok: false, code: 'TUN_ERR_DIAL_FAILED', message: 'cannot connect' }),
+];
+
+// ---- targets ----
+
+function yamuxDecoder(events) {
+  return new FrameDecoder(
+    {
+      onDataStart: (h) => events.push(['start', h.streamId, h.flags, h.length]),
+      onData: (_h, piece) => pushData(events, 'data', piece),
+      onDataEnd: (h) => events.push(['end', h.streamId]),
+      onControl: (h) => events.push(['control', h.type, h.flags, h.streamId, h.length]),
+    },
+    1 << 20,
+  );
+}
+
+function wsDecoderFor(expectMasked) {
+  return (events) =>
+    new wsDecoder.WebSocketFrameDecoder(
+      {
+        onData: (piece) => pushData(events, 'data', Buffer.from(piece)),
+        onControl: (opcode, payload) => events.push(['control', opcode, payload.toString('hex')]),
+      },
+      expectMasked,
+    );
+}
+
+/** A transport for a session: what the session writes is counted (the peer never reads it). */
+class FeedTransport extends Duplex {
+  written = 0;
+  _read() {}
+  _write(chunk, _enc, cb) {
+    this.written += chunk.length;
+    cb();
+  }
+}
+
+function runSession(role, input, random) {
+  const transport = new FeedTransport();
+  let broken;
+  const session = new YamuxSession(transport, { role, keepaliveIntervalMs: 0 });
+  session.on('stream', (s) => {
+    s.on('error', () => {});
+    if (random() < 0.5) s.resume();
+  });
+  session.on('error', () => {});
+  session.once('close', (err) => {
+    if (err !== undefined && !coded(err)) broken = `the session closed with ${err?.name}: ${err?.message}`;
+  });
+  try {
+    for (const piece of splitRandomly(input, random)) transport.push(piece);
+  } catch (err) {
+    return `a transport push threw ${err?.name}: ${err?.message}`;
+  }
+  const stats = session.stats;
+  // Held bytes: at most the input itself plus per-piece overhead; replies: bounded by the input.
+  if (stats.bufferedBytes > 2 * input.length + 64 * 1024)
+    broken ??= `holds ${stats.bufferedBytes} bytes for ${input.length} fed`;
+  session.destroy();
+  return broken;
+}
+
+function runControl(input, random) {
+  try {
+    const message = decodeControlMessage(input.subarray(4));
+    const again = decodeControlMessage(encodeControlMessage(message).subarray(4));
+    if (JSON.stringify(again) !== JSON.stringify(message)) return 'a decoded message does not round-trip';
+  } catch (err) {
+    if (!coded(err)) return `decodeControlMessage threw ${err?.name}: ${err?.message}`;
+  }
+  // The channel's framing, fed the same bytes in pieces: the same messages or the same failure.
+  const outcome = (pieces) => {
+    const stream = new PassThrough();
+    const channel = new ControlChannel(stream);
+    const seen = [];
+    channel.on('message', (m) => seen.push(m));
+    channel.on('error', (e) => seen.push(`error ${e.code}`));
+    for (const p of pieces) if (!stream.destroyed) stream.emit('data', p);
+    return JSON.stringify(seen);
+  };
+  try {
+    if (outcome([input]) !== outcome(splitRandomly(input, random)))
+      return 'control framing depends on the split';
+  } catch (err) {
+    return `the control channel threw ${err?.name}: ${err?.message}`;
+  }
+  return undefined;
+}
+
+function runClientHello(input, random) {
+  let whole;
+  try {
+    whole = JSON.stringify(clientHello.parseClientHello(input));
+  } catch (err) {
+    if (!(coded(err) && err.code === 'TUN_ERR_CLIENT_HELLO'))
+      return `parseClientHello threw ${err?.name}: ${err?.message}`;
+    whole = `error ${err.code}`;
+  }
+  const parser = new clientHello.ClientHelloParser();
+  let split;
+  try {
+    for (const piece of splitRandomly(input, random)) split = JSON.stringify(parser.push(piece));
+  } catch (err) {
+    if (!(coded(err) && err.code === 'TUN_ERR_CLIENT_HELLO'))
+      return `the parser threw ${err?.name}: ${err?.message}`;
+    split = `error ${err.code}`;
+  }
+  return whole === split ? undefined : 'the ClientHello result depends on how the bytes are split';
+}
+
+async function runStreamPrefix(input, random) {
+  for (const read of [readStreamHeader, readStreamReply]) {
+    const stream = new PassThrough();
+    for (const piece of splitRandomly(input, random)) stream.write(piece);
+    stream.end();
+    try {
+      await read(stream, 1_000);
+    } catch (err) {
+      if (!coded(err)) return `${read.name} rejected with ${err?.name}: ${err?.message}`;
+    }
+  }
+  return undefined;
+}
+
+/** Every target: name → { seeds(), files, run(input, random) (may return a promise) }. */
+export const FUZZ_TARGETS = {
+  'yamux-decoder': {
+    seeds: async () => yamuxSeeds,
+    files: [DIST('packages/protocol/dist/decoder.js'), DIST('packages/protocol/dist/frame.js')],
+    run: (input, random) => splitInvariant(yamuxDecoder, input, random),
+  },
+  'yamux-session': {
+    seeds: async () => yamuxSeeds,
+    files: [DIST('packages/protocol/dist/session.js'), DIST('packages/protocol/dist/stream.js')],
+    run: (input, random) => runSession(random() < 0.5 ? 'server' : 'client', input, random),
+  },
+  'websocket-decoder': {
+    seeds: async () => [...wsSeeds(true), ...wsSeeds(false)],
+    files: [DIST('packages/protocol/dist/ws-frame-decoder.js')],
+    run: (input, random) => splitInvariant(wsDecoderFor(random() < 0.5), input, random),
+  },
+  'client-hello': {
+    seeds: captureHellos,
+    files: [DIST('packages/server/dist/client-hello.js')],
+    run: runClientHello,
+  },
+  control: {
+    seeds: async () => controlSeeds,
+    files: [DIST('packages/protocol/dist/control.js')],
+    run: runControl,
+  },
+  'stream-prefix': {
+    seeds: async () => streamSeeds,
+    files: [DIST('packages/protocol/dist/stream-header.js')],
+    run: runStreamPrefix,
+  },
+};

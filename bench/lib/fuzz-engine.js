@@ -124,6 +124,9 @@ export async function fuzzTarget(
     }
     slowestMs = Math.max(slowestMs, performance.now() - t0);
     done++;
+    // Let the event loop turn now and then: what a case left to timers and setImmediate (a
+    // session's corked writes, its close deadline) must run, or it piles up until the heap is full.
+    if (done % 256 === 0) await new Promise((resolve) => setImmediate(resolve));
     if (reason) record(reason, input);
   };
   const next = () =>

@@ -75,7 +75,7 @@ export const CONTROL_MESSAGES: Readonly<Record<ControlMessage['type'], Validator
           ? `serverCount must be an integer from 1 to ${MAX_SERVER_COUNT}`
           : undefined,
   error: (m) =>
-    typeof m.code !== 'string' || !(m.code in ERROR_CODES) || typeof m.message !== 'string'
+    typeof m.code !== 'string' || !Object.hasOwn(ERROR_CODES, m.code) || typeof m.message !== 'string'
       ? 'code must be a known TUN_ERR_* code'
       : undefined,
 };
@@ -105,10 +105,16 @@ export function decodeControlMessage(body: Buffer): ControlMessage {
     throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', 'control message is not an object');
   }
   const m = parsed as Record<string, unknown>;
+  // Own keys only: `type` and `code` come from the peer, and every object inherits `toString`,
+  // `__proto__`, `hasOwnProperty`… (found by bench/fuzz.js).
   const validate =
-    typeof m.type === 'string' ? CONTROL_MESSAGES[m.type as ControlMessage['type']] : undefined;
+    typeof m.type === 'string' && Object.hasOwn(CONTROL_MESSAGES, m.type)
+      ? CONTROL_MESSAGES[m.type as ControlMessage['type']]
+      : undefined;
   if (!validate) {
-    throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', `unknown control message type ${String(m.type)}`);
+    // String() of a peer's object can throw (`{"toString":1}`); JSON of parsed JSON cannot.
+    const type = typeof m.type === 'string' ? m.type : String(JSON.stringify(m.type)).slice(0, 64);
+    throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', `unknown control message type ${type}`);
   }
   const problem = validate(m);
   if (problem) throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', `bad ${m.type} message: ${problem}`);

@@ -85,17 +85,30 @@ const parseReply: Parse<StreamReply> = (buf) => {
   if (status !== STREAM_STATUS.refused) {
     throw new TunnelError('TUN_ERR_BAD_STREAM_HEADER', `unknown stream status ${status}`);
   }
-  let reason: { code?: unknown; message?: unknown };
+  let parsed: unknown;
   try {
-    reason = JSON.parse(buf.toString('utf8', 3, 3 + length)) as typeof reason;
+    parsed = JSON.parse(buf.toString('utf8', 3, 3 + length));
   } catch {
     throw new TunnelError('TUN_ERR_BAD_STREAM_HEADER', 'stream refusal reason is not JSON');
   }
+  // Any JSON is a reason, `null` too; an agent's `code` counts only as an own key of ERROR_CODES
+  // (not `toString`…), and a `message` that is not a string is shown as JSON, since String() of
+  // the peer's object can throw (found by bench/fuzz.js).
+  const reason = (typeof parsed === 'object' && parsed !== null ? parsed : {}) as {
+    code?: unknown;
+    message?: unknown;
+  };
   const code =
-    typeof reason.code === 'string' && reason.code in ERROR_CODES
+    typeof reason.code === 'string' && Object.hasOwn(ERROR_CODES, reason.code)
       ? (reason.code as ErrorCode)
       : 'TUN_ERR_PROTOCOL';
-  return { value: { ok: false, code, message: String(reason.message ?? '') }, consumed: 3 + length };
+  const message =
+    typeof reason.message === 'string'
+      ? reason.message
+      : reason.message == null
+        ? ''
+        : JSON.stringify(reason.message);
+  return { value: { ok: false, code, message }, consumed: 3 + length };
 };
 
 export function readStreamHeader(stream: Readable, timeoutMs: number): Promise<StreamHeader> {

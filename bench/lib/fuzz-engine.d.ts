@@ -27,4 +27,5 @@ export interface FuzzOptions {
 
 export function seededRandom(seed: number): () => number;
 export function mutate(input: Buffer, other: Buffer, random: () => number): Buffer;
+export function mutateJson(text: string, random: () => number): string | undefined;
 export function fuzzTarget(target: FuzzTarget, options?: FuzzOptions): Promise<FuzzResult>;

@@ -82,6 +82,68 @@ export function mutate(input, other, random) {
   return buf.length > MAX_INPUT_BYTES ? buf.subarray(0, MAX_INPUT_BYTES) : buf;
 }
 
+/** JSON values that break code reading a peer's JSON: names every object inherits, wrong types. */
+const INTERESTING_JSON = [
+  'toString',
+  '__proto__',
+  'hasOwnProperty',
+  'constructor',
+  'valueOf',
+  'register',
+  'error',
+  'TUN_ERR_PROTOCOL',
+  '',
+  'x'.repeat(300),
+  null,
+  true,
+  0,
+  -1,
+  1e308,
+  [],
+  {},
+  { toString: 1 },
+  [null],
+];
+
+/**
+ * A structural edit of a JSON document: a value anywhere in the tree, or a key, replaced by an
+ * interesting one. Byte edits rarely keep JSON valid, so without this the code that reads the
+ * parsed value is seldom reached. Returns undefined when `text` is not JSON.
+ */
+export function mutateJson(text, random) {
+  let doc;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  const pick = (n) => Math.floor(random() * n);
+  const value = () => JSON.parse(JSON.stringify(INTERESTING_JSON[pick(INTERESTING_JSON.length)]));
+  const names = INTERESTING_JSON.filter((v) => typeof v === 'string');
+  const name = () => names[pick(names.length)];
+  if (doc === null || typeof doc !== 'object') return JSON.stringify(value());
+  // Walk down a random path, then edit there.
+  let node = doc;
+  for (let depth = 0; depth < 4; depth++) {
+    const keys = Object.keys(node);
+    if (keys.length === 0 || random() < 0.4) break;
+    const child = node[keys[pick(keys.length)]];
+    if (child === null || typeof child !== 'object') break;
+    node = child;
+  }
+  const keys = Object.keys(node);
+  const key = keys.length > 0 && random() < 0.8 ? keys[pick(keys.length)] : name();
+  if (random() < 0.2 && keys.length > 0) {
+    // Rename a key (to an inherited name, say).
+    const v = node[key];
+    delete node[key];
+    node[name()] = v;
+  } else {
+    node[key] = value();
+  }
+  return JSON.stringify(doc);
+}
+
 /** Block ranges with a non-zero count in `files`, as strings, from one coverage snapshot. */
 function coveredBlocks(result, urls) {
   const blocks = [];
@@ -129,12 +191,10 @@ export async function fuzzTarget(
     if (done % 256 === 0) await new Promise((resolve) => setImmediate(resolve));
     if (reason) record(reason, input);
   };
+  // A target may mutate its own way (structure-aware), falling back to byte edits.
+  const edit = target.mutate ?? mutate;
   const next = () =>
-    mutate(
-      corpus[Math.floor(random() * corpus.length)],
-      corpus[Math.floor(random() * corpus.length)],
-      random,
-    );
+    edit(corpus[Math.floor(random() * corpus.length)], corpus[Math.floor(random() * corpus.length)], random);
 
   // Guided phase: keep inputs that reach new blocks of the target's files.
   const seen = new Set();

@@ -5,6 +5,8 @@ export interface FuzzTarget {
   files: string[];
   /** undefined, or which invariant the input broke. */
   run(input: Buffer, random: () => number): string | undefined | Promise<string | undefined>;
+  /** The target's own mutator (structure-aware); the engine's byte mutator otherwise. */
+  mutate?: (input: Buffer, other: Buffer, random: () => number) => Buffer;
 }
 
 export const FUZZ_TARGETS: Readonly<

@@ -16,6 +16,8 @@ import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
+import { mutate, mutateJson } from './fuzz-engine.js';
+
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const protocol = await import(path.join(ROOT, 'packages/protocol/dist/index.js'));
 const clientHello = await import(path.join(ROOT, 'packages/server/dist/client-hello.js'));
@@ -324,7 +326,26 @@ async function runStreamPrefix(input, random) {
   return undefined;
 }
 
-/** Every target: name → { seeds(), files, run(input, random) (may return a promise) }. */
+/**
+ * Half the time a structural edit of the JSON behind a `prefixBytes`-byte prefix (the control
+ * message's length, the refusal's status and length), the prefix rewritten to match; else bytes.
+ */
+function jsonMutator(prefixBytes, writeLength) {
+  return (input, other, random) => {
+    if (input.length > prefixBytes && random() < 0.5) {
+      const text = mutateJson(input.subarray(prefixBytes).toString('utf8'), random);
+      if (text !== undefined) {
+        const body = Buffer.from(text);
+        const head = Buffer.from(input.subarray(0, prefixBytes));
+        writeLength(head, body.length);
+        return Buffer.concat([head, body]);
+      }
+    }
+    return mutate(input, other, random);
+  };
+}
+
+/** Every target: name → { seeds(), files, run(input, random) (may return a promise), mutate? }. */
 export const FUZZ_TARGETS = {
   'yamux-decoder': {
     seeds: async () => yamuxSeeds,
@@ -350,10 +371,13 @@ export const FUZZ_TARGETS = {
     seeds: async () => controlSeeds,
     files: [DIST('packages/protocol/dist/control.js')],
     run: runControl,
+    mutate: jsonMutator(4, (head, n) => head.writeUInt32BE(n, 0)),
   },
   'stream-prefix': {
     seeds: async () => streamSeeds,
     files: [DIST('packages/protocol/dist/stream-header.js')],
     run: runStreamPrefix,
+    // The refusal's reason is JSON behind status and a 2-byte length.
+    mutate: jsonMutator(3, (head, n) => head.writeUInt16BE(Math.min(n, 0xffff), 1)),
   },
 };

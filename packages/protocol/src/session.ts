@@ -111,8 +111,9 @@ export function resolveSessionOptions(options: SessionOptions): ResolvedSessionO
   return Object.freeze(o);
 }
 
-function limitExceeded(limit: string, what: string): TunnelError {
-  return new TunnelError('TUN_ERR_LIMIT_EXCEEDED', `the peer sent ${what}`, { details: { limit } });
+/** The error a peer over a limit ends its session with; `details.limit` names the limit. */
+function limitExceeded(limit: string, message: string): TunnelError {
+  return new TunnelError('TUN_ERR_LIMIT_EXCEEDED', message, { details: { limit } });
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {
@@ -507,7 +508,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     if (!this.emptyBucket.take()) {
       throw limitExceeded(
         'emptyFramesPerSecond',
-        `more than ${this.options.emptyFramesPerSecond} frames a second that carry nothing`,
+        `the peer sent more than ${this.options.emptyFramesPerSecond} frames a second that carry nothing`,
       );
     }
   }
@@ -520,7 +521,10 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     if (header.streamId !== 0) throw this.badStreamId(header, 'ping on a stream');
     if (header.flags & Flag.SYN) {
       if (!this.pingBucket.take()) {
-        throw limitExceeded('pingsPerSecond', `more than ${this.options.pingsPerSecond} pings a second`);
+        throw limitExceeded(
+          'pingsPerSecond',
+          `the peer sent more than ${this.options.pingsPerSecond} pings a second`,
+        );
       }
       this.sendReply(FrameType.Ping, Flag.ACK, 0, header.length);
       return;
@@ -637,15 +641,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
       reason === 'unsentReplies'
         ? `did not read ${MAX_UNSENT_REPLIES} answers to its own requests`
         : `kept more than ${this.options.maxBufferedBytes} received bytes unread on this side`;
-    this.destroy(
-      new TunnelError(
-        'TUN_ERR_LIMIT_EXCEEDED',
-        `the peer ${what} for ${this.options.keepaliveTimeoutMs} ms`,
-        {
-          details: { limit: reason },
-        },
-      ),
-    );
+    this.destroy(limitExceeded(reason, `the peer ${what} for ${this.options.keepaliveTimeoutMs} ms`));
   };
 
   private readonly uncork = (): void => {

@@ -11,11 +11,10 @@
  *   bounded amount of memory.
  */
 import { Duplex, PassThrough } from 'node:stream';
-import net from 'node:net';
-import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
+import { captureClientHello } from './client-hello-capture.js';
 import { mutate, mutateJson } from './fuzz-engine.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -147,6 +146,7 @@ const wsSeeds = (masked) => {
   ];
 };
 
+/** Real ClientHellos: with and without SNI and ALPN, TLS 1.3 and 1.2. */
 async function captureHellos() {
   const hellos = [];
   for (const options of [
@@ -159,21 +159,7 @@ async function captureHellos() {
     },
     {},
   ]) {
-    hellos.push(
-      await new Promise((resolve) => {
-        const server = net.createServer((s) => {
-          s.once('data', (d) => {
-            resolve(d);
-            s.destroy();
-            server.close();
-          });
-        });
-        server.listen(0, '127.0.0.1', () => {
-          const c = tls.connect({ port: server.address().port, host: '127.0.0.1', ...options });
-          c.on('error', () => {});
-        });
-      }),
-    );
+    hellos.push(await captureClientHello(options));
   }
   return hellos;
 }

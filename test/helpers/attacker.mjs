@@ -20,6 +20,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { parseArgs } from 'node:util';
+import { captureClientHello } from '../../bench/lib/client-hello-capture.js';
 import { dial } from '../../packages/client/dist/dialer.js';
 import {
   CONTROL_PROTOCOL_VERSION,
@@ -143,26 +144,6 @@ function helloInOneByteRecords(hello) {
   return Buffer.concat([...body].map((b) => Buffer.from([22, 3, 1, 0, 1, b])));
 }
 
-async function captureClientHello() {
-  return new Promise((resolve) => {
-    const server = net.createServer((s) => {
-      s.once('data', (d) => {
-        resolve(d);
-        s.destroy();
-        server.close();
-      });
-    });
-    server.listen(0, '127.0.0.1', () => {
-      const c = tls.connect({
-        port: server.address().port,
-        host: '127.0.0.1',
-        servername: 'proxy.localhost',
-      });
-      c.on('error', () => {});
-    });
-  });
-}
-
 const ATTACKS = {
   'yamux-ping-flood': () =>
     asAgent((ws) =>
@@ -227,7 +208,7 @@ const ATTACKS = {
       setTimeout(() => socket.destroy(), Math.max(0, deadline - Date.now())).unref();
     }),
   'hello-records': async () => {
-    const records = helloInOneByteRecords(await captureClientHello());
+    const records = helloInOneByteRecords(await captureClientHello({ servername: 'proxy.localhost' }));
     return anonymous((socket) => socket.write(records));
   },
 };

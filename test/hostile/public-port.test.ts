@@ -11,6 +11,7 @@ import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { captureClientHello } from '../../bench/lib/client-hello-capture.js';
 import { setupClusterTunnel } from '../helpers/cluster-tunnel.js';
 import { serverMetric, startAttacker, underAttack } from '../helpers/hostile.js';
 import { pollUntil, withDeadline } from '../helpers/streams.js';
@@ -250,7 +251,7 @@ describe('connections that never finish their handshake', () => {
 describe('ClientHellos built to burn CPU', () => {
   it('regression client-hello-quadratic: 50 ClientHellos in 1-byte TLS records are refused after 32 records and cost little CPU', async () => {
     const server = await startServer();
-    const hello = await captureClientHello();
+    const hello = await captureClientHello({ servername: 'proxy.localhost' });
     // Every handshake byte in a record of its own: about 500 records per hello.
     const records = Buffer.concat([...hello.subarray(5)].map((b) => Buffer.from([22, 3, 1, 0, 1, b])));
     const cpuBefore = await serverMetric(server, 'process_cpu_seconds_total');
@@ -274,25 +275,6 @@ describe('ClientHellos built to burn CPU', () => {
     await healthy(server);
   });
 });
-
-/** The ClientHello a real TLS client (Node's) sends for proxy.localhost. */
-async function captureClientHello(): Promise<Buffer> {
-  const server = net.createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  onTestFinished(() => {
-    server.close();
-  });
-  const got = new Promise<Buffer>((resolve) =>
-    server.once('connection', (s) => s.once('data', (d: Buffer) => (resolve(d), s.destroy()))),
-  );
-  const client = tls.connect({
-    host: '127.0.0.1',
-    port: (server.address() as net.AddressInfo).port,
-    servername: 'proxy.localhost',
-  });
-  client.on('error', () => undefined);
-  return got;
-}
 
 /**
  * A Duplex in front of `socket` that passes the first write (the ClientHello) and swallows the

@@ -14,12 +14,15 @@ WORKDIR /src
 # Manifests first, so the dependency layer is cached until they change.
 COPY package.json package-lock.json ./
 COPY packages/protocol/package.json packages/protocol/
+COPY packages/config/package.json packages/config/
 COPY packages/server/package.json packages/server/
 COPY packages/client/package.json packages/client/
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.base.json tsconfig.json ./
 COPY packages/protocol/tsconfig.json packages/protocol/
 COPY packages/protocol/src packages/protocol/src
+COPY packages/config/tsconfig.json packages/config/
+COPY packages/config/src packages/config/src
 COPY packages/server/tsconfig.json packages/server/
 COPY packages/server/src packages/server/src
 COPY packages/client/tsconfig.json packages/client/
@@ -33,13 +36,17 @@ ENV NODE_ENV=production \
 WORKDIR /app
 COPY package.json package-lock.json ./
 COPY packages/protocol/package.json packages/protocol/
+COPY packages/config/package.json packages/config/
 COPY packages/server/package.json packages/server/
+COPY packages/server/bin packages/server/bin
 COPY packages/client/package.json packages/client/
+COPY packages/client/bin packages/client/bin
 COPY --from=build /src/packages/protocol/dist packages/protocol/dist
+COPY --from=build /src/packages/config/dist packages/config/dist
 COPY --from=build /src/packages/server/dist packages/server/dist
 COPY --from=build /src/packages/client/dist packages/client/dist
-# dist is in place before the install, so npm links the workspaces' bins (tunnel-server,
-# tunnel-client) into node_modules/.bin and marks them executable. No install scripts run:
+# npm links the workspaces' bins (bin/tunnel-server.js, bin/tunnel-client.js, which load dist)
+# into node_modules/.bin. No install scripts run:
 # bufferutil loads its bundled prebuilt binary (WebSocket masking falls back to JS without it).
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
  && npm cache clean --force \

@@ -1,6 +1,21 @@
+import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vitest/config';
 
+const source = (pkg: string): string =>
+  fileURLToPath(new URL(`./packages/${pkg}/src/index.ts`, import.meta.url));
+
 export default defineConfig({
+  // Tests and the packages they load share one copy of each package, its source: a class is the
+  // same class in both (instanceof holds) and a stale dist/ cannot change a result. Processes the
+  // tests spawn (the CLIs) run the build, which `npm test` makes first.
+  resolve: {
+    alias: {
+      '@cluster-tunnel/protocol': source('protocol'),
+      '@cluster-tunnel/config': source('config'),
+      '@cluster-tunnel/server': source('server'),
+      '@cluster-tunnel/client': source('client'),
+    },
+  },
   test: {
     // Real sockets, TLS and child processes: give slow machines room, but never hang CI.
     testTimeout: 60_000,

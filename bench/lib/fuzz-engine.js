@@ -7,7 +7,7 @@
  * and in seconds.
  */
 import { Session } from 'node:inspector/promises';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 
 /** mulberry32: a small seeded PRNG, uniform in [0, 1). */
 export function seededRandom(seed) {
@@ -144,11 +144,18 @@ export function mutateJson(text, random) {
   return JSON.stringify(doc);
 }
 
+function sourceKey(url) {
+  const file = url.startsWith('file:') ? fileURLToPath(url.replace(/\?.*$/, '')) : url.replace(/\?.*$/, '');
+  return file.replace(/\/(dist|src)\//, '/').replace(/\.(js|ts)$/, '');
+}
+
 /** Block ranges with a non-zero count in `files`, as strings, from one coverage snapshot. */
 function coveredBlocks(result, urls) {
   const blocks = [];
   for (const script of result.result) {
-    if (!urls.has(script.url)) continue;
+    // The bench runs the build (file URLs); the test runner its transformed sources (paths, maybe
+    // with a query): compare paths without extension, so either names the same file.
+    if (!urls.has(sourceKey(script.url))) continue;
     for (const fn of script.functions) {
       for (const range of fn.ranges) {
         if (range.count > 0) blocks.push(`${script.url}:${range.startOffset}-${range.endOffset}`);
@@ -203,7 +210,7 @@ export async function fuzzTarget(
     session.connect();
     await session.post('Profiler.enable');
     await session.post('Profiler.startPreciseCoverage', { callCount: true, detailed: true });
-    const urls = new Set(target.files.map((f) => pathToFileURL(f).href));
+    const urls = new Set(target.files.map((f) => sourceKey(f)));
     for (const seedInput of corpus) {
       await runOne(seedInput);
       for (const b of coveredBlocks(await session.post('Profiler.takePreciseCoverage'), urls)) seen.add(b);

@@ -18,9 +18,9 @@ import { captureClientHello } from './client-hello-capture.js';
 import { mutate, mutateJson } from './fuzz-engine.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const protocol = await import(path.join(ROOT, 'packages/protocol/dist/index.js'));
-const clientHello = await import(path.join(ROOT, 'packages/server/dist/client-hello.js'));
-const wsDecoder = await import(path.join(ROOT, 'packages/protocol/dist/ws-frame-decoder.js'));
+// By package name: node resolves the builds (dist/), the test runner the sources, one copy each.
+const protocol = await import('@cluster-tunnel/protocol');
+const clientHello = await import('@cluster-tunnel/server');
 const {
   ERROR_CODES,
   TunnelError,
@@ -206,7 +206,7 @@ function yamuxDecoder(events) {
 
 function wsDecoderFor(expectMasked) {
   return (events) =>
-    new wsDecoder.WebSocketFrameDecoder(
+    new protocol.WebSocketFrameDecoder(
       {
         onData: (piece) => pushData(events, 'data', Buffer.from(piece)),
         onControl: (opcode, payload) => events.push(['control', opcode, payload.toString('hex')]),
@@ -335,17 +335,17 @@ function jsonMutator(prefixBytes, writeLength) {
 export const FUZZ_TARGETS = {
   'yamux-decoder': {
     seeds: async () => yamuxSeeds,
-    files: [DIST('packages/protocol/dist/decoder.js'), DIST('packages/protocol/dist/frame.js')],
+    files: [DIST('packages/protocol/dist/yamux/decoder.js'), DIST('packages/protocol/dist/yamux/frame.js')],
     run: (input, random) => splitInvariant(yamuxDecoder, input, random),
   },
   'yamux-session': {
     seeds: async () => yamuxSeeds,
-    files: [DIST('packages/protocol/dist/session.js'), DIST('packages/protocol/dist/stream.js')],
+    files: [DIST('packages/protocol/dist/yamux/session.js'), DIST('packages/protocol/dist/yamux/stream.js')],
     run: (input, random) => runSession(random() < 0.5 ? 'server' : 'client', input, random),
   },
   'websocket-decoder': {
     seeds: async () => [...wsSeeds(true), ...wsSeeds(false)],
-    files: [DIST('packages/protocol/dist/ws-frame-decoder.js')],
+    files: [DIST('packages/protocol/dist/websocket/frame-decoder.js')],
     run: (input, random) => splitInvariant(wsDecoderFor(random() < 0.5), input, random),
   },
   'client-hello': {
@@ -355,13 +355,13 @@ export const FUZZ_TARGETS = {
   },
   control: {
     seeds: async () => controlSeeds,
-    files: [DIST('packages/protocol/dist/control.js')],
+    files: [DIST('packages/protocol/dist/tunnel/control.js')],
     run: runControl,
     mutate: jsonMutator(4, (head, n) => head.writeUInt32BE(n, 0)),
   },
   'stream-prefix': {
     seeds: async () => streamSeeds,
-    files: [DIST('packages/protocol/dist/stream-header.js')],
+    files: [DIST('packages/protocol/dist/tunnel/stream-header.js')],
     run: runStreamPrefix,
     // The refusal's reason is JSON behind status and a 2-byte length.
     mutate: jsonMutator(3, (head, n) => head.writeUInt16BE(Math.min(n, 0xffff), 1)),

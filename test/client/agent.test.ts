@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { SignJWT } from 'jose';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { resolveClientConfig } from '../../packages/client/src/config.js';
-import { dial, isCredentialRefusal } from '../../packages/client/src/dialer.js';
+import { dial, isCredentialRefusal } from '../../packages/client/src/server-dialer.js';
 import { AGENT_VERSION, TunnelAgent } from '../../packages/client/src/tunnel-agent.js';
 import type { AgentDisconnectedEvent, TunnelAgentOptions } from '../../packages/client/src/tunnel-agent.js';
 import {

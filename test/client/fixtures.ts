@@ -11,8 +11,8 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { Readable } from 'node:stream';
 import { onTestFinished } from 'vitest';
-import { createLogger } from '@cluster-tunnel/protocol';
-import type { Logger } from '@cluster-tunnel/protocol';
+import { createLogger } from '@cluster-tunnel/config';
+import type { Logger } from '@cluster-tunnel/config';
 
 export interface LogLine {
   level: number;

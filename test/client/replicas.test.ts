@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { SignJWT } from 'jose';
 import { describe, expect, onTestFinished, test } from 'vitest';
-import { decodeControlMessage } from '../../packages/protocol/src/control.js';
+import { decodeControlMessage } from '../../packages/protocol/src/tunnel/control.js';
 import { resolveClientConfig } from '../../packages/client/src/config.js';
 import { MAX_QUICK_DUPLICATES } from '../../packages/client/src/connect-slot.js';
 import { MAX_SLOTS, TunnelAgent } from '../../packages/client/src/tunnel-agent.js';

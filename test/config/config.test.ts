@@ -5,13 +5,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { describe, expect, onTestFinished, test } from 'vitest';
-import {
-  addConfigOptions,
-  describeConfig,
-  parseDurationMs,
-  redactConfig,
-} from '../../packages/protocol/src/config-schema.js';
-import type { ConfigSchema } from '../../packages/protocol/src/config-schema.js';
+import { addConfigOptions, describeConfig, parseDurationMs, redactConfig } from '@cluster-tunnel/config';
+import type { ConfigSchema } from '@cluster-tunnel/config';
 import { CLIENT_CONFIG_SCHEMA, resolveClientConfig } from '../../packages/client/src/config.js';
 import { SERVER_CONFIG_SCHEMA, resolveServerConfig } from '../../packages/server/src/config.js';
 

@@ -9,8 +9,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
-import { redactConfig } from '../../packages/protocol/src/config-schema.js';
-import type { ConfigSchema, HostPort } from '../../packages/protocol/src/config-schema.js';
+import { redactConfig } from '@cluster-tunnel/config';
+import type { ConfigSchema, HostPort } from '@cluster-tunnel/config';
 import type { ClientConfig } from '../../packages/client/src/config.js';
 import {
   CLIENT_CONFIG_SCHEMA,
@@ -70,7 +70,7 @@ const CLIS: Record<Cli, CliInfo> = {
   },
 };
 
-const binSource = (cli: Cli): string => join(REPO_DIR, CLIS[cli].pkg, 'src', 'bin.ts');
+const binSource = (cli: Cli): string => join(REPO_DIR, CLIS[cli].dist);
 
 /** built: run it; unbuilt: bin.ts exists but not dist (fail: run npm run build); absent: not written yet. */
 function cliState(cli: Cli): 'built' | 'unbuilt' | 'absent' {

@@ -196,7 +196,12 @@ describe('Dockerfile', () => {
         copiedFromBuild.some((src) => src?.endsWith(`/${ws.dir}/dist`)),
         `${ws.dir}/dist`,
       ).toBe(true);
-      for (const name of Object.keys(ws.bin)) bins.add(name);
+      for (const [name, file] of Object.entries(ws.bin)) {
+        bins.add(name);
+        // The bin is a committed file that loads dist: its folder must be in the image too.
+        const folder = `${ws.dir}/${file.split('/')[0]}`;
+        expect(file.startsWith('dist/') || copiedFromContext.includes(folder), folder).toBe(true);
+      }
     }
     expect([...bins].sort()).toEqual(['tunnel-client', 'tunnel-server']);
     // The manifests run `command: [tunnel-server]`: npm links workspace bins into node_modules/.bin.

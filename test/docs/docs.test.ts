@@ -17,7 +17,7 @@ import {
   encodeStreamHeader,
   encodeStreamReply,
   type ErrorCode,
-} from '../../packages/protocol/src/index.js';
+} from '@cluster-tunnel/protocol';
 import { SERVER_CONFIG_SCHEMA } from '../../packages/server/src/config.js';
 
 function readDoc(name: string): string {
@@ -158,7 +158,7 @@ describe('docs/SECURITY.md', () => {
   );
 
   // The names a TUN_ERR_LIMIT_EXCEEDED carries in details.limit, wherever the code sets one.
-  const sources = ['protocol/src/session.ts', 'protocol/src/ws-duplex.ts', 'server/src/agent-endpoint.ts'];
+  const sources = ['protocol/src/yamux/session.ts', 'protocol/src/websocket/duplex.ts', 'server/src/agent-endpoint.ts'];
   const limitNames = new Set(
     sources.flatMap((file) => {
       const text = readFileSync(new URL(`../../packages/${file}`, import.meta.url), 'utf8');

@@ -9,14 +9,17 @@ import { join } from 'node:path';
 import { decodeJwt } from 'jose';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { WebSocket } from 'ws';
-import { dial as agentDial } from '../../packages/client/src/dialer.js';
+import { dial as agentDial } from '../../packages/client/src/server-dialer.js';
 import {
   CONTROL_PROTOCOL_VERSION,
   ControlChannel,
   YamuxSession,
   createWebSocketDuplex,
-} from '../../packages/protocol/src/index.js';
-import { createToken as signToken, generateSigningKeyPair } from '../../packages/server/src/token-issuer.js';
+} from '@cluster-tunnel/protocol';
+import {
+  createToken as signToken,
+  loadOrCreateSigningKeyPair,
+} from '../../packages/server/src/token-issuer.js';
 import {
   createToken,
   startAgent,
@@ -101,7 +104,7 @@ describe('agent authentication on the WebSocket upgrade', () => {
   it('refuses forged tokens: a foreign key and a tampered payload', async () => {
     const server = await startServer();
     const foreignDir = await tempDir();
-    const foreign = await generateSigningKeyPair(foreignDir);
+    const foreign = await loadOrCreateSigningKeyPair(foreignDir);
     const byForeignKey = await signToken({
       privateKeyPem: foreign.privateKeyPem,
       clusterId: 'u1',

@@ -21,7 +21,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { parseArgs } from 'node:util';
 import { captureClientHello } from '../../bench/lib/client-hello-capture.js';
-import { dial } from '../../packages/client/dist/dialer.js';
+import { dial } from '../../packages/client/dist/server-dialer.js';
 import {
   CONTROL_PROTOCOL_VERSION,
   Flag,

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Duplex } from 'node:stream';
-import { dial } from '../../packages/client/src/dialer.js';
+import { dial } from '../../packages/client/src/server-dialer.js';
 import {
   CONTROL_PROTOCOL_VERSION,
   ControlChannel,
@@ -18,7 +18,7 @@ import {
   encodeControlMessage,
   encodeHeader,
   type ControlMessage,
-} from '../../packages/protocol/src/index.js';
+} from '@cluster-tunnel/protocol';
 import { onTestFinished } from 'vitest';
 import { runKubectl } from './kubectl.js';
 import { pollUntil } from './streams.js';

@@ -2,7 +2,7 @@
  * A Clock (packages/protocol) that moves only when told, for timer code tested without sleeping:
  * keepalive, spare-connection idle timeouts.
  */
-import type { Clock } from '../../packages/protocol/src/index.js';
+import type { Clock } from '@cluster-tunnel/protocol';
 
 interface Timer {
   at: number;

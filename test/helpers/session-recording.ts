@@ -4,7 +4,7 @@
  */
 import { once } from 'node:events';
 import { expect } from 'vitest';
-import { YamuxSession, type YamuxStream } from '../../packages/protocol/src/index.js';
+import { YamuxSession, type YamuxStream } from '@cluster-tunnel/protocol';
 import { pipePairForTest, readToEnd, withDeadline } from './streams.js';
 
 const KiB = 1024;

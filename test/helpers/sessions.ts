@@ -1,7 +1,7 @@
 /**
  * Small helpers around a YamuxSession that the protocol tests share.
  */
-import type { TunnelError, YamuxSession, YamuxStream } from '../../packages/protocol/src/index.js';
+import type { TunnelError, YamuxSession, YamuxStream } from '@cluster-tunnel/protocol';
 
 /** Echoes every inbound stream back to its opener, ending when the opener ends; stream errors are ignored. */
 export function echoStreams(session: YamuxSession): void {

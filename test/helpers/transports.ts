@@ -15,10 +15,10 @@ import type { AddressInfo } from 'node:net';
 import { generate } from 'selfsigned';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { ClientOptions } from 'ws';
-import { dial } from '../../packages/client/src/dialer.js';
+import { dial } from '../../packages/client/src/server-dialer.js';
 import type { TunnelError } from '../../packages/protocol/src/errors.js';
-import { createWebSocketDuplex } from '../../packages/protocol/src/ws-duplex.js';
-import { checkUpgradeRequest, upgradeResponseHead } from '../../packages/protocol/src/ws-handshake.js';
+import { createWebSocketDuplex } from '../../packages/protocol/src/websocket/duplex.js';
+import { checkUpgradeRequest, upgradeResponseHead } from '../../packages/protocol/src/websocket/handshake.js';
 
 export interface TransportPair {
   a: Duplex;

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { SignJWT } from 'jose';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { Flag, FrameType, encodeHeader, readStreamReply } from '../../packages/protocol/src/index.js';
+import { Flag, FrameType, encodeHeader, readStreamReply } from '@cluster-tunnel/protocol';
 import { TunnelPeer, type PeerSession } from '../client/tunnel-peer.js';
 import { closed as streamClosed, echoTarget } from '../client/fixtures.js';
 import { pollUntil, withDeadline } from '../helpers/streams.js';

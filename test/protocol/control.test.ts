@@ -4,7 +4,7 @@
  * string was expected).
  */
 import { describe, expect, it } from 'vitest';
-import { TunnelError, decodeControlMessage } from '../../packages/protocol/src/index.js';
+import { TunnelError, decodeControlMessage } from '@cluster-tunnel/protocol';
 
 const INHERITED = ['toString', 'hasOwnProperty', '__proto__', 'constructor', 'valueOf', 'isPrototypeOf'];
 

@@ -15,7 +15,7 @@ import {
   type FrameHeader,
   type FrameSink,
   type YamuxStream,
-} from '../../packages/protocol/src/index.js';
+} from '@cluster-tunnel/protocol';
 import { seededRandom } from '../helpers/random.js';
 import { recordClientToServerBytes } from '../helpers/session-recording.js';
 import {

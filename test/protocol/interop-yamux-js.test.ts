@@ -30,7 +30,7 @@ import {
   createWebSocketDuplex,
   encodeHeader,
   type YamuxStream,
-} from '../../packages/protocol/src/index.js';
+} from '@cluster-tunnel/protocol';
 import { readAtLeast, sha256, withDeadline } from '../helpers/streams.js';
 import { wsPeerPair } from '../helpers/transports.js';
 

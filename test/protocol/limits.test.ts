@@ -16,7 +16,7 @@ import {
   encodeHeader,
   type SessionOptions,
   type YamuxStream,
-} from '../../packages/protocol/src/index.js';
+} from '@cluster-tunnel/protocol';
 import { ManualClock } from '../helpers/manual-clock.js';
 import { memoryInUseBytes } from '../helpers/memory.js';
 import { closeOf } from '../helpers/sessions.js';

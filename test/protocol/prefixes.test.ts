@@ -17,7 +17,7 @@ import {
   readStreamHeader,
   readStreamReply,
   type ControlMessage,
-} from '../../packages/protocol/src/index.js';
+} from '@cluster-tunnel/protocol';
 import { readToEnd } from '../helpers/streams.js';
 
 afterEach(() => {

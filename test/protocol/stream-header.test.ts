@@ -4,7 +4,7 @@
  */
 import { PassThrough } from 'node:stream';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { readStreamReply } from '../../packages/protocol/src/index.js';
+import { readStreamReply } from '@cluster-tunnel/protocol';
 
 /** A refusal (status 1) whose reason is `json`, as the agent's bytes. */
 function refusal(json: string): Buffer {

@@ -21,7 +21,7 @@ import {
   type FrameHeader,
   type SessionOptions,
   type YamuxStream,
-} from '../../packages/protocol/src/index.js';
+} from '@cluster-tunnel/protocol';
 import { ManualClock } from '../helpers/manual-clock.js';
 import { recordClientToServerBytes } from '../helpers/session-recording.js';
 import { closeOf, echoStreams } from '../helpers/sessions.js';

@@ -5,7 +5,7 @@
  */
 import { Duplex } from 'node:stream';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { YamuxSession, type YamuxStream } from '../../packages/protocol/src/index.js';
+import { YamuxSession, type YamuxStream } from '@cluster-tunnel/protocol';
 
 /** An in-memory link that delivers every chunk `delayMs` after it was written, in order. */
 function delayedPipePair(delayMs: number): { a: Duplex; b: Duplex } {

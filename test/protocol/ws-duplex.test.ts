@@ -10,18 +10,21 @@ import type { AddressInfo } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { WebSocket } from 'ws';
-import { dial } from '../../packages/client/src/dialer.js';
+import { dial } from '../../packages/client/src/server-dialer.js';
 import { isTunnelError, type TunnelError } from '../../packages/protocol/src/errors.js';
-import { createWebSocketDuplex, type WebSocketDuplexOptions } from '../../packages/protocol/src/ws-duplex.js';
-import { WsOpcode } from '../../packages/protocol/src/ws-frame-decoder.js';
-import { nativeMaskLoaded } from '../../packages/protocol/src/ws-mask.js';
+import {
+  createWebSocketDuplex,
+  type WebSocketDuplexOptions,
+} from '../../packages/protocol/src/websocket/duplex.js';
+import { WsOpcode } from '../../packages/protocol/src/websocket/frame-decoder.js';
+import { nativeMaskLoaded } from '../../packages/protocol/src/websocket/mask.js';
 import {
   checkUpgradeRequest,
   createWebSocketKey,
   upgradeRequestHeaders,
   upgradeResponseHead,
   webSocketAccept,
-} from '../../packages/protocol/src/ws-handshake.js';
+} from '../../packages/protocol/src/websocket/handshake.js';
 import { seededRandom } from '../helpers/random.js';
 import { delay, pipePairForTest, pollUntil, readAtLeast, readToEndWithForAwait } from '../helpers/streams.js';
 import {

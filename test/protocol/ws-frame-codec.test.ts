@@ -6,7 +6,7 @@ import {
   WsOpcode,
   isValidCloseCode,
   parseClosePayload,
-} from '../../packages/protocol/src/ws-frame-decoder.js';
+} from '../../packages/protocol/src/websocket/frame-decoder.js';
 import {
   MAX_MASKED_FRAME_BYTES,
   MAX_UNMASKED_FRAME_BYTES,
@@ -15,8 +15,8 @@ import {
   encodeUnmasked,
   releaseSlabs,
   writeFrameHeader,
-} from '../../packages/protocol/src/ws-frame-encoder.js';
-import { nativeMaskLoaded } from '../../packages/protocol/src/ws-mask.js';
+} from '../../packages/protocol/src/websocket/frame-encoder.js';
+import { nativeMaskLoaded } from '../../packages/protocol/src/websocket/mask.js';
 
 const KiB = 1024;
 

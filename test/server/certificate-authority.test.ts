@@ -1,12 +1,10 @@
 import { once } from 'node:events';
-import { webcrypto, X509Certificate as NodeX509Certificate } from 'node:crypto';
+import { X509Certificate as NodeX509Certificate } from 'node:crypto';
 import { mkdtemp, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
-import { Pkcs10CertificateRequestGenerator, SubjectAlternativeNameExtension } from '@peculiar/x509';
-import type { JsonGeneralNames } from '@peculiar/x509';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { CA_FILES, CertificateAuthority } from '../../packages/server/src/certificate-authority.js';
 
@@ -41,33 +39,6 @@ async function connectVerified(port: number, options: tls.ConnectionOptions): Pr
   const chunks: Buffer[] = [];
   for await (const chunk of client) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks).toString();
-}
-
-const ECDSA_P256 = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
-const RSA_2048 = {
-  name: 'RSASSA-PKCS1-v1_5',
-  modulusLength: 2048,
-  publicExponent: new Uint8Array([1, 0, 1]),
-  hash: 'SHA-256',
-} as const;
-
-async function createCsr(
-  names: JsonGeneralNames,
-  algorithm: typeof ECDSA_P256 | typeof RSA_2048 = ECDSA_P256,
-): Promise<{ csrPem: string; keyPem: string }> {
-  const keys = (await webcrypto.subtle.generateKey(algorithm, true, [
-    'sign',
-    'verify',
-  ])) as webcrypto.CryptoKeyPair;
-  const csr = await Pkcs10CertificateRequestGenerator.create({
-    name: 'CN=anything the agent likes',
-    keys,
-    signingAlgorithm: algorithm,
-    extensions: names.length > 0 ? [new SubjectAlternativeNameExtension(names)] : [],
-  });
-  const der = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey));
-  const keyPem = `-----BEGIN PRIVATE KEY-----\n${der.toString('base64')}\n-----END PRIVATE KEY-----\n`;
-  return { csrPem: csr.toString('pem'), keyPem };
 }
 
 describe('CertificateAuthority', () => {
@@ -182,96 +153,5 @@ describe('CertificateAuthority', () => {
     ).rejects.toMatchObject({
       code: 'TUN_ERR_CONFIG',
     });
-  });
-});
-
-describe('CertificateAuthority.signCsr', () => {
-  const allowedDnsNames = ['cluster-u1.proxy.localhost', 'cluster-u1-dashboard.proxy.localhost'];
-
-  it.each([
-    ['ECDSA P-256', ECDSA_P256],
-    ['RSA 2048', RSA_2048],
-  ] as const)(
-    'signs a %s CSR whose names are all allowed, and the certificate verifies under the CA',
-    async (_, algorithm) => {
-      const ca = await CertificateAuthority.loadOrCreate({
-        dataDir: await tempDir(),
-        domain: 'proxy.localhost',
-      });
-      const { csrPem, keyPem } = await createCsr(
-        [{ type: 'dns', value: 'Cluster-U1.proxy.localhost' }],
-        algorithm,
-      );
-      const certPem = await ca.signCsr(csrPem, { allowedDnsNames, validityDays: 30 });
-      const cert = new NodeX509Certificate(certPem);
-      expect(cert.subjectAltName).toBe('DNS:cluster-u1.proxy.localhost');
-      expect(cert.subject).toBe('CN=cluster-u1.proxy.localhost'); // the CSR's own subject is ignored
-      expect(new Date(cert.validTo).getTime() - Date.now()).toBeLessThanOrEqual(30 * DAY_MS);
-      const port = await startTlsServer({ key: keyPem, cert: certPem });
-      expect(
-        await connectVerified(port, { ca: ca.caCertPem, servername: 'cluster-u1.proxy.localhost' }),
-      ).toBe('ok');
-      await expect(
-        connectVerified(port, { ca: ca.caCertPem, servername: 'cluster-u1-dashboard.proxy.localhost' }),
-      ).rejects.toMatchObject({ code: 'ERR_TLS_CERT_ALTNAME_INVALID' });
-    },
-  );
-
-  it.each([
-    ['a name of another cluster', [{ type: 'dns', value: 'cluster-u2.proxy.localhost' }]],
-    [
-      'one allowed and one foreign name',
-      [
-        { type: 'dns', value: 'cluster-u1.proxy.localhost' },
-        { type: 'dns', value: '*.proxy.localhost' },
-      ],
-    ],
-    ['an IP address', [{ type: 'ip', value: '127.0.0.1' }]],
-    ['no name at all', []],
-  ] as [string, JsonGeneralNames][])(
-    'refuses a CSR asking for %s with TUN_ERR_ROUTE_FORBIDDEN',
-    async (_, names) => {
-      const ca = await CertificateAuthority.loadOrCreate({
-        dataDir: await tempDir(),
-        domain: 'proxy.localhost',
-      });
-      const { csrPem } = await createCsr(names);
-      await expect(ca.signCsr(csrPem, { allowedDnsNames, validityDays: 30 })).rejects.toMatchObject({
-        code: 'TUN_ERR_ROUTE_FORBIDDEN',
-      });
-    },
-  );
-
-  it('refuses a CSR that does not parse', async () => {
-    const ca = await CertificateAuthority.loadOrCreate({
-      dataDir: await tempDir(),
-      domain: 'proxy.localhost',
-    });
-    await expect(ca.signCsr('not a csr', { allowedDnsNames, validityDays: 30 })).rejects.toMatchObject({
-      code: 'TUN_ERR_BAD_CONTROL_MESSAGE',
-    });
-  });
-});
-
-describe('CertificateAuthority.issueClientCert', () => {
-  it('issues a client certificate that a server requiring CA-signed clients accepts', async () => {
-    const ca = await CertificateAuthority.loadOrCreate({
-      dataDir: await tempDir(),
-      domain: 'proxy.localhost',
-    });
-    const client = await ca.issueClientCert({ commonName: 'cluster:u1', validityDays: 7 });
-    expect(new NodeX509Certificate(client.certPem).subject).toBe('CN=cluster:u1');
-    const port = await startTlsServer({
-      key: ca.serverKeyPem,
-      cert: ca.serverCertPem,
-      ca: ca.caCertPem,
-      requestCert: true,
-      rejectUnauthorized: true,
-    });
-    const trust = { ca: ca.caCertPem, servername: 'proxy.localhost' };
-    expect(await connectVerified(port, { ...trust, key: client.keyPem, cert: client.certPem })).toBe('ok');
-    await expect(connectVerified(port, trust)).rejects.toThrow(
-      /certificate required|socket hang up|ECONNRESET/,
-    );
   });
 });

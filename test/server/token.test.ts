@@ -20,7 +20,7 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import {
   SIGNING_KEY_FILES,
   createToken,
-  generateSigningKeyPair,
+  loadOrCreateSigningKeyPair,
   keyIdOf,
 } from '../../packages/server/src/token-issuer.js';
 import { TokenVerifier, parseRevocations } from '../../packages/server/src/token-verifier.js';
@@ -84,31 +84,31 @@ function unsignedToken(
   return `${encode(header)}.${encode(payload)}.${signature}`;
 }
 
-describe('generateSigningKeyPair', () => {
+describe('loadOrCreateSigningKeyPair', () => {
   it('writes a private key readable only by the owner and its public key, once', async () => {
     const dir = await tempDir();
-    const first = await generateSigningKeyPair(dir);
+    const first = await loadOrCreateSigningKeyPair(dir);
     expect(first.created).toBe(true);
     expect((await stat(join(dir, SIGNING_KEY_FILES.privateKey))).mode & 0o777).toBe(0o600);
     expect(await readFile(join(dir, SIGNING_KEY_FILES.publicKey), 'utf8')).toBe(first.publicKeyPem);
-    const second = await generateSigningKeyPair(dir);
+    const second = await loadOrCreateSigningKeyPair(dir);
     expect(second).toEqual({ ...first, created: false });
   });
 
   it('derives a missing public key file from the private key', async () => {
     const dir = await tempDir();
-    const first = await generateSigningKeyPair(dir);
+    const first = await loadOrCreateSigningKeyPair(dir);
     await unlink(join(dir, SIGNING_KEY_FILES.publicKey));
-    const second = await generateSigningKeyPair(dir);
+    const second = await loadOrCreateSigningKeyPair(dir);
     expect(second.publicKeyPem).toBe(first.publicKeyPem);
     expect(second.keyId).toBe(first.keyId);
   });
 
   it('refuses to replace a private key that is missing while its public key exists', async () => {
     const dir = await tempDir();
-    await generateSigningKeyPair(dir);
+    await loadOrCreateSigningKeyPair(dir);
     await unlink(join(dir, SIGNING_KEY_FILES.privateKey));
-    await expect(generateSigningKeyPair(dir)).rejects.toMatchObject({ code: 'TUN_ERR_CONFIG' });
+    await expect(loadOrCreateSigningKeyPair(dir)).rejects.toMatchObject({ code: 'TUN_ERR_CONFIG' });
   });
 });
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 /**
  * `tunnel-client`: the only place besides config.ts that touches process.argv and process.env.
  * SIGTERM/SIGINT start a graceful drain (GoAway, open streams finish within drainTimeoutMs);

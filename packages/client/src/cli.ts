@@ -7,7 +7,8 @@
  * or configuration problem.
  */
 import { Command, CommanderError } from 'commander';
-import { addConfigOptions, createLogger, isTunnelError, redactConfig } from '@cluster-tunnel/protocol';
+import { isTunnelError } from '@cluster-tunnel/protocol';
+import { addConfigOptions, createLogger, redactConfig } from '@cluster-tunnel/config';
 import { CLIENT_CONFIG_SCHEMA, resolveClientConfig } from './config.js';
 import type { ClientConfig } from './config.js';
 import { AGENT_VERSION, TunnelAgent } from './tunnel-agent.js';

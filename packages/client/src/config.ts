@@ -6,15 +6,15 @@
 import { hostname as osHostname } from 'node:os';
 import { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
+import { ID_PATTERN } from '@cluster-tunnel/protocol';
 import {
-  ID_PATTERN,
   MAX_TIMER_MS,
   deepFreeze,
   logConfigKeys,
   flagsFromArgv,
   resolveConfigValues,
   throwIfConfigProblems,
-} from '@cluster-tunnel/protocol';
+} from '@cluster-tunnel/config';
 import type {
   ConfigSchema,
   CliConfigInput,
@@ -22,7 +22,7 @@ import type {
   LogFormat,
   LogLevel,
   RouteTarget,
-} from '@cluster-tunnel/protocol';
+} from '@cluster-tunnel/config';
 
 const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
 

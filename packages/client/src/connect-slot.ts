@@ -19,12 +19,13 @@
 import { readFile } from 'node:fs/promises';
 import { decodeJwt } from 'jose';
 import { TunnelError, isValidClusterId } from '@cluster-tunnel/protocol';
-import type { Clock, ErrorCode, Logger, RegisteredMessage } from '@cluster-tunnel/protocol';
-import { AgentSession } from './agent-session.js';
+import type { Clock, ErrorCode, RegisteredMessage } from '@cluster-tunnel/protocol';
+import type { Logger } from '@cluster-tunnel/config';
+import { ServerSession } from './server-session.js';
 import type { TargetDialer } from './target-dialer.js';
 import { Backoff } from './backoff.js';
 import type { ClientConfig } from './config.js';
-import { dial, isCredentialRefusal } from './dialer.js';
+import { dial, isCredentialRefusal } from './server-dialer.js';
 import { RouteTable } from './route-table.js';
 
 /** Duplicate sessions in a row a slot redials quickly after; past this it backs off. */
@@ -59,9 +60,9 @@ export interface SlotHost {
   /** Whether this slot should dial (again); false ends its loop. */
   keepDialing(slot: ConnectSlot): boolean;
   /** A new session, tracked by the agent until it closes (readiness, drain, stream counts). */
-  track(session: AgentSession): void;
+  track(session: ServerSession): void;
   /** The session registered: 'duplicate' when another serving session holds its serverId. */
-  registered(slot: ConnectSlot, session: AgentSession, message: RegisteredMessage): 'serving' | 'duplicate';
+  registered(slot: ConnectSlot, session: ServerSession, message: RegisteredMessage): 'serving' | 'duplicate';
 }
 
 type Phase = 'token' | 'dial' | 'register';
@@ -145,7 +146,7 @@ export class ConnectSlot {
     }
     this.log.debug({ url: dialed.url, proxy: dialed.proxy }, 'connected');
     this.phase = 'register';
-    const session = new AgentSession({
+    const session = new ServerSession({
       socket: dialed.socket,
       head: dialed.head,
       routes,

@@ -12,7 +12,8 @@
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TunnelError, encodeStreamReply, readStreamHeader, spliceBytes } from '@cluster-tunnel/protocol';
-import type { ErrorCode, Logger, StreamHeader } from '@cluster-tunnel/protocol';
+import type { ErrorCode, StreamHeader } from '@cluster-tunnel/protocol';
+import type { Logger } from '@cluster-tunnel/config';
 import type { RouteTable } from './route-table.js';
 import type { TargetDialer } from './target-dialer.js';
 

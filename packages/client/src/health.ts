@@ -6,8 +6,8 @@
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { formatHostPort } from '@cluster-tunnel/protocol';
-import type { HostPort, Logger } from '@cluster-tunnel/protocol';
+import { formatHostPort } from '@cluster-tunnel/config';
+import type { HostPort, Logger } from '@cluster-tunnel/config';
 
 export interface HealthServerOptions {
   listen: HostPort;

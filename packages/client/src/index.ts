@@ -1,11 +1,11 @@
 export { TunnelAgent, AGENT_VERSION } from './tunnel-agent.js';
 export type { TunnelAgentOptions, AgentRegisteredEvent, AgentDisconnectedEvent } from './tunnel-agent.js';
-export { AgentSession } from './agent-session.js';
-export type { AgentSessionOptions } from './agent-session.js';
+export { ServerSession } from './server-session.js';
+export type { ServerSessionOptions } from './server-session.js';
 export { Backoff } from './backoff.js';
 export type { BackoffOptions } from './backoff.js';
-export { dial, connectUrl, isCredentialRefusal, CONNECT_PATH, REFUSAL_STATUSES } from './dialer.js';
-export type { DialOptions, DialedServer } from './dialer.js';
+export { dial, connectUrl, isCredentialRefusal, CONNECT_PATH, REFUSAL_STATUSES } from './server-dialer.js';
+export type { DialOptions, DialedServer } from './server-dialer.js';
 export { bypassesProxy } from './no-proxy.js';
 export { forwardStream } from './forward.js';
 export type { ForwardOptions, ForwardSummary } from './forward.js';

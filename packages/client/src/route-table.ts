@@ -3,8 +3,9 @@
  * an address, and a label that is not in this table is refused: the agent dials only what its
  * operator configured.
  */
-import { formatHostPort, routeLabel } from '@cluster-tunnel/protocol';
-import type { RouteTarget } from '@cluster-tunnel/protocol';
+import { routeLabel } from '@cluster-tunnel/protocol';
+import { formatHostPort } from '@cluster-tunnel/config';
+import type { RouteTarget } from '@cluster-tunnel/config';
 
 export interface RouteEntry {
   /** Route name from the configuration (`apiserver`, `dashboard`). */

@@ -23,7 +23,8 @@
  * EOF"), once per burst of use. `spareConnections: 0` turns spares off.
  */
 import net from 'node:net';
-import type { Clock, Logger } from '@cluster-tunnel/protocol';
+import type { Clock } from '@cluster-tunnel/protocol';
+import type { Logger } from '@cluster-tunnel/config';
 import type { RouteEntry } from './route-table.js';
 
 export interface TargetDialerOptions {

@@ -13,8 +13,9 @@
 import { EventEmitter } from 'node:events';
 import { createRequire } from 'node:module';
 import type { AddressInfo } from 'node:net';
-import type { Clock, Logger, RegisteredMessage, TunnelError } from '@cluster-tunnel/protocol';
-import type { AgentSession } from './agent-session.js';
+import type { Clock, RegisteredMessage, TunnelError } from '@cluster-tunnel/protocol';
+import type { Logger } from '@cluster-tunnel/config';
+import type { ServerSession } from './server-session.js';
 import type { ClientConfig } from './config.js';
 import { ConnectSlot } from './connect-slot.js';
 import type { SlotHost } from './connect-slot.js';
@@ -71,7 +72,7 @@ export class TunnelAgent extends EventEmitter {
   /** What every slot shares with the agent. */
   private readonly host: SlotHost;
   private readonly dialer: TargetDialer;
-  private readonly sessions = new Set<AgentSession>();
+  private readonly sessions = new Set<ServerSession>();
   /** Running slots by index. Indexes below wantedSlots keep dialing; the rest end after their session. */
   private readonly slots = new Map<number, ConnectSlot>();
   private wantedSlots = 1;
@@ -197,7 +198,7 @@ export class TunnelAgent extends EventEmitter {
     return false;
   }
 
-  private track(session: AgentSession): void {
+  private track(session: ServerSession): void {
     this.sessions.add(session);
     void session.whenClosed().then(() => this.sessions.delete(session));
   }
@@ -205,7 +206,7 @@ export class TunnelAgent extends EventEmitter {
   /** Adopts the serverCount; 'duplicate' when another serving session holds the serverId, else serving. */
   private onRegistered(
     slot: ConnectSlot,
-    session: AgentSession,
+    session: ServerSession,
     message: RegisteredMessage,
   ): 'serving' | 'duplicate' {
     const { serverId, hostnames, serverCount } = message;

@@ -1,7 +1,7 @@
 export * from './errors.js';
-export * from './constants.js';
-export { encodeHeader, decodeHeader, describeHeader, type FrameHeader } from './frame.js';
-export { FrameDecoder, type FrameSink } from './decoder.js';
+export * from './yamux/constants.js';
+export { encodeHeader, decodeHeader, describeHeader, type FrameHeader } from './yamux/frame.js';
+export { FrameDecoder, type FrameSink } from './yamux/decoder.js';
 export {
   YamuxSession,
   systemClock,
@@ -13,9 +13,15 @@ export {
   type ResolvedSessionOptions,
   type ReadLimit,
   type SessionStats,
-} from './session.js';
-export { YamuxStream } from './stream.js';
-export { createWebSocketDuplex, type WebSocketDuplexOptions } from './ws-duplex.js';
+} from './yamux/session.js';
+export { YamuxStream } from './yamux/stream.js';
+export { createWebSocketDuplex, type WebSocketDuplexOptions } from './websocket/duplex.js';
+export {
+  WebSocketFrameDecoder,
+  WsOpcode,
+  WsCloseCode,
+  type WebSocketFrameSink,
+} from './websocket/frame-decoder.js';
 export {
   WEBSOCKET_VERSION,
   createWebSocketKey,
@@ -24,10 +30,8 @@ export {
   checkUpgradeRequest,
   upgradeResponseHead,
   checkUpgradeResponse,
-} from './ws-handshake.js';
-export * from './config-schema.js';
-export * from './route-name.js';
-export * from './control.js';
-export * from './stream-header.js';
-export * from './logger.js';
-export * from './splice.js';
+} from './websocket/handshake.js';
+export * from './tunnel/route-name.js';
+export * from './tunnel/control.js';
+export * from './tunnel/stream-header.js';
+export * from './tunnel/splice.js';

@@ -1,6 +1,6 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { HostPort, Logger } from '@cluster-tunnel/protocol';
+import type { HostPort, Logger } from '@cluster-tunnel/config';
 import type { AgentRegistry } from './agent-registry.js';
 import type { ServerMetrics } from './metrics.js';
 import { requestPath } from './request-path.js';

@@ -3,7 +3,6 @@ import type { Duplex } from 'node:stream';
 import {
   CONTROL_PROTOCOL_VERSION,
   ControlChannel,
-  MAX_TIMER_MS,
   TunnelError,
   WEBSOCKET_VERSION,
   YamuxSession,
@@ -13,10 +12,10 @@ import {
   upgradeResponseHead,
   type ControlMessage,
   type ErrorCode,
-  type Logger,
   type YamuxStream,
 } from '@cluster-tunnel/protocol';
-import { AgentSession, type AgentIdentity } from './agent-session.js';
+import { MAX_TIMER_MS, type Logger } from '@cluster-tunnel/config';
+import { RegisteredAgent, type AgentIdentity } from './registered-agent.js';
 import type { AgentRegistry } from './agent-registry.js';
 import type { ServerMetrics } from './metrics.js';
 import { requestPath } from './request-path.js';
@@ -63,13 +62,13 @@ interface Connected {
   /** Set once the agent opened its control stream. */
   control: ControlChannel | undefined;
   /** Set once registered. */
-  agent: AgentSession | undefined;
+  agent: RegisteredAgent | undefined;
 }
 
 /**
  * The agent side of the public port: checks and authenticates the WebSocket upgrade (a refused
  * agent costs one HTTP response, no WebSocket), answers the RFC 6455 handshake itself
- * (ws-handshake.ts), runs the yamux session and the register handshake, and puts the agent's
+ * (websocket/handshake.ts), runs the yamux session and the register handshake, and puts the agent's
  * routes into the registry. A session lives only as long as its token: it ends at the token's
  * expiry and as soon as the token is revoked (docs/SECURITY.md).
  */
@@ -287,7 +286,7 @@ export class AgentEndpoint {
       tokenExpiresAt: token.expiresAt,
       remoteAddress,
     };
-    const agent = new AgentSession(identity, session, control, labels);
+    const agent = new RegisteredAgent(identity, session, labels);
     c.agent = agent;
     const log = this.o.log.child({ agentId: identity.agentId, clusterId: identity.clusterId });
     // The control stream lives as long as the session: the agent ending it is leaving.

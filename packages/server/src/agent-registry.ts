@@ -1,15 +1,15 @@
-import type { AgentSession } from './agent-session.js';
+import type { RegisteredAgent } from './registered-agent.js';
 
 /**
  * Route label → the agents holding it. Several agents of one cluster may hold the same label:
  * new streams rotate over them, and an agent that leaves is skipped at once.
  */
 export class AgentRegistry {
-  private readonly byLabel = new Map<string, AgentSession[]>();
-  private readonly agents = new Set<AgentSession>();
+  private readonly byLabel = new Map<string, RegisteredAgent[]>();
+  private readonly agents = new Set<RegisteredAgent>();
   private turn = 0;
 
-  add(agent: AgentSession): void {
+  add(agent: RegisteredAgent): void {
     this.agents.add(agent);
     for (const label of agent.labels) {
       const list = this.byLabel.get(label) ?? [];
@@ -18,7 +18,7 @@ export class AgentRegistry {
     }
   }
 
-  remove(agent: AgentSession): void {
+  remove(agent: RegisteredAgent): void {
     if (!this.agents.delete(agent)) return;
     for (const label of agent.labels) {
       const list = this.byLabel.get(label)?.filter((a) => a !== agent) ?? [];
@@ -28,7 +28,7 @@ export class AgentRegistry {
   }
 
   /** Usable agents for a label, in the order to try them (rotated per call to spread load). */
-  candidates(label: string): AgentSession[] {
+  candidates(label: string): RegisteredAgent[] {
     const list = this.byLabel.get(label)?.filter((a) => a.usable) ?? [];
     if (list.length < 2) return list;
     const start = this.turn++ % list.length;
@@ -43,7 +43,7 @@ export class AgentRegistry {
     return this.agents.size;
   }
 
-  all(): AgentSession[] {
+  all(): RegisteredAgent[] {
     return [...this.agents];
   }
 

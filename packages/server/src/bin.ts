@@ -1,196 +1,33 @@
-#!/usr/bin/env node
 /**
- * tunnel-server: `start` (default) runs the public server; `token create` mints agent tokens;
- * `kubeconfig` prints a kubeconfig for a cluster's route. Only this file and config.ts read
- * argv and env.
+ * `tunnel-server`: the only place besides config.ts that touches process.argv and process.env.
+ * SIGTERM/SIGINT start a graceful drain (GoAway, open streams finish within drainTimeoutMs);
+ * a second signal exits at once.
  */
-import { readFile } from 'node:fs/promises';
-import { join, relative } from 'node:path';
-import { Command } from 'commander';
-import {
-  TunnelError,
-  addConfigOptions,
-  createLogger,
-  isDnsName,
-  isTunnelError,
-  parseDurationMs,
-  parseHostPort,
-  redactConfig,
-} from '@cluster-tunnel/protocol';
-import { SERVER_CONFIG_SCHEMA, resolveServerConfig, type ServerConfig } from './config.js';
-import { buildKubeconfig } from './kubeconfig.js';
-import { SIGNING_KEY_FILES, createToken, generateSigningKeyPair } from './token-issuer.js';
-import { writeAtomic } from './data-file.js';
-import { DEMO_TOKEN_FILE, TunnelServer } from './tunnel-server.js';
+import { runCli } from './cli.js';
 
-const VERSION = '0.1.0';
-/** Exit code for a configuration the user must fix (all problems printed). */
-const EXIT_CONFIG = 2;
+const shutdown = new AbortController();
 
-const program = new Command('tunnel-server')
-  .description('cluster-tunnel public server: agents dial in, users reach their clusters')
-  .version(VERSION);
-
-const start = program
-  .command('start', { isDefault: true })
-  .description('run the tunnel server (the default command)')
-  .option('--check-config', 'validate the configuration, print it (secrets redacted) and exit')
-  .option('--print-next-steps', 'after starting, print a demo token and the agent and kubeconfig commands');
-addConfigOptions(start, SERVER_CONFIG_SCHEMA);
-start.action(async (opts: Record<string, unknown>) => {
-  const { checkConfig, printNextSteps, ...flags } = opts;
-  const config = resolveServerConfig({ flags, env: process.env, cwd: process.cwd() });
-  if (checkConfig) {
-    process.stdout.write(`${JSON.stringify(redactConfig(config, SERVER_CONFIG_SCHEMA), null, 2)}\n`);
-    return;
+function onSignal(signal: NodeJS.Signals): void {
+  if (shutdown.signal.aborted) {
+    process.stderr.write(`tunnel-server: second ${signal}, exiting without draining\n`);
+    process.exit(1);
   }
-  const log = createLogger({ name: 'tunnel-server', level: config.logLevel, format: config.logFormat });
-  const server = new TunnelServer(config, { log });
-  await server.start();
-  if (printNextSteps) await printSteps(config, server);
-  let stopping = false;
-  const stop = (signal: string): void => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal, drainTimeoutMs: config.drainTimeoutMs }, 'draining');
-    server.close().then(
-      () => {
-        log.info('stopped');
-        process.exit(0);
-      },
-      (err: unknown) => {
-        log.error({ err }, 'drain failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
-});
-
-interface TokenCreateFlags {
-  cluster: string;
-  domain: string;
-  ttl: string;
-  dataDir: string;
-  signingKey?: string;
+  shutdown.abort(signal);
 }
 
-const token = program.command('token').description('agent tokens');
-token
-  .command('create')
-  .description('print a signed token for an agent of one cluster')
-  .requiredOption('--cluster <uid>', 'cluster id the token grants (lower-case letters and digits)')
-  .option(
-    '--domain <domain>',
-    "the tunnel server's domain (its --domain): the token's audience, accepted by that server only",
-    SERVER_CONFIG_SCHEMA.domain.default,
-  )
-  .option('--ttl <duration>', 'lifetime, e.g. 24h, 8760h', '8760h')
-  .option('--data-dir <dir>', 'server data directory holding the signing key', './.tunnel')
-  .option('--signing-key <file>', 'Ed25519 private key (PEM); default <data-dir>/token-signing.key')
-  .action(async (o: TokenCreateFlags) => {
-    const ttlMs = parseDurationMs(o.ttl);
-    if (ttlMs === undefined || ttlMs === 0) {
-      throw new TunnelError('TUN_ERR_CONFIG', `--ttl: ${JSON.stringify(o.ttl)} is not a duration like 24h`);
-    }
-    // Spelled as the server's config spells its domain, so `--domain Proxy.Example.com.` matches.
-    const audience = o.domain.toLowerCase().replace(/\.$/, '');
-    if (!isDnsName(audience)) {
-      throw new TunnelError('TUN_ERR_CONFIG', `--domain: ${JSON.stringify(o.domain)} is not a DNS name`);
-    }
-    const privateKeyPem = o.signingKey
-      ? await readFile(o.signingKey, 'utf8')
-      : (await generateSigningKeyPair(o.dataDir)).privateKeyPem;
-    process.stdout.write(`${await createToken({ privateKeyPem, clusterId: o.cluster, audience, ttlMs })}\n`);
-  });
+process.on('SIGTERM', onSignal);
+process.on('SIGINT', onSignal);
 
-program
-  .command('kubeconfig')
-  .description("print a kubeconfig that reaches a cluster's API server through the tunnel")
-  .requiredOption('--cluster <uid>', 'cluster id')
-  .requiredOption('--ca-file <file>', "PEM of the CA that signed the cluster's API server certificate")
-  .option('--client-cert <file>', 'client certificate (PEM)')
-  .option('--client-key <file>', 'client key (PEM)')
-  .option('--token <token>', 'bearer token for the API server')
-  .option('--server-url <url>', 'server URL (default https://cluster-<uid>.<domain>:<port>)')
-  .option('--domain <domain>', 'tunnel domain', 'proxy.localhost')
-  .option('--listen <host:port>', 'the server listen address (its port goes into the URL)', '127.0.0.1:8443')
-  .action(
-    async (o: {
-      cluster: string;
-      caFile: string;
-      clientCert?: string;
-      clientKey?: string;
-      token?: string;
-      serverUrl?: string;
-      domain: string;
-      listen: string;
-    }) => {
-      const listen = parseHostPort(o.listen);
-      if (typeof listen === 'string') throw new TunnelError('TUN_ERR_CONFIG', `--listen: ${listen}`);
-      const read = (f?: string) => (f === undefined ? undefined : readFile(f, 'utf8'));
-      process.stdout.write(
-        buildKubeconfig({
-          clusterId: o.cluster,
-          domain: o.domain,
-          port: listen.port,
-          caPem: await readFile(o.caFile, 'utf8'),
-          clientCertPem: await read(o.clientCert),
-          clientKeyPem: await read(o.clientKey),
-          token: o.token,
-          serverUrl: o.serverUrl,
-        }),
-      );
-    },
-  );
-
-async function printSteps(config: ServerConfig, server: TunnelServer): Promise<void> {
-  const keyPath = join(config.dataDir, SIGNING_KEY_FILES.privateKey);
-  let privateKeyPem: string;
-  try {
-    privateKeyPem = await readFile(keyPath, 'utf8');
-  } catch {
-    return; // keys managed elsewhere (production): nothing to mint here
-  }
-  const demoToken = await createToken({
-    privateKeyPem,
-    clusterId: 'demo',
-    audience: config.domain,
-    ttlMs: 24 * 3600_000,
-  });
-  const tokenFile = join(config.dataDir, DEMO_TOKEN_FILE);
-  // Atomic: a file left from an earlier run with looser permissions is replaced, not reused.
-  await writeAtomic(tokenFile, `${demoToken}\n`, 0o600);
-  const rel = (p: string) => relative(process.cwd(), p) || '.';
-  const { port } = server.address;
-  const host = config.listen.host === '0.0.0.0' ? '127.0.0.1' : config.listen.host;
-  const caFile = rel(join(config.dataDir, 'ca.crt'));
-  process.stderr.write(
-    [
-      '',
-      `cluster-tunnel server ${config.serverId} is listening on ${host}:${port} (domain ${config.domain}).`,
-      '',
-      `1. A 24h agent token for cluster "demo" is in ${rel(tokenFile)}:`,
-      `   ${demoToken.slice(0, 24)}…  (more: node packages/server/dist/bin.js token create --cluster <uid> --domain ${config.domain})`,
-      '2. Run an agent next to your cluster (here it forwards to an API server at 127.0.0.1:6443):',
-      `   node packages/client/dist/bin.js --server wss://${host}:${port}/connect --ca-file ${caFile} \\`,
-      `     --token-file ${rel(tokenFile)} --route apiserver=127.0.0.1:6443`,
-      "3. Make a kubeconfig (the CA is your API server's; no DNS needed with --server-url):",
-      `   node packages/server/dist/bin.js kubeconfig --cluster demo --ca-file <apiserver-ca.pem> \\`,
-      `     --server-url https://${host}:${port} --domain ${config.domain} > demo.kubeconfig`,
-      '   kubectl --kubeconfig demo.kubeconfig get pods',
-      '',
-    ].join('\n'),
-  );
-}
-
-program.parseAsync(process.argv).catch((err: unknown) => {
-  if (isTunnelError(err, 'TUN_ERR_CONFIG')) {
-    process.stderr.write(`tunnel-server: ${err.message}\n`);
-    process.exit(EXIT_CONFIG);
-  }
-  const e = err as Error & { code?: string };
-  process.stderr.write(`tunnel-server: ${e.code ? `${e.code}: ` : ''}${e.message}\n`);
-  process.exit(1);
+const code = await runCli({
+  argv: process.argv.slice(2),
+  env: process.env,
+  cwd: process.cwd(),
+  stdout: process.stdout,
+  stderr: process.stderr,
+  shutdown: shutdown.signal,
 });
+process.exitCode = code;
+process.off('SIGTERM', onSignal);
+process.off('SIGINT', onSignal);
+// Everything is closed by now; should a stray handle linger, do not hang the pod's shutdown.
+setTimeout(() => process.exit(code), 2_000).unref();

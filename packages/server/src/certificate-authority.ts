@@ -8,14 +8,13 @@ import {
   ExtendedKeyUsageExtension,
   KeyUsageFlags,
   KeyUsagesExtension,
-  Pkcs10CertificateRequest,
   SubjectAlternativeNameExtension,
   SubjectKeyIdentifierExtension,
   X509Certificate,
   X509CertificateGenerator,
   cryptoProvider,
 } from '@peculiar/x509';
-import type { Extension, GeneralName, JsonGeneralNames, PublicKeyType } from '@peculiar/x509';
+import type { Extension, JsonGeneralNames, PublicKeyType } from '@peculiar/x509';
 import { TunnelError } from '@cluster-tunnel/protocol';
 import { readOptional, writeAtomic } from './data-file.js';
 
@@ -44,7 +43,6 @@ const RENEW_BEFORE_DAYS = 30;
 const BACKDATE_MS = 5 * 60_000;
 const HOST_NAME =
   /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
-const COMMON_NAME = /^[A-Za-z0-9._:@-]{1,64}$/;
 
 export interface CertificateAuthorityOptions {
   dataDir: string;
@@ -54,20 +52,9 @@ export interface CertificateAuthorityOptions {
   now?: () => number;
 }
 
-export interface SignCsrOptions {
-  /** Every DNS SAN in the CSR must be one of these (exact, case-insensitive); nothing else may be asked for. */
-  allowedDnsNames: readonly string[];
-  validityDays: number;
-}
-
-export interface IssuedCertificate {
-  certPem: string;
-  keyPem: string;
-}
-
 /**
- * The tunnel's own CA: signs the server certificate, per-cluster certificates for agent-tls
- * routes (from an agent's CSR, only for names the agent owns) and client certificates.
+ * The tunnel's own CA for local runs: made on first start in the data directory, it signs the
+ * server certificate (`<d>`, `*.<d>`, localhost, 127.0.0.1). Production gives tlsCert/tlsKey.
  */
 export class CertificateAuthority {
   private constructor(
@@ -150,70 +137,6 @@ export class CertificateAuthority {
       now,
     );
   }
-
-  /**
-   * Issues a TLS server certificate for the public key in `csrPem`, for exactly the DNS names it
-   * asks for, provided each is allowed. Returns the certificate PEM. The CSR's subject is ignored.
-   */
-  async signCsr(csrPem: string, options: SignCsrOptions): Promise<string> {
-    let csr: Pkcs10CertificateRequest;
-    try {
-      csr = new Pkcs10CertificateRequest(csrPem);
-    } catch (cause) {
-      throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', 'the certificate signing request does not parse', {
-        cause,
-      });
-    }
-    if (!(await csr.verify().catch(() => false))) {
-      throw new TunnelError(
-        'TUN_ERR_BAD_CONTROL_MESSAGE',
-        'the certificate signing request signature does not verify',
-      );
-    }
-    const allowed = new Set(options.allowedDnsNames.map((name) => name.toLowerCase()));
-    const requested: string[] = [];
-    for (const name of csrSubjectAltNames(csr)) {
-      const value = name.value.toLowerCase();
-      if (name.type !== 'dns' || !allowed.has(value)) {
-        throw new TunnelError(
-          'TUN_ERR_ROUTE_FORBIDDEN',
-          `the CSR asks for ${name.type} name ${JSON.stringify(name.value)}`,
-          {
-            details: { nameType: name.type, name: name.value },
-          },
-        );
-      }
-      if (!requested.includes(value)) requested.push(value);
-    }
-    if (requested.length === 0) {
-      throw new TunnelError('TUN_ERR_ROUTE_FORBIDDEN', 'the CSR asks for no DNS name');
-    }
-    const cert = await issue(this.caCert, this.caKey, this.now(), {
-      subject: `CN=${requested[0] as string}`,
-      publicKey: csr.publicKey,
-      validityDays: options.validityDays,
-      extendedKeyUsage: ExtendedKeyUsage.serverAuth,
-      subjectAltNames: requested.map((value) => ({ type: 'dns', value })),
-      // RSA key exchange (TLS 1.2) encrypts to the key; ECDSA keys only sign.
-      keyEncipherment: csr.publicKey.algorithm.name.startsWith('RSA'),
-    });
-    return cert.toString('pem');
-  }
-
-  /** Issues a client certificate (clientAuth) with a fresh P-256 key. */
-  async issueClientCert(options: { commonName: string; validityDays: number }): Promise<IssuedCertificate> {
-    if (!COMMON_NAME.test(options.commonName)) {
-      throw configError(`invalid client certificate common name ${JSON.stringify(options.commonName)}`);
-    }
-    const keys = await generateEcKeyPair();
-    const cert = await issue(this.caCert, this.caKey, this.now(), {
-      subject: `CN=${options.commonName}`,
-      publicKey: keys.publicKey,
-      validityDays: options.validityDays,
-      extendedKeyUsage: ExtendedKeyUsage.clientAuth,
-    });
-    return { certPem: cert.toString('pem'), keyPem: await exportPrivateKeyPem(keys.privateKey) };
-  }
 }
 
 interface IssueParams {
@@ -281,19 +204,6 @@ async function createCaCert(caKeyPem: string, caKey: CryptoKey, nowMs: number): 
       await SubjectKeyIdentifierExtension.create(publicKey),
     ],
   });
-}
-
-function csrSubjectAltNames(csr: Pkcs10CertificateRequest): GeneralName[] {
-  try {
-    return csr.extensions
-      .filter((extension) => extension instanceof SubjectAlternativeNameExtension)
-      .flatMap((extension) => [...extension.names.items]);
-  } catch (cause) {
-    // x509 throws on name forms it cannot represent (otherName, X.400, EDI party).
-    throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', 'the CSR carries names that do not parse', {
-      cause,
-    });
-  }
 }
 
 async function generateEcKeyPair(): Promise<webcrypto.CryptoKeyPair> {

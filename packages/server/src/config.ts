@@ -8,11 +8,8 @@ import { hostname as osHostname } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
+import { ID_PATTERN, MAX_SERVER_COUNT, ROUTE_LABEL_PATTERN, clusterOfLabel } from '@cluster-tunnel/protocol';
 import {
-  ID_PATTERN,
-  MAX_SERVER_COUNT,
-  ROUTE_LABEL_PATTERN,
-  clusterOfLabel,
   formatHostPort,
   MAX_TIMER_MS,
   deepFreeze,
@@ -20,7 +17,7 @@ import {
   flagsFromArgv,
   resolveConfigValues,
   throwIfConfigProblems,
-} from '@cluster-tunnel/protocol';
+} from '@cluster-tunnel/config';
 import type {
   ConfigSchema,
   CliConfigInput,
@@ -28,7 +25,7 @@ import type {
   LogFormat,
   LogLevel,
   RouteTarget,
-} from '@cluster-tunnel/protocol';
+} from '@cluster-tunnel/config';
 
 export const SERVER_CONFIG_SCHEMA = {
   configFile: {
@@ -80,6 +77,16 @@ export const SERVER_CONFIG_SCHEMA = {
     max: MAX_TIMER_MS,
     description:
       'how long a new connection may take to name its route, or to finish TLS, send its request and be authenticated',
+  },
+  agentReplyTimeoutMs: {
+    type: 'duration-ms',
+    flag: 'agent-reply-timeout-ms',
+    env: 'TUNNEL_SERVER_AGENT_REPLY_TIMEOUT_MS',
+    default: '10s',
+    min: 1,
+    max: MAX_TIMER_MS,
+    description:
+      'how long an agent may take to reach a route target and answer a stream before the next agent is tried',
   },
   maxPendingConnections: {
     type: 'int',
@@ -232,6 +239,7 @@ export interface ServerConfig {
   readonly tlsCert: string | undefined;
   readonly tlsKey: string | undefined;
   readonly handshakeTimeoutMs: number;
+  readonly agentReplyTimeoutMs: number;
   readonly maxPendingConnections: number;
   /** 0: no per-address limit. */
   readonly maxPendingConnectionsPerAddress: number;

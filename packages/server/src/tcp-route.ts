@@ -5,7 +5,8 @@
  * still decided by the agent's identity; the port only names the route.
  */
 import net, { type AddressInfo, type Socket } from 'node:net';
-import { formatHostPort, type ErrorCode, type Logger, type RouteTarget } from '@cluster-tunnel/protocol';
+import { type ErrorCode } from '@cluster-tunnel/protocol';
+import { formatHostPort, type Logger, type RouteTarget } from '@cluster-tunnel/config';
 import type { UserForwarder } from './user-forwarder.js';
 
 export const tcpMode = {

@@ -3,7 +3,8 @@ import type { KeyObject } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SignJWT } from 'jose';
-import { CLUSTER_ID_PATTERN, TunnelError, isDnsName, isValidClusterId } from '@cluster-tunnel/protocol';
+import { CLUSTER_ID_PATTERN, TunnelError, isValidClusterId } from '@cluster-tunnel/protocol';
+import { isDnsName } from '@cluster-tunnel/config';
 import { readOptional, writeAtomic } from './data-file.js';
 
 /** The `iss` claim of every agent token. */
@@ -77,7 +78,7 @@ export function loadSigningKey(privateKeyPem: string): KeyObject {
  * its private key is left alone (a verify-only replica) and reported as TUN_ERR_CONFIG, since a
  * new pair would silently invalidate every token signed so far.
  */
-export async function generateSigningKeyPair(dir: string): Promise<SigningKeyPair> {
+export async function loadOrCreateSigningKeyPair(dir: string): Promise<SigningKeyPair> {
   const privatePath = join(dir, SIGNING_KEY_FILES.privateKey);
   const publicPath = join(dir, SIGNING_KEY_FILES.publicKey);
   await mkdir(dir, { recursive: true, mode: 0o700 });

@@ -4,7 +4,8 @@ import net, { type AddressInfo, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { join } from 'node:path';
 import tls from 'node:tls';
-import { TunnelError, formatHostPort, systemClock, type Logger } from '@cluster-tunnel/protocol';
+import { TunnelError, systemClock } from '@cluster-tunnel/protocol';
+import { formatHostPort, type Logger } from '@cluster-tunnel/config';
 import { AdminServer } from './admin-server.js';
 import { AgentEndpoint } from './agent-endpoint.js';
 import { AgentRegistry } from './agent-registry.js';
@@ -18,7 +19,7 @@ import { PendingConnections, type PendingConnection, type PendingPhase } from '.
 import { requestPath } from './request-path.js';
 import { TcpRouteListener, type TcpRouteStatus } from './tcp-route.js';
 import { TLS_ALERT } from './tls-alert.js';
-import { SIGNING_KEY_FILES, generateSigningKeyPair } from './token-issuer.js';
+import { SIGNING_KEY_FILES, loadOrCreateSigningKeyPair } from './token-issuer.js';
 import { TokenVerifier } from './token-verifier.js';
 import { UserForwarder } from './user-forwarder.js';
 
@@ -56,8 +57,6 @@ export class TunnelServer {
   /** The pending entry of each TLS socket handed to the own-name HTTP server. */
   private readonly pendingOf = new WeakMap<Duplex, PendingConnection>();
   private readonly refusalLog = new Map<string, number>();
-  /** The CA that signed the server certificate, when the server made its own. */
-  caCertPem: string | undefined;
 
   constructor(
     readonly config: Readonly<ServerConfig>,
@@ -69,7 +68,7 @@ export class TunnelServer {
       registry: this.registry,
       metrics: this.metrics,
       log: this.log,
-      dialTimeoutMs: config.handshakeTimeoutMs,
+      dialTimeoutMs: config.agentReplyTimeoutMs,
     });
     this.tcpRoutes = config.tcpRoutes.map(
       (route) => new TcpRouteListener({ route, forwarder: this.forwarder, log: this.log }),
@@ -113,13 +112,13 @@ export class TunnelServer {
       [cert, key] = await Promise.all([readFile(c.tlsCert, 'utf8'), readFile(c.tlsKey, 'utf8')]);
     } else {
       const ca = await CertificateAuthority.loadOrCreate({ dataDir: c.dataDir, domain: c.domain });
-      [cert, key, this.caCertPem] = [ca.serverCertPem, ca.serverKeyPem, ca.caCertPem];
+      [cert, key] = [ca.serverCertPem, ca.serverKeyPem];
     }
     this.secureContext = tls.createSecureContext({ cert, key });
     const defaultPublicKey = join(c.dataDir, SIGNING_KEY_FILES.publicKey);
     if (c.tokenPublicKey.includes(defaultPublicKey) && !(await exists(defaultPublicKey))) {
       // First start on the defaults: make the signing pair `token create` uses.
-      await generateSigningKeyPair(c.dataDir);
+      await loadOrCreateSigningKeyPair(c.dataDir);
       this.log.info({ dataDir: c.dataDir }, 'token signing key created');
     }
     const publicKeyPems = await Promise.all(c.tokenPublicKey.map((f) => readFile(f, 'utf8')));

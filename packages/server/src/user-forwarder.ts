@@ -5,13 +5,8 @@
  * agent is skipped. The server never reads past what the mode needed to pick the route.
  */
 import type { Socket } from 'node:net';
-import {
-  TunnelError,
-  readStreamReply,
-  spliceBytes,
-  type Logger,
-  type YamuxStream,
-} from '@cluster-tunnel/protocol';
+import { TunnelError, readStreamReply, spliceBytes, type YamuxStream } from '@cluster-tunnel/protocol';
+import { type Logger } from '@cluster-tunnel/config';
 import type { AgentRegistry } from './agent-registry.js';
 import type { ServerMetrics } from './metrics.js';
 import { ROUTE_MODES, type RouteModeName } from './route-modes.js';

@@ -1,6 +1,6 @@
 import { randomFillSync } from 'node:crypto';
-import { WsOpcode } from './ws-frame-decoder.js';
-import { maskInto } from './ws-mask.js';
+import { WsOpcode } from './frame-decoder.js';
+import { maskInto } from './mask.js';
 
 /**
  * Writes RFC 6455 frames for a binary-only connection. A batch of chunks becomes as few binary

@@ -4,7 +4,7 @@
  * `cluster-` + 32 + `-` + 22 = 63 bytes, the DNS label limit. Cluster ids have no '-', so a label names exactly one owner: cluster `a` can never claim
  * `cluster-a-b` as the API server of a cluster `a-b` (there is no such cluster).
  */
-import { TunnelError } from './errors.js';
+import { TunnelError } from '../errors.js';
 
 export const CLUSTER_ID_PATTERN = /^[a-z0-9]{1,32}$/;
 export const ROUTE_NAME_PATTERN = /^[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?$/;

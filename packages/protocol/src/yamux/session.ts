@@ -2,10 +2,10 @@ import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { Flag, FrameType, GoAwayCode, INITIAL_STREAM_WINDOW_BYTES, MAX_STREAM_ID } from './constants.js';
 import { FrameDecoder, type FrameSink } from './decoder.js';
-import { TunnelError, type ErrorCode } from './errors.js';
+import { TunnelError, type ErrorCode } from '../errors.js';
 import { describeHeader, encodeHeader, type FrameHeader } from './frame.js';
 import { YamuxStream, type StreamHost } from './stream.js';
-import { TokenBucket } from './token-bucket.js';
+import { TokenBucket } from '../token-bucket.js';
 
 /** Injectable time, so keepalive tests run in milliseconds (see STYLE.md). */
 export interface Clock {

@@ -1,4 +1,4 @@
-import type { ControlChannel, YamuxSession, YamuxStream } from '@cluster-tunnel/protocol';
+import type { YamuxSession, YamuxStream } from '@cluster-tunnel/protocol';
 import { encodeStreamHeader } from '@cluster-tunnel/protocol';
 
 export interface AgentIdentity {
@@ -13,15 +13,14 @@ export interface AgentIdentity {
   remoteAddress: string;
 }
 
-/** One connected, registered agent: its yamux session, control channel and routes. */
-export class AgentSession {
+/** One connected agent whose registration the server accepted: its yamux session and routes. */
+export class RegisteredAgent {
   readonly connectedAt = Date.now();
   private activeStreams = 0;
 
   constructor(
     readonly identity: AgentIdentity,
     readonly session: YamuxSession,
-    readonly control: ControlChannel,
     /** Hostname labels this agent serves. */
     readonly labels: readonly string[],
   ) {}

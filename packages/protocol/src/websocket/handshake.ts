@@ -1,12 +1,12 @@
 /**
  * The RFC 6455 opening handshake (§4), both sides, with node:http doing the HTTP: the agent sends
  * a GET with `Upgrade: websocket`, the server answers `101 Switching Protocols`, and from then on
- * the socket carries frames (ws-duplex.ts). We offer and accept no extension and no subprotocol,
+ * the socket carries frames (websocket/duplex.ts). We offer and accept no extension and no subprotocol,
  * so neither side has anything to negotiate beyond proving it speaks WebSocket (key → accept).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { TunnelError } from './errors.js';
+import { TunnelError } from '../errors.js';
 
 /** The only protocol version RFC 6455 defines; a server names it when it refuses another (426). */
 export const WEBSOCKET_VERSION = '13';

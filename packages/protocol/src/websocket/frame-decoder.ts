@@ -1,6 +1,6 @@
 import { isUtf8 } from 'node:buffer';
-import { TunnelError } from './errors.js';
-import { applyMask } from './ws-mask.js';
+import { TunnelError } from '../errors.js';
+import { applyMask } from './mask.js';
 
 /** RFC 6455 §5.2 opcodes. */
 export const WsOpcode = {

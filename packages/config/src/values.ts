@@ -1,24 +1,13 @@
 /**
- * Value parsing for the configuration engine (config-schema.ts): one raw value from any source
+ * Value parsing for the configuration engine (schema.ts, resolve.ts): one raw value from any source
  * (YAML scalar or list, env string, flag string or repeated flag) → a typed value or a reason.
  * Reasons never echo a secret key's value.
  */
 import { statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { resolve } from 'node:path';
-import type { ConfigKeySpec, ConfigKeyType, ConfigSource } from './config-schema.js';
-import { ROUTE_NAME_PATTERN } from './route-name.js';
-
-export interface HostPort {
-  readonly host: string;
-  readonly port: number;
-}
-
-export interface RouteTarget {
-  readonly name: string;
-  readonly host: string;
-  readonly port: number;
-}
+import { ROUTE_NAME_PATTERN } from '@cluster-tunnel/protocol';
+import type { ConfigKeySpec, ConfigKeyType, ConfigSource, HostPort, RouteTarget } from './schema.js';
 
 export const MAX_TIMER_MS = 2_147_483_647; // setTimeout's ceiling: larger delays fire at once
 

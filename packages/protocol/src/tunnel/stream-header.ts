@@ -7,7 +7,7 @@
  * reply tells the server why (RST itself carries no reason).
  */
 import type { Readable } from 'node:stream';
-import { ERROR_CODES, TunnelError, type ErrorCode } from './errors.js';
+import { ERROR_CODES, TunnelError, type ErrorCode } from '../errors.js';
 
 export const STREAM_HEADER_VERSION = 1;
 export const STREAM_STATUS = {

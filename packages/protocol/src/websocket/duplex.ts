@@ -1,7 +1,7 @@
 /**
- * A byte Duplex over a WebSocket: the caller has done the opening handshake (ws-handshake.ts: the
+ * A byte Duplex over a WebSocket: the caller has done the opening handshake (websocket/handshake.ts: the
  * server's 'upgrade' handler, the agent's dialer) and hands over the upgraded socket, and this
- * adapter speaks RFC 6455 frames on it (ws-frame-encoder.ts, ws-frame-decoder.ts). Message
+ * adapter speaks RFC 6455 frames on it (websocket/frame-encoder.ts, websocket/frame-decoder.ts). Message
  * boundaries carry no meaning (the yamux decoder re-chunks), so each write batch leaves as one
  * binary frame (several beyond the frame size limits), and received payload is handed on piece by
  * piece as TLS delivers it.
@@ -21,10 +21,10 @@
  */
 import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
-import { TunnelError } from './errors.js';
-import { WebSocketFrameDecoder, WsCloseCode, WsOpcode, parseClosePayload } from './ws-frame-decoder.js';
-import { encodeControlFrame, encodeMasked, encodeUnmasked, releaseSlabs } from './ws-frame-encoder.js';
-import { TokenBucket } from './token-bucket.js';
+import { TunnelError } from '../errors.js';
+import { WebSocketFrameDecoder, WsCloseCode, WsOpcode, parseClosePayload } from './frame-decoder.js';
+import { encodeControlFrame, encodeMasked, encodeUnmasked, releaseSlabs } from './frame-encoder.js';
+import { TokenBucket } from '../token-bucket.js';
 
 export interface WebSocketDuplexOptions {
   /**

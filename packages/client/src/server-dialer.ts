@@ -1,7 +1,7 @@
 /**
  * Dials the tunnel server: one WebSocket over TLS to `/connect`, authenticated on the HTTP
  * upgrade with `Authorization: Bearer <token>`, through the egress proxy unless NO_PROXY says
- * otherwise. The RFC 6455 opening handshake is ours (ws-handshake.ts) over node:http(s).
+ * otherwise. The RFC 6455 opening handshake is ours (websocket/handshake.ts) over node:http(s).
  * Resolves with the upgraded socket or rejects with a TunnelError:
  *
  * - HTTP 401/403 on the upgrade with our server's coded JSON body: that code (`TUN_ERR_TOKEN_*`

@@ -1,5 +1,5 @@
 import { FrameType, HEADER_BYTES, PROTOCOL_VERSION } from './constants.js';
-import { TunnelError } from './errors.js';
+import { TunnelError } from '../errors.js';
 import { decodeHeader, describeHeader, type FrameHeader } from './frame.js';
 
 /**

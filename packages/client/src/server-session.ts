@@ -15,12 +15,13 @@ import {
   createWebSocketDuplex,
   systemClock,
 } from '@cluster-tunnel/protocol';
-import type { ControlMessage, Logger, RegisteredMessage, YamuxStream } from '@cluster-tunnel/protocol';
+import type { ControlMessage, RegisteredMessage, YamuxStream } from '@cluster-tunnel/protocol';
+import type { Logger } from '@cluster-tunnel/config';
 import { forwardStream } from './forward.js';
 import type { RouteTable } from './route-table.js';
 import { TargetDialer } from './target-dialer.js';
 
-export interface AgentSessionOptions {
+export interface ServerSessionOptions {
   /** The socket the dialer upgraded to a WebSocket (DialedServer). */
   socket: Duplex;
   /** Bytes the server sent behind its 101. */
@@ -42,10 +43,10 @@ export interface AgentSessionOptions {
   logger: Logger;
 }
 
-export class AgentSession extends EventEmitter {
+export class ServerSession extends EventEmitter {
   readonly session: YamuxSession;
   private readonly control: ControlChannel;
-  private readonly options: AgentSessionOptions;
+  private readonly options: ServerSessionOptions;
   private readonly dialer: TargetDialer;
   private log: Logger;
   private registration: RegisteredMessage | undefined;
@@ -54,7 +55,7 @@ export class AgentSession extends EventEmitter {
   /** Set once the session is gone; why, if it failed. */
   private ended: { err: TunnelError | undefined } | undefined;
 
-  constructor(options: AgentSessionOptions) {
+  constructor(options: ServerSessionOptions) {
     super();
     this.options = options;
     this.log = options.logger;

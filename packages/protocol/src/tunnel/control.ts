@@ -5,7 +5,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
-import { ERROR_CODES, TunnelError, type ErrorCode } from './errors.js';
+import { ERROR_CODES, TunnelError, type ErrorCode } from '../errors.js';
 
 /** The control protocol version an agent announces in `register`. */
 export const CONTROL_PROTOCOL_VERSION = 1;

@@ -1,6 +1,6 @@
 import { Duplex } from 'node:stream';
 import { Flag, FrameType, INITIAL_STREAM_WINDOW_BYTES, SEND_FRAME_BYTES } from './constants.js';
-import { TunnelError } from './errors.js';
+import { TunnelError } from '../errors.js';
 import type { FrameHeader } from './frame.js';
 
 /** What a stream needs from its session; implemented by YamuxSession. */

@@ -1,0 +1,5 @@
+export * from './schema.js';
+export * from './values.js';
+export * from './resolve.js';
+export * from './cli-options.js';
+export * from './logger.js';

@@ -1,0 +1,233 @@
+/**
+ * The `tunnel-server` command line: `start` (default) runs the public server; `token create`
+ * mints agent tokens; `kubeconfig` prints a kubeconfig for a cluster's route. bin.ts hands in
+ * argv, env and a shutdown signal; this module never reads them from `process` itself, so tests
+ * run it in-process.
+ *
+ * Exit codes: 0 normal (including a drained shutdown), 1 the server could not start or a
+ * command failed, 2 a usage or configuration problem (every problem printed).
+ */
+import { readFile } from 'node:fs/promises';
+import { join, relative, resolve } from 'node:path';
+import { Command, CommanderError } from 'commander';
+import { TunnelError, isTunnelError } from '@cluster-tunnel/protocol';
+import {
+  addConfigOptions,
+  createLogger,
+  isDnsName,
+  parseDurationMs,
+  parseHostPort,
+  redactConfig,
+} from '@cluster-tunnel/config';
+import { SERVER_CONFIG_SCHEMA, resolveServerConfig, type ServerConfig } from './config.js';
+import { buildKubeconfig } from './kubeconfig.js';
+import { SIGNING_KEY_FILES, createToken, loadOrCreateSigningKeyPair } from './token-issuer.js';
+import { writeAtomic } from './data-file.js';
+import { DEMO_TOKEN_FILE, TunnelServer } from './tunnel-server.js';
+
+export const SERVER_VERSION = '0.1.0';
+export const EXIT_OK = 0;
+export const EXIT_FAILED = 1;
+/** A usage or configuration problem the user must fix (all problems printed). */
+export const EXIT_USAGE = 2;
+
+export interface ServerCliIo {
+  /** Arguments after the program name, e.g. process.argv.slice(2). */
+  argv: readonly string[];
+  env: Readonly<Record<string, string | undefined>>;
+  cwd: string;
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+  /** Aborted on SIGTERM/SIGINT: `start` drains and runCli resolves. */
+  shutdown: AbortSignal;
+  /** Where log lines go instead of stdout (tests). */
+  logDestination?: NodeJS.WritableStream;
+  /** Called once the server listens (tests). */
+  onStarted?: (server: TunnelServer) => void;
+}
+
+export async function runCli(io: ServerCliIo): Promise<number> {
+  const program = buildProgram(io);
+  try {
+    await program.parseAsync([...io.argv], { from: 'user' });
+    return EXIT_OK;
+  } catch (err) {
+    // --help and --version exit 0; unknown flags and missing values are usage errors.
+    if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
+    if (isTunnelError(err, 'TUN_ERR_CONFIG')) {
+      io.stderr.write(`tunnel-server: ${err.message}\n`);
+      return EXIT_USAGE;
+    }
+    const e = err as Error & { code?: string };
+    io.stderr.write(`tunnel-server: ${e.code ? `${e.code}: ` : ''}${e.message}\n`);
+    return EXIT_FAILED;
+  }
+}
+
+function buildProgram(io: ServerCliIo): Command {
+  const program = new Command('tunnel-server')
+    .description('cluster-tunnel public server: agents dial in, users reach their clusters')
+    .version(SERVER_VERSION)
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
+  const start = program
+    .command('start', { isDefault: true })
+    .description('run the tunnel server (the default command)')
+    .option('--check-config', 'validate the configuration, print it (secrets redacted) and exit')
+    .option('--print-next-steps', 'after starting, print a demo token and the agent and kubeconfig commands');
+  addConfigOptions(start, SERVER_CONFIG_SCHEMA);
+  start.action(async (opts: Record<string, unknown>) => {
+    const { checkConfig, printNextSteps, ...flags } = opts;
+    const config = resolveServerConfig({ flags, env: io.env, cwd: io.cwd });
+    if (checkConfig) {
+      io.stdout.write(`${JSON.stringify(redactConfig(config, SERVER_CONFIG_SCHEMA), null, 2)}\n`);
+      return;
+    }
+    const log = createLogger({
+      name: 'tunnel-server',
+      level: config.logLevel,
+      format: config.logFormat,
+      ...(io.logDestination === undefined ? {} : { destination: io.logDestination }),
+    });
+    const server = new TunnelServer(config, { log });
+    try {
+      await server.start();
+    } catch (err) {
+      server.destroy();
+      throw err;
+    }
+    if (printNextSteps) await printSteps(config, server, io);
+    io.onStarted?.(server);
+    await aborted(io.shutdown);
+    log.info({ signal: String(io.shutdown.reason), drainTimeoutMs: config.drainTimeoutMs }, 'draining');
+    await server.close();
+    log.info('stopped');
+  });
+
+  const token = program.command('token').description('agent tokens');
+  token
+    .command('create')
+    .description('print a signed token for an agent of one cluster')
+    .requiredOption('--cluster <uid>', 'cluster id the token grants (lower-case letters and digits)')
+    .option(
+      '--domain <domain>',
+      "the tunnel server's domain (its --domain): the token's audience, accepted by that server only",
+      SERVER_CONFIG_SCHEMA.domain.default,
+    )
+    .option('--ttl <duration>', 'lifetime, e.g. 24h, 8760h', '8760h')
+    .option('--data-dir <dir>', 'server data directory holding the signing key', './.tunnel')
+    .option('--signing-key <file>', 'Ed25519 private key (PEM); default <data-dir>/token-signing.key')
+    .action(async (o: TokenCreateFlags) => {
+      const ttlMs = parseDurationMs(o.ttl);
+      if (ttlMs === undefined || ttlMs === 0) {
+        throw new TunnelError('TUN_ERR_CONFIG', `--ttl: ${JSON.stringify(o.ttl)} is not a duration like 24h`);
+      }
+      // Spelled as the server's config spells its domain, so `--domain Proxy.Example.com.` matches.
+      const audience = o.domain.toLowerCase().replace(/\.$/, '');
+      if (!isDnsName(audience)) {
+        throw new TunnelError('TUN_ERR_CONFIG', `--domain: ${JSON.stringify(o.domain)} is not a DNS name`);
+      }
+      const privateKeyPem = o.signingKey
+        ? await readFile(resolve(io.cwd, o.signingKey), 'utf8')
+        : (await loadOrCreateSigningKeyPair(resolve(io.cwd, o.dataDir))).privateKeyPem;
+      io.stdout.write(`${await createToken({ privateKeyPem, clusterId: o.cluster, audience, ttlMs })}\n`);
+    });
+
+  program
+    .command('kubeconfig')
+    .description("print a kubeconfig that reaches a cluster's API server through the tunnel")
+    .requiredOption('--cluster <uid>', 'cluster id')
+    .requiredOption('--ca-file <file>', "PEM of the CA that signed the cluster's API server certificate")
+    .option('--client-cert <file>', 'client certificate (PEM)')
+    .option('--client-key <file>', 'client key (PEM)')
+    .option('--token <token>', 'bearer token for the API server')
+    .option('--server-url <url>', 'server URL (default https://cluster-<uid>.<domain>:<port>)')
+    .option('--domain <domain>', 'tunnel domain', 'proxy.localhost')
+    .option(
+      '--listen <host:port>',
+      'the server listen address (its port goes into the URL)',
+      '127.0.0.1:8443',
+    )
+    .action(
+      async (o: {
+        cluster: string;
+        caFile: string;
+        clientCert?: string;
+        clientKey?: string;
+        token?: string;
+        serverUrl?: string;
+        domain: string;
+        listen: string;
+      }) => {
+        const listen = parseHostPort(o.listen);
+        if (typeof listen === 'string') throw new TunnelError('TUN_ERR_CONFIG', `--listen: ${listen}`);
+        const read = (f?: string) => (f === undefined ? undefined : readFile(resolve(io.cwd, f), 'utf8'));
+        io.stdout.write(
+          buildKubeconfig({
+            clusterId: o.cluster,
+            domain: o.domain,
+            port: listen.port,
+            caPem: await readFile(resolve(io.cwd, o.caFile), 'utf8'),
+            clientCertPem: await read(o.clientCert),
+            clientKeyPem: await read(o.clientKey),
+            token: o.token,
+            serverUrl: o.serverUrl,
+          }),
+        );
+      },
+    );
+  return program;
+}
+
+async function printSteps(config: ServerConfig, server: TunnelServer, io: ServerCliIo): Promise<void> {
+  const keyPath = join(config.dataDir, SIGNING_KEY_FILES.privateKey);
+  let privateKeyPem: string;
+  try {
+    privateKeyPem = await readFile(keyPath, 'utf8');
+  } catch {
+    return; // keys managed elsewhere (production): nothing to mint here
+  }
+  const demoToken = await createToken({
+    privateKeyPem,
+    clusterId: 'demo',
+    audience: config.domain,
+    ttlMs: 24 * 3600_000,
+  });
+  const tokenFile = join(config.dataDir, DEMO_TOKEN_FILE);
+  // Atomic: a file left from an earlier run with looser permissions is replaced, not reused.
+  await writeAtomic(tokenFile, `${demoToken}\n`, 0o600);
+  const rel = (p: string) => relative(io.cwd, p) || '.';
+  const { port } = server.address;
+  const host = config.listen.host === '0.0.0.0' ? '127.0.0.1' : config.listen.host;
+  const caFile = rel(join(config.dataDir, 'ca.crt'));
+  io.stderr.write(
+    [
+      '',
+      `cluster-tunnel server ${config.serverId} is listening on ${host}:${port} (domain ${config.domain}).`,
+      '',
+      `1. A 24h agent token for cluster "demo" is in ${rel(tokenFile)}:`,
+      `   ${demoToken.slice(0, 24)}…  (more: node packages/server/dist/bin.js token create --cluster <uid> --domain ${config.domain})`,
+      '2. Run an agent next to your cluster (here it forwards to an API server at 127.0.0.1:6443):',
+      `   node packages/client/dist/bin.js --server wss://${host}:${port}/connect --ca-file ${caFile} \\`,
+      `     --token-file ${rel(tokenFile)} --route apiserver=127.0.0.1:6443`,
+      "3. Make a kubeconfig (the CA is your API server's; no DNS needed with --server-url):",
+      `   node packages/server/dist/bin.js kubeconfig --cluster demo --ca-file <apiserver-ca.pem> \\`,
+      `     --server-url https://${host}:${port} --domain ${config.domain} > demo.kubeconfig`,
+      '   kubectl --kubeconfig demo.kubeconfig get pods',
+      '',
+    ].join('\n'),
+  );
+}
+
+function aborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+}
+
+interface TokenCreateFlags {
+  cluster: string;
+  domain: string;
+  ttl: string;
+  dataDir: string;
+  signingKey?: string;
+}

@@ -119,9 +119,9 @@ describe('a TCP route', () => {
     const metrics = await fetch(`http://127.0.0.1:${server.adminPort}/metrics`).then((r) => r.text());
     expect(metrics).toMatch(/tunnel_connections_total\{mode="tcp",outcome="forwarded"\} 1/);
     const status = (await fetch(`http://127.0.0.1:${server.adminPort}/status`).then((r) => r.json())) as {
-      tcpRoutes: unknown[];
+      modes: { tcp: { routes: unknown[] } };
     };
-    expect(status.tcpRoutes).toEqual([
+    expect(status.modes.tcp.routes).toEqual([
       { route: 'cluster-u1-db', listen: `127.0.0.1:${routePort}`, connections: 0, served: true },
     ]);
   });

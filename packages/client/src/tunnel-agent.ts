@@ -50,7 +50,7 @@ export interface TunnelAgentOptions {
   streamHeaderTimeoutMs?: number;
   /**
    * TCP connect to a route target (default 5 s): below the server's wait for the stream reply
-   * (its handshakeTimeoutMs, 10 s by default), so the server hears why rather than timing out.
+   * (its agentReplyTimeoutMs, 10 s by default), so the server hears why rather than timing out.
    */
   targetDialTimeoutMs?: number;
 }

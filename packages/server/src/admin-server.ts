@@ -1,20 +1,16 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { HostPort, Logger } from '@cluster-tunnel/config';
-import type { AgentRegistry } from './agent-registry.js';
 import type { ServerMetrics } from './metrics.js';
 import { requestPath } from './request-path.js';
-import type { TcpRouteStatus } from './tcp-route.js';
 
 export interface AdminServerOptions {
   listen: HostPort;
-  serverId: string;
-  registry: AgentRegistry;
   metrics: ServerMetrics;
   log: Logger;
   isReady: () => boolean;
-  /** The TCP routes' ports and whether an agent holds each label, for /status. */
-  tcpRoutes: () => readonly TcpRouteStatus[];
+  /** The body of /status (TunnelServer.status()). */
+  status: () => unknown;
 }
 
 /** Plain HTTP for operators and probes: /metrics, /healthz, /readyz, /status (JSON). */
@@ -65,29 +61,8 @@ export class AdminServer {
       return;
     }
     if (path === '/status') {
-      const agents = this.o.registry.all().map((a) => ({
-        agentId: a.identity.agentId,
-        clusterId: a.identity.clusterId,
-        agentVersion: a.identity.agentVersion,
-        remoteAddress: a.identity.remoteAddress,
-        routes: a.labels,
-        connectedAt: new Date(a.connectedAt).toISOString(),
-        activeStreams: a.streams,
-        rttMs: a.session.stats.rttMs,
-      }));
       res.writeHead(200, { 'Content-Type': 'application/json' });
-      res.end(
-        JSON.stringify(
-          {
-            serverId: this.o.serverId,
-            routes: this.o.registry.labels(),
-            tcpRoutes: this.o.tcpRoutes(),
-            agents,
-          },
-          null,
-          2,
-        ),
-      );
+      res.end(JSON.stringify(this.o.status(), null, 2));
       return;
     }
     text(res, 404, 'not found\n');

@@ -1,6 +1,11 @@
-export { TunnelServer, type TunnelServerDeps } from './tunnel-server.js';
+export { TunnelServer, type TunnelServerDeps, type ServerStatus } from './tunnel-server.js';
+export { runCli, type ServerCliIo, SERVER_VERSION, EXIT_OK, EXIT_FAILED, EXIT_USAGE } from './cli.js';
 export { AgentRegistry } from './agent-registry.js';
 export { RegisteredAgent, type AgentIdentity } from './registered-agent.js';
+export { openRouteStream, type RouteStream, type RouteStreamRequest } from './open-route-stream.js';
+export { UserForwarder, type UserConnectionEvent } from './user-forwarder.js';
+export { ROUTE_MODES, type RouteModeName } from './modes/route-modes.js';
+export type { RouteMode, RouteModeContext, RouteModeFactory } from './modes/route-mode.js';
 export { CertificateAuthority } from './certificate-authority.js';
 export { TokenVerifier, type VerifiedToken } from './token-verifier.js';
 export { createToken, loadOrCreateSigningKeyPair, SIGNING_KEY_FILES } from './token-issuer.js';

@@ -1,78 +1,105 @@
+/**
+ * The public tunnel server, composed: one TLS port where the ClientHello's SNI decides between
+ * the server's own name (own-name-server.ts: the agent endpoint and probes) and route hostnames,
+ * which go to the route mode that claims them; modes with ports of their own listen there. The
+ * modes come from one table (modes/route-modes.ts) and reach agents through openRouteStream.
+ *
+ * Events: 'user-connection' (UserConnectionEvent) for every user connection forwarded, refused
+ * and closed, so callers and tests observe routing without reading logs.
+ */
+import { EventEmitter } from 'node:events';
 import { mkdir, readFile, access } from 'node:fs/promises';
-import http from 'node:http';
 import net, { type AddressInfo, type Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
 import { join } from 'node:path';
 import tls from 'node:tls';
-import { TunnelError, systemClock } from '@cluster-tunnel/protocol';
-import { formatHostPort, type Logger } from '@cluster-tunnel/config';
+import { TunnelError, routeLabelOfHost, systemClock } from '@cluster-tunnel/protocol';
+import type { Logger } from '@cluster-tunnel/config';
 import { AdminServer } from './admin-server.js';
 import { AgentEndpoint } from './agent-endpoint.js';
 import { AgentRegistry } from './agent-registry.js';
 import { CA_FILES, CertificateAuthority } from './certificate-authority.js';
-import { tightenPermissions } from './data-file.js';
 import { readClientHello } from './client-hello.js';
 import type { ServerConfig } from './config.js';
+import { tightenPermissions } from './data-file.js';
 import { ServerMetrics } from './metrics.js';
-import { routeLabelOf } from './passthrough.js';
+import type { RouteMode, RouteModeContext } from './modes/route-mode.js';
+import { ROUTE_MODES } from './modes/route-modes.js';
+import { openRouteStream, type RouteStream, type RouteStreamRequest } from './open-route-stream.js';
+import { OwnNameServer } from './own-name-server.js';
 import { PendingConnections, type PendingConnection, type PendingPhase } from './pending-connections.js';
-import { requestPath } from './request-path.js';
-import { TcpRouteListener, type TcpRouteStatus } from './tcp-route.js';
 import { TLS_ALERT } from './tls-alert.js';
 import { SIGNING_KEY_FILES, loadOrCreateSigningKeyPair } from './token-issuer.js';
 import { TokenVerifier } from './token-verifier.js';
-import { UserForwarder } from './user-forwarder.js';
+import { UserForwarder, type UserConnectionEvent } from './user-forwarder.js';
 
 /** `start --print-next-steps` writes a demo agent token here, in the data directory (mode 0600). */
 export const DEMO_TOKEN_FILE = 'demo.token';
-
-/** Request headers of the own-name endpoints (agent upgrade, probes); larger ones get 431. */
-export const MAX_REQUEST_HEADER_BYTES = 16 * 1024;
 
 export interface TunnelServerDeps {
   log: Logger;
 }
 
-/**
- * The public tunnel server: one TLS port where the ClientHello's SNI decides between the
- * server's own endpoints (agent WebSocket, health) and user routes forwarded to agents.
- */
-export class TunnelServer {
+/** What /status shows: this replica, its agents and each route mode's own status. */
+export interface ServerStatus {
+  serverId: string;
+  routes: string[];
+  agents: {
+    agentId: string;
+    clusterId: string;
+    agentVersion: string;
+    remoteAddress: string;
+    routes: readonly string[];
+    connectedAt: string;
+    activeStreams: number;
+    rttMs: number | undefined;
+  }[];
+  modes: Record<string, unknown>;
+}
+
+/** The events a TunnelServer emits, with their arguments. */
+export interface TunnelServerEvents {
+  'user-connection': [event: UserConnectionEvent];
+}
+
+export class TunnelServer extends EventEmitter<TunnelServerEvents> {
   readonly registry = new AgentRegistry();
   readonly metrics = new ServerMetrics();
   private readonly log: Logger;
   private readonly publicServer: net.Server;
-  private readonly httpServer: http.Server;
-  private readonly forwarder: UserForwarder;
-  private readonly tcpRoutes: TcpRouteListener[];
+  private readonly modes: readonly RouteMode[];
+  private readonly pending: PendingConnections;
+  private readonly ownNames: ReadonlySet<string>;
+  private readonly sockets = new Set<Socket>();
+  private readonly refusalLog = new Map<string, number>();
   private endpoint: AgentEndpoint | undefined;
+  private ownNameServer: OwnNameServer | undefined;
   private verifier: TokenVerifier | undefined;
   private admin: AdminServer | undefined;
-  private secureContext: tls.SecureContext | undefined;
-  private ownNames: ReadonlySet<string>;
   private draining = false;
   private closing: Promise<void> | undefined;
-  private readonly sockets = new Set<Socket>();
-  private readonly pending: PendingConnections;
-  /** The pending entry of each TLS socket handed to the own-name HTTP server. */
-  private readonly pendingOf = new WeakMap<Duplex, PendingConnection>();
-  private readonly refusalLog = new Map<string, number>();
 
   constructor(
     readonly config: Readonly<ServerConfig>,
     deps: TunnelServerDeps,
   ) {
+    super();
     this.log = deps.log;
     this.ownNames = new Set([config.domain, 'localhost']);
-    this.forwarder = new UserForwarder({
+    const forwarder = new UserForwarder({
+      openRouteStream: (request) => this.openRouteStream(request),
+      metrics: this.metrics,
+      log: this.log,
+      onEvent: (event) => this.emit('user-connection', event),
+    });
+    const context: RouteModeContext = {
+      config,
       registry: this.registry,
       metrics: this.metrics,
       log: this.log,
-      dialTimeoutMs: config.agentReplyTimeoutMs,
-    });
-    this.tcpRoutes = config.tcpRoutes.map(
-      (route) => new TcpRouteListener({ route, forwarder: this.forwarder, log: this.log }),
-    );
+      forwarder,
+      openRouteStream: (request) => this.openRouteStream(request),
+    };
+    this.modes = Object.values(ROUTE_MODES).map((create) => create(context));
     this.publicServer = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) =>
       this.onConnection(socket),
     );
@@ -84,51 +111,12 @@ export class TunnelServer {
       onTimeout: (socket, phase) => this.onHandshakeTimeout(socket, phase),
       onSize: (size) => this.metrics.pendingConnections.set(size),
     });
-    // Never listen()ed: connections come from serveOwn. Its own timeouts need listen(), so the
-    // pending deadline bounds the headers instead; own-name responses close the connection.
-    this.httpServer = http.createServer({ maxHeaderSize: MAX_REQUEST_HEADER_BYTES }, (req, res) =>
-      this.onOwnRequest(req, res),
-    );
-    this.httpServer.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) =>
-      this.onClientError(err, socket),
-    );
-    this.httpServer.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) =>
-      this.onUpgrade(req, socket, head),
-    );
   }
 
   async start(): Promise<void> {
     const c = this.config;
-    await mkdir(c.dataDir, { recursive: true, mode: 0o700 });
-    const secrets = [CA_FILES.caKey, CA_FILES.serverKey, SIGNING_KEY_FILES.privateKey, DEMO_TOKEN_FILE];
-    const { tightened, stillLoose } = await tightenPermissions(c.dataDir, secrets);
-    if (tightened.length > 0) this.log.warn({ paths: tightened }, 'data directory permissions tightened');
-    if (stillLoose.length > 0) {
-      this.log.warn({ paths: stillLoose }, 'data directory readable by others: cannot change its mode');
-    }
-    let cert: string;
-    let key: string;
-    if (c.tlsCert && c.tlsKey) {
-      [cert, key] = await Promise.all([readFile(c.tlsCert, 'utf8'), readFile(c.tlsKey, 'utf8')]);
-    } else {
-      const ca = await CertificateAuthority.loadOrCreate({ dataDir: c.dataDir, domain: c.domain });
-      [cert, key] = [ca.serverCertPem, ca.serverKeyPem];
-    }
-    this.secureContext = tls.createSecureContext({ cert, key });
-    const defaultPublicKey = join(c.dataDir, SIGNING_KEY_FILES.publicKey);
-    if (c.tokenPublicKey.includes(defaultPublicKey) && !(await exists(defaultPublicKey))) {
-      // First start on the defaults: make the signing pair `token create` uses.
-      await loadOrCreateSigningKeyPair(c.dataDir);
-      this.log.info({ dataDir: c.dataDir }, 'token signing key created');
-    }
-    const publicKeyPems = await Promise.all(c.tokenPublicKey.map((f) => readFile(f, 'utf8')));
-    this.verifier = new TokenVerifier({
-      publicKeyPems,
-      audience: c.domain,
-      maxLifetimeMs: c.maxTokenLifetimeMs,
-      clockToleranceMs: c.tokenClockToleranceMs,
-      revocationFile: c.revokedFile,
-    });
+    const secureContext = await this.loadServerCertificate();
+    this.verifier = await this.loadTokenVerifier();
     this.endpoint = new AgentEndpoint({
       serverId: c.serverId,
       serverCount: c.serverCount,
@@ -142,6 +130,12 @@ export class TunnelServer {
       verifier: this.verifier,
       registry: this.registry,
       metrics: this.metrics,
+      log: this.log,
+    });
+    this.ownNameServer = new OwnNameServer({
+      secureContext,
+      endpoint: this.endpoint,
+      isDraining: () => this.draining,
       log: this.log,
     });
     // A token revoked while its agent is connected ends that session within the check interval.
@@ -160,16 +154,14 @@ export class TunnelServer {
         resolve();
       });
     });
-    // All or nothing: a port that cannot be bound fails the start, as the public port does.
-    await Promise.all(this.tcpRoutes.map((r) => r.listen()));
+    // All or nothing: a mode's port that cannot be bound fails the start, as the public port does.
+    await Promise.all(this.modes.map((m) => m.start()));
     if (c.adminListen) {
       this.admin = new AdminServer({
         listen: c.adminListen,
-        serverId: c.serverId,
-        registry: this.registry,
         metrics: this.metrics,
         log: this.log,
-        tcpRoutes: () => this.tcpRouteStatus(),
+        status: () => this.status(),
         isReady: () => !this.draining && this.publicServer.listening,
       });
       await this.admin.listen();
@@ -194,13 +186,30 @@ export class TunnelServer {
     return this.admin?.address;
   }
 
-  private tcpRouteStatus(): TcpRouteStatus[] {
-    return this.tcpRoutes.map((r) => ({
-      route: r.label,
-      listen: r.address ? formatHostPort({ host: r.address.address, port: r.address.port }) : 'closed',
-      connections: r.connections,
-      served: this.registry.has(r.label),
-    }));
+  /** A stream to an agent holding `request.route`, tried across its agents (open-route-stream.ts). */
+  openRouteStream(request: RouteStreamRequest): Promise<RouteStream> {
+    return openRouteStream(
+      { registry: this.registry, replyTimeoutMs: this.config.agentReplyTimeoutMs, log: this.log },
+      request,
+    );
+  }
+
+  status(): ServerStatus {
+    return {
+      serverId: this.config.serverId,
+      routes: this.registry.labels(),
+      agents: this.registry.all().map((a) => ({
+        agentId: a.identity.agentId,
+        clusterId: a.identity.clusterId,
+        agentVersion: a.identity.agentVersion,
+        remoteAddress: a.identity.remoteAddress,
+        routes: a.labels,
+        connectedAt: new Date(a.connectedAt).toISOString(),
+        activeStreams: a.streams,
+        rttMs: a.session.stats.rttMs,
+      })),
+      modes: Object.fromEntries(this.modes.map((m) => [m.name, m.status()])),
+    };
   }
 
   /**
@@ -211,7 +220,7 @@ export class TunnelServer {
     this.closing ??= (async () => {
       this.draining = true;
       this.publicServer.close();
-      for (const r of this.tcpRoutes) r.close();
+      for (const mode of this.modes) mode.close();
       const drained = this.endpoint?.close() ?? Promise.resolve();
       const deadline = new Promise<void>((r) => setTimeout(r, this.config.drainTimeoutMs).unref());
       await Promise.race([drained, deadline]);
@@ -224,12 +233,48 @@ export class TunnelServer {
   destroy(): void {
     this.draining = true;
     this.publicServer.close();
-    for (const r of this.tcpRoutes) r.destroy();
+    for (const mode of this.modes) mode.destroy();
     this.endpoint?.destroy();
     this.verifier?.close();
     for (const s of this.sockets) s.destroy();
-    this.httpServer.closeAllConnections();
+    this.ownNameServer?.destroy();
     void this.admin?.close();
+  }
+
+  /** The server certificate: the configured files, or one from the local CA made on first start. */
+  private async loadServerCertificate(): Promise<tls.SecureContext> {
+    const c = this.config;
+    await mkdir(c.dataDir, { recursive: true, mode: 0o700 });
+    const secrets = [CA_FILES.caKey, CA_FILES.serverKey, SIGNING_KEY_FILES.privateKey, DEMO_TOKEN_FILE];
+    const { tightened, stillLoose } = await tightenPermissions(c.dataDir, secrets);
+    if (tightened.length > 0) this.log.warn({ paths: tightened }, 'data directory permissions tightened');
+    if (stillLoose.length > 0) {
+      this.log.warn({ paths: stillLoose }, 'data directory readable by others: cannot change its mode');
+    }
+    if (c.tlsCert && c.tlsKey) {
+      const [cert, key] = await Promise.all([readFile(c.tlsCert, 'utf8'), readFile(c.tlsKey, 'utf8')]);
+      return tls.createSecureContext({ cert, key });
+    }
+    const ca = await CertificateAuthority.loadOrCreate({ dataDir: c.dataDir, domain: c.domain });
+    return tls.createSecureContext({ cert: ca.serverCertPem, key: ca.serverKeyPem });
+  }
+
+  private async loadTokenVerifier(): Promise<TokenVerifier> {
+    const c = this.config;
+    const defaultPublicKey = join(c.dataDir, SIGNING_KEY_FILES.publicKey);
+    if (c.tokenPublicKey.includes(defaultPublicKey) && !(await exists(defaultPublicKey))) {
+      // First start on the defaults: make the signing pair `token create` uses.
+      await loadOrCreateSigningKeyPair(c.dataDir);
+      this.log.info({ dataDir: c.dataDir }, 'token signing key created');
+    }
+    const publicKeyPems = await Promise.all(c.tokenPublicKey.map((f) => readFile(f, 'utf8')));
+    return new TokenVerifier({
+      publicKeyPems,
+      audience: c.domain,
+      maxLifetimeMs: c.maxTokenLifetimeMs,
+      clockToleranceMs: c.tokenClockToleranceMs,
+      revocationFile: c.revokedFile,
+    });
   }
 
   private onConnection(socket: Socket): void {
@@ -279,6 +324,7 @@ export class TunnelServer {
     );
   }
 
+  /** Reads the ClientHello and hands the connection to the own-name server or a route mode. */
   private async route(socket: Socket, pending: PendingConnection): Promise<void> {
     const remoteAddress = `${socket.remoteAddress}:${socket.remotePort}`;
     let hello;
@@ -299,14 +345,14 @@ export class TunnelServer {
     const sni = hello.serverName;
     if (sni === undefined || this.ownNames.has(sni)) {
       this.metrics.connections.inc({ outcome: 'own' });
-      pending.phase = 'tls-handshake';
-      this.serveOwn(socket, hello.bytes, pending);
+      this.ownNameServer!.serve(socket, hello.bytes, pending);
       return;
     }
     // A route is named: from here the route's own bounds apply (the agent's reply deadline).
     pending.settle();
-    const label = routeLabelOf(sni, this.config.domain);
-    if (label === undefined) {
+    const route = routeLabelOfHost(sni, this.config.domain);
+    const mode = route === undefined ? undefined : this.modes.find((m) => m.claims?.(route));
+    if (route === undefined || mode?.accept === undefined) {
       this.metrics.connections.inc({ outcome: 'unknown-host' });
       this.log.info(
         { remoteAddress, serverName: sni, code: 'TUN_ERR_UNKNOWN_HOST' },
@@ -315,90 +361,7 @@ export class TunnelServer {
       socket.end(TLS_ALERT.unrecognizedName);
       return;
     }
-    await this.forwarder.forward(socket, label, 'passthrough', hello.bytes);
-  }
-
-  /** Terminates TLS with the server certificate and hands the connection to the HTTP server. */
-  private serveOwn(socket: Socket, helloBytes: Buffer, pending: PendingConnection): void {
-    socket.unshift(helloBytes);
-    const tlsSocket = new tls.TLSSocket(socket, {
-      isServer: true,
-      secureContext: this.secureContext!,
-      ALPNProtocols: ['http/1.1'],
-    });
-    tlsSocket.on('error', (err) => {
-      this.log.debug({ err: err.message }, 'tls error on own endpoint');
-      socket.destroy();
-    });
-    tlsSocket.once('secure', () => {
-      pending.phase = 'request-headers';
-    });
-    this.pendingOf.set(tlsSocket, pending);
-    this.httpServer.emit('connection', tlsSocket);
-  }
-
-  private onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
-    const pending = this.pendingOf.get(socket);
-    if (!this.endpoint || this.draining || pending === undefined) {
-      socket.destroy();
-      return;
-    }
-    pending.phase = 'agent-upgrade';
-    this.endpoint.handleUpgrade(req, socket, head).then(
-      (accepted) => {
-        // An agent with a verified token: its session's own bounds apply from here.
-        if (accepted) pending.settle();
-      },
-      (err: unknown) => {
-        this.log.error({ err }, 'agent upgrade failed');
-        socket.destroy();
-      },
-    );
-  }
-
-  /**
-   * A request node:http could not parse: an HTTP answer with a coded body where the socket can
-   * still take one (431 for headers over MAX_REQUEST_HEADER_BYTES), then the connection closes.
-   */
-  private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
-    const code = status === 431 ? 'TUN_ERR_LIMIT_EXCEEDED' : 'TUN_ERR_PROTOCOL';
-    this.log.debug({ err: err.message, httpCode: err.code, status }, 'bad request on own endpoint');
-    if (err.code === 'ECONNRESET' || !socket.writable) {
-      socket.destroy();
-      return;
-    }
-    const body = JSON.stringify({
-      code,
-      message:
-        status === 431 ? `request headers over ${MAX_REQUEST_HEADER_BYTES} bytes` : 'malformed HTTP request',
-    });
-    socket.end(
-      `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: application/json\r\n` +
-        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-    );
-  }
-
-  private onOwnRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
-    // Plain requests (probes) get one answer each: the connection stays bounded by the pending
-    // deadline, never parked in keep-alive.
-    res.shouldKeepAlive = false;
-    const path = requestPath(req);
-    if (path === undefined) {
-      res
-        .writeHead(400, { 'Content-Type': 'application/json' })
-        .end(JSON.stringify({ code: 'TUN_ERR_PROTOCOL', message: 'malformed request target' }));
-    } else if (path === '/healthz') {
-      res.writeHead(200, { 'Content-Type': 'text/plain' }).end('ok\n');
-    } else if (path === '/readyz') {
-      res
-        .writeHead(this.draining ? 503 : 200, { 'Content-Type': 'text/plain' })
-        .end(this.draining ? 'draining\n' : 'ready\n');
-    } else {
-      res
-        .writeHead(404, { 'Content-Type': 'application/json' })
-        .end(JSON.stringify({ code: 'TUN_ERR_PROTOCOL', message: 'not found' }));
-    }
+    mode.accept(socket, route, hello.bytes);
   }
 }
 

@@ -1,30 +1,45 @@
 /**
- * Forwards one user connection to an agent holding its route, whatever the route mode: the
- * stream header names the route, the bytes already read from the user (a ClientHello) follow
- * at once, and agents are tried in turn until one reaches its target, so a leaving or failing
- * agent is skipped. The server never reads past what the mode needed to pick the route.
+ * Carries one user connection of a byte-forwarding mode (passthrough, tcp) to its route: a
+ * stream from openRouteStream, then bytes both ways with half-close and resets kept, counted
+ * and reported once the connection closes. A connection no agent takes is refused the mode's
+ * way (a TLS alert, a TCP reset). Every outcome is reported as a UserConnectionEvent.
  */
 import type { Socket } from 'node:net';
-import { TunnelError, readStreamReply, spliceBytes, type YamuxStream } from '@cluster-tunnel/protocol';
-import { type Logger } from '@cluster-tunnel/config';
-import type { AgentRegistry } from './agent-registry.js';
+import { TunnelError, spliceBytes, type ErrorCode } from '@cluster-tunnel/protocol';
+import type { Logger } from '@cluster-tunnel/config';
 import type { ServerMetrics } from './metrics.js';
-import { ROUTE_MODES, type RouteModeName } from './route-modes.js';
+import type { RouteStream, RouteStreamRequest } from './open-route-stream.js';
+
+/** What happened to one user connection; TunnelServer emits these as 'user-connection'. */
+export type UserConnectionEvent =
+  | { type: 'forwarded'; mode: string; route: string; agentId: string; remoteAddress: string }
+  | { type: 'refused'; mode: string; route: string; remoteAddress: string; code: ErrorCode }
+  | {
+      type: 'closed';
+      mode: string;
+      route: string;
+      agentId: string;
+      remoteAddress: string;
+      /** Payload from the user, past what the mode read to pick the route. */
+      bytesIn: number;
+      bytesOut: number;
+      durationMs: number;
+    };
 
 export interface UserForwarderOptions {
-  registry: AgentRegistry;
+  openRouteStream: (request: RouteStreamRequest) => Promise<RouteStream>;
   metrics: ServerMetrics;
   log: Logger;
-  /** How long an agent may take to dial its target and answer. */
-  dialTimeoutMs: number;
+  onEvent: (event: UserConnectionEvent) => void;
 }
 
-interface SpliceInfo {
-  mode: RouteModeName;
+export interface ForwardRequest {
+  mode: string;
   route: string;
-  agentId: string;
-  remoteAddress: string;
-  startedAt: number;
+  /** Bytes already read from the user (a ClientHello); the agent gets them first. */
+  firstBytes?: Buffer | undefined;
+  /** Ends a connection no agent took, in the way the mode's clients understand. */
+  refuse: (socket: Socket, code: ErrorCode) => void;
 }
 
 export class UserForwarder {
@@ -34,65 +49,40 @@ export class UserForwarder {
    * Takes over `socket` (paused, nothing consumed but `firstBytes`) until it closes. Resolves once
    * the connection is spliced to an agent or refused.
    */
-  async forward(socket: Socket, label: string, mode: RouteModeName, firstBytes?: Buffer): Promise<void> {
+  async forward(socket: Socket, request: ForwardRequest): Promise<void> {
     const { o } = this;
+    const { mode, route } = request;
     const remoteAddress = `${socket.remoteAddress}:${socket.remotePort}`;
     const startedAt = Date.now();
-    let lastError: TunnelError | undefined;
-    for (const agent of o.registry.candidates(label)) {
-      let stream: YamuxStream;
-      try {
-        stream = agent.openUserStream(label, remoteAddress);
-      } catch (err) {
-        lastError = err as TunnelError;
-        continue;
-      }
-      stream.on('error', () => undefined);
-      if (firstBytes && firstBytes.length > 0) stream.write(firstBytes);
-      let reply;
-      try {
-        reply = await readStreamReply(stream, o.dialTimeoutMs);
-      } catch (err) {
-        stream.destroy();
-        lastError = err instanceof TunnelError ? err : new TunnelError('TUN_ERR_DIAL_FAILED', String(err));
-        continue;
-      }
-      if (!reply.ok) {
-        stream.destroy();
-        lastError = new TunnelError(reply.code, reply.message);
-        o.log.warn(
-          { route: label, agentId: agent.identity.agentId, code: reply.code, err: reply.message },
-          'agent refused stream',
-        );
-        continue;
-      }
-      if (socket.destroyed) {
-        stream.destroy();
-        return;
-      }
-      this.splice(socket, stream, {
-        mode,
-        route: label,
-        agentId: agent.identity.agentId,
-        remoteAddress,
-        startedAt,
-      });
+    let routed: RouteStream;
+    try {
+      routed = await o.openRouteStream({ route, remoteAddress, firstBytes: request.firstBytes });
+    } catch (err) {
+      const e = err instanceof TunnelError ? err : new TunnelError('TUN_ERR_DIAL_FAILED', String(err));
+      o.metrics.connections.inc({ mode, outcome: 'no-agent' });
+      o.log.info({ mode, route, remoteAddress, code: e.code, err: e.message }, 'user connection refused');
+      o.onEvent({ type: 'refused', mode, route, remoteAddress, code: e.code });
+      request.refuse(socket, e.code);
       return;
     }
-    const code = lastError?.code ?? 'TUN_ERR_NO_ROUTE';
-    o.metrics.connections.inc({ mode, outcome: 'no-agent' });
-    o.log.info(
-      { mode, route: label, remoteAddress, code, err: lastError?.message },
-      'user connection refused',
-    );
-    ROUTE_MODES[mode].refuse(socket, code);
+    if (socket.destroyed) {
+      routed.stream.destroy();
+      return;
+    }
+    const agentId = routed.agent.identity.agentId;
+    o.onEvent({ type: 'forwarded', mode, route, agentId, remoteAddress });
+    this.splice(socket, routed, { mode, route, agentId, remoteAddress, startedAt });
   }
 
   /**
    * Forwards both ways with half-close kept (FIN ↔ end, spliceBytes) and resets propagated
-   * (RST ↔ destroy), and logs the connection's bytes once it has closed.
+   * (RST ↔ destroy), and reports the connection's bytes once it has closed.
    */
-  private splice(socket: Socket, stream: YamuxStream, info: SpliceInfo): void {
+  private splice(
+    socket: Socket,
+    { stream }: RouteStream,
+    info: { mode: string; route: string; agentId: string; remoteAddress: string; startedAt: number },
+  ): void {
     const { o } = this;
     o.metrics.userStreams.inc();
     o.metrics.connections.inc({ mode: info.mode, outcome: 'forwarded' });
@@ -121,18 +111,10 @@ export class UserForwarder {
       const bytesIn = socket.bytesRead - firstBytes;
       o.metrics.bytes.inc({ direction: 'in' }, bytesIn);
       o.metrics.bytes.inc({ direction: 'out' }, bytesOut);
-      o.log.info(
-        {
-          mode: info.mode,
-          route: info.route,
-          agentId: info.agentId,
-          remoteAddress: info.remoteAddress,
-          bytesIn,
-          bytesOut,
-          durationMs: Date.now() - info.startedAt,
-        },
-        'user connection closed',
-      );
+      const { startedAt, ...rest } = info;
+      const closed = { ...rest, bytesIn, bytesOut, durationMs: Date.now() - startedAt };
+      o.log.info(closed, 'user connection closed');
+      o.onEvent({ type: 'closed', ...closed });
     });
     // Both were left paused (the route peek, the reply read): start the flow.
     socket.resume();

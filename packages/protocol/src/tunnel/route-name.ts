@@ -43,3 +43,14 @@ export function clusterOfLabel(label: string): string | undefined {
   if (dash !== -1 && routeName === API_SERVER_ROUTE) return undefined;
   return clusterId;
 }
+
+/**
+ * The route label a TLS server name asks for: `cluster-u1.proxy.localhost` → `cluster-u1`.
+ * Exactly one label under the domain, or undefined (the server answers `unrecognized_name`).
+ */
+export function routeLabelOfHost(serverName: string, domain: string): string | undefined {
+  const suffix = `.${domain}`;
+  if (!serverName.endsWith(suffix)) return undefined;
+  const label = serverName.slice(0, -suffix.length);
+  return label.length > 0 && !label.includes('.') ? label : undefined;
+}

@@ -1,0 +1,242 @@
+/**
+ * TunnelServer in-process, with real agents (TunnelAgent) and real sockets: the public port
+ * sends each ClientHello to the route mode that claims its name, every mode reaches agents
+ * through openRouteStream with failover, and each user connection is reported as an event
+ * (forwarded, refused with its code, closed with its bytes).
+ */
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
+import tls from 'node:tls';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { isTunnelError } from '@cluster-tunnel/protocol';
+import { ROUTE_MODES } from '@cluster-tunnel/server';
+import { startInProcessAgent, startInProcessServer } from '../helpers/in-process.js';
+import { readToEnd } from '../helpers/streams.js';
+import { freePort } from '../helpers/tunnel.js';
+import { tlsCredentials } from '../helpers/transports.js';
+
+/** A target that echoes (TLS when `secure`), ending its side after the user's FIN. */
+async function echoTarget(secure = false): Promise<number> {
+  const onSocket = (socket: net.Socket): void => {
+    socket.on('error', () => undefined);
+    socket.pipe(socket);
+  };
+  const server = secure
+    ? tls.createServer({ ...(await tlsCredentials()), allowHalfOpen: true }, onSocket)
+    : net.createServer({ allowHalfOpen: true }, onSocket);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  onTestFinished(() => {
+    server.close();
+  });
+  return (server.address() as net.AddressInfo).port;
+}
+
+/** A port where nothing listens: the agent's dial is refused. */
+async function deadPort(): Promise<number> {
+  return freePort();
+}
+
+/** A TLS client through the public port, naming `serverName`; resolves with how it ended. */
+function tlsThrough(
+  port: number,
+  serverName: string,
+  payload: Buffer,
+): Promise<{ echoed?: Buffer; error?: string }> {
+  return new Promise((resolve) => {
+    const socket = tls.connect({
+      host: '127.0.0.1',
+      port,
+      servername: serverName,
+      rejectUnauthorized: false,
+    });
+    onTestFinished(() => void socket.destroy());
+    socket.once('error', (err: NodeJS.ErrnoException) => resolve({ error: err.code ?? err.message }));
+    socket.once('secureConnect', () => {
+      readToEnd(socket).then(
+        (echoed) => resolve({ echoed }),
+        (err: NodeJS.ErrnoException) => resolve({ error: err.code ?? err.message }),
+      );
+      socket.end(payload);
+    });
+  });
+}
+
+describe('the public port (passthrough mode)', () => {
+  it('forwards a ClientHello naming cluster-u1 to the agent holding it, unread, and reports the connection', async () => {
+    const s = await startInProcessServer();
+    await startInProcessAgent(s, {
+      cluster: 'u1',
+      routes: [`apiserver=127.0.0.1:${await echoTarget(true)}`],
+    });
+    const payload = randomBytes(256 * 1024);
+    const result = await tlsThrough(s.port, 'cluster-u1.proxy.localhost', payload);
+    expect(result.echoed?.equals(payload)).toBe(true);
+    expect(await s.nextEvent((e) => e.type === 'forwarded')).toEqual({
+      type: 'forwarded',
+      mode: 'passthrough',
+      route: 'cluster-u1',
+      agentId: 'agent-u1',
+      remoteAddress: expect.stringMatching(/^127\.0\.0\.1:\d+$/),
+    });
+    const closed = await s.nextEvent((e) => e.type === 'closed');
+    expect(closed).toMatchObject({ mode: 'passthrough', route: 'cluster-u1', agentId: 'agent-u1' });
+    // TLS records around the payload: at least the payload each way, and not much more.
+    if (closed.type !== 'closed') throw new Error('narrowing');
+    expect(closed.bytesOut).toBeGreaterThanOrEqual(payload.length);
+    expect(closed.bytesIn).toBeGreaterThanOrEqual(payload.length);
+  });
+
+  it('refuses a route no agent holds with TLS alert unrecognized_name and a TUN_ERR_NO_ROUTE event', async () => {
+    const s = await startInProcessServer();
+    const result = await tlsThrough(s.port, 'cluster-nobody.proxy.localhost', Buffer.from('x'));
+    expect(result.error).toBe('ERR_SSL_TLSV1_UNRECOGNIZED_NAME');
+    expect(await s.nextEvent((e) => e.type === 'refused')).toMatchObject({
+      mode: 'passthrough',
+      route: 'cluster-nobody',
+      code: 'TUN_ERR_NO_ROUTE',
+    });
+  });
+
+  it('answers a name outside its domain with unrecognized_name and no route event', async () => {
+    const s = await startInProcessServer();
+    const result = await tlsThrough(s.port, 'cluster-u1.elsewhere.example', Buffer.from('x'));
+    expect(result.error).toBe('ERR_SSL_TLSV1_UNRECOGNIZED_NAME');
+    expect(s.events).toEqual([]);
+  });
+
+  it('skips an agent that cannot reach its target: every connection lands on the healthy one', async () => {
+    const s = await startInProcessServer();
+    await startInProcessAgent(s, {
+      cluster: 'u1',
+      agentId: 'broken',
+      routes: [`apiserver=127.0.0.1:${await deadPort()}`],
+    });
+    await startInProcessAgent(s, {
+      cluster: 'u1',
+      agentId: 'healthy',
+      routes: [`apiserver=127.0.0.1:${await echoTarget(true)}`],
+    });
+    for (let i = 0; i < 4; i++) {
+      const payload = Buffer.from(`request ${i}`);
+      const result = await tlsThrough(s.port, 'cluster-u1.proxy.localhost', payload);
+      expect(result.echoed?.toString()).toBe(payload.toString());
+    }
+    const forwarded = s.events.filter((e) => e.type === 'forwarded');
+    expect(forwarded.map((e) => e.type === 'forwarded' && e.agentId)).toEqual([
+      'healthy',
+      'healthy',
+      'healthy',
+      'healthy',
+    ]);
+    expect(s.events.filter((e) => e.type === 'refused')).toEqual([]);
+  });
+});
+
+describe('openRouteStream', () => {
+  it('returns a stream the agent accepted, and the agent that holds it', async () => {
+    const s = await startInProcessServer();
+    await startInProcessAgent(s, { cluster: 'u1', routes: [`db=127.0.0.1:${await echoTarget()}`] });
+    const { stream, agent } = await s.server.openRouteStream({
+      route: 'cluster-u1-db',
+      remoteAddress: '192.0.2.1:1',
+    });
+    onTestFinished(() => void stream.destroy());
+    expect(agent.identity).toMatchObject({ agentId: 'agent-u1', clusterId: 'u1' });
+    // Left paused, as every mode gets it: the mode starts the flow when it is ready.
+    expect(stream.isPaused()).toBe(true);
+    const echoed = readToEnd(stream);
+    stream.resume();
+    stream.end('hello');
+    expect((await echoed).toString()).toBe('hello');
+  });
+
+  it("fails with TUN_ERR_NO_ROUTE when no agent holds the route, and with the agent's code when all refuse", async () => {
+    const s = await startInProcessServer();
+    const none = await s.server
+      .openRouteStream({ route: 'cluster-u1', remoteAddress: '192.0.2.1:1' })
+      .catch((e: unknown) => e);
+    expect(isTunnelError(none, 'TUN_ERR_NO_ROUTE')).toBe(true);
+    await startInProcessAgent(s, { cluster: 'u1', routes: [`apiserver=127.0.0.1:${await deadPort()}`] });
+    const refused = await s.server
+      .openRouteStream({ route: 'cluster-u1', remoteAddress: '192.0.2.1:1' })
+      .catch((e: unknown) => e);
+    expect(isTunnelError(refused, 'TUN_ERR_DIAL_FAILED')).toBe(true);
+    const unknown = await s.server
+      .openRouteStream({ route: 'cluster-u1-nothere', remoteAddress: '192.0.2.1:1' })
+      .catch((e: unknown) => e);
+    expect(isTunnelError(unknown, 'TUN_ERR_NO_ROUTE')).toBe(true);
+  });
+});
+
+describe('the tcp mode', () => {
+  it('listens on its own port, forwards to the agent holding the label and reports it in status()', async () => {
+    const routePort = await freePort();
+    const s = await startInProcessServer(['--tcp-route', `cluster-u1-db=127.0.0.1:${routePort}`]);
+    expect(s.server.status().modes.tcp).toEqual({
+      routes: [{ route: 'cluster-u1-db', listen: `127.0.0.1:${routePort}`, connections: 0, served: false }],
+    });
+    // Nobody holds the label yet: a TCP reset, reported with its code.
+    const refused = await new Promise<string>((resolve) => {
+      const socket = net.connect({ host: '127.0.0.1', port: routePort });
+      onTestFinished(() => void socket.destroy());
+      socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? ''));
+      socket.once('end', () => resolve('end'));
+      socket.resume();
+    });
+    expect(refused).toBe('ECONNRESET');
+    expect(await s.nextEvent((e) => e.type === 'refused')).toMatchObject({
+      mode: 'tcp',
+      code: 'TUN_ERR_NO_ROUTE',
+    });
+
+    await startInProcessAgent(s, { cluster: 'u1', routes: [`db=127.0.0.1:${await echoTarget()}`] });
+    const socket = net.connect({ host: '127.0.0.1', port: routePort, allowHalfOpen: true });
+    onTestFinished(() => void socket.destroy());
+    const payload = randomBytes(1024 * 1024);
+    const received = readToEnd(socket);
+    socket.end(payload);
+    expect((await received).equals(payload)).toBe(true);
+    expect(await s.nextEvent((e) => e.type === 'closed')).toMatchObject({
+      mode: 'tcp',
+      route: 'cluster-u1-db',
+      bytesIn: payload.length,
+      bytesOut: payload.length,
+    });
+    expect(s.server.status().modes.tcp).toMatchObject({ routes: [{ served: true }] });
+  });
+});
+
+describe('the route-mode table', () => {
+  it('builds every mode of ROUTE_MODES, and status() shows each under its name', async () => {
+    const s = await startInProcessServer();
+    expect(Object.keys(s.server.status().modes).sort()).toEqual(Object.keys(ROUTE_MODES).sort());
+  });
+});
+
+describe('close()', () => {
+  it('lets an open connection finish, then stops: GoAway to agents, the port closed', async () => {
+    const s = await startInProcessServer(['--drain-timeout-ms', '5s']);
+    await startInProcessAgent(s, { cluster: 'u1', routes: [`db=127.0.0.1:${await echoTarget()}`] });
+    const { stream } = await s.server.openRouteStream({
+      route: 'cluster-u1-db',
+      remoteAddress: '192.0.2.1:1',
+    });
+    const closing = s.server.close();
+    // The stream opened before the drain still carries its exchange to the end.
+    const echoed = readToEnd(stream);
+    stream.resume();
+    stream.end('last words');
+    expect((await echoed).toString()).toBe('last words');
+    await closing;
+    const refused = await new Promise<string>((resolve) => {
+      const socket = net.connect({ host: '127.0.0.1', port: s.port });
+      socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? ''));
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve('connected');
+      });
+    });
+    expect(refused).toBe('ECONNREFUSED');
+    expect(s.server.registry.size).toBe(0);
+  });
+});

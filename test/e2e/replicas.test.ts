@@ -1,5 +1,5 @@
 /**
- * Several server replicas behind one L4 load balancer (DESIGN.md, "Many machines"): two real
+ * Several server replicas behind one L4 load balancer (docs/ARCHITECTURE.md, "Many replicas"): two real
  * tunnel-server processes with one CA and token signing key (the second runs on a copy of the
  * first's data dir), each told `--server-count 2`, a round-robin TCP balancer in front, and one
  * real agent that dials only the balancer. kubectl pointed straight at either replica reaches

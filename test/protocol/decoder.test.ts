@@ -1,6 +1,6 @@
 /**
  * The frame decoder must turn a byte stream split or joined in any way into the same frames
- * (DESIGN.md: "the frame decoder accepts frames split or joined across messages in any way").
+ * (docs/PROTOCOL.md, "WebSocket transport": frames may split or join across messages anywhere).
  * The input is a real session's bytes, recorded off an in-memory pipe, not hand-made frames.
  */
 import { Transform } from 'node:stream';

@@ -1,6 +1,7 @@
 /**
  * Interoperability with yamux-js 0.2.0, the other JavaScript yamux, on the subset of it that
- * works (DESIGN.md, "Why not yamux-js at run time"). It runs over a real WebSocket over TLS:
+ * works (it drops a frame split across reads and never processes FIN, which is why it is not on
+ * the data path). It runs over a real WebSocket over TLS:
  * every frame it sends is one message, and every frame we send reaches it whole, because our
  * WebSocket adapter never cuts a header or a payload across messages.
  *

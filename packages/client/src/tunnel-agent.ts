@@ -1,7 +1,7 @@
 /**
  * The agent: one connect loop (a slot, connect-slot.ts) per server replica it wants a session
- * to, so that every replica behind the load balancer can route to it (DESIGN.md, "Many
- * machines"). It starts with one slot; a `registered` that says serverCount = k grows it to k
+ * to, so that every replica behind the load balancer can route to it (docs/ARCHITECTURE.md, "Many
+ * replicas"). It starts with one slot; a `registered` that says serverCount = k grows it to k
  * (at most MAX_SLOTS). A lower count retires the slots beyond it once their session ends: no
  * live session is closed for it. A slot whose session lands on a replica another serving
  * session already holds closes it and dials again (connect-slot.ts says how soon).

@@ -7,7 +7,7 @@ import { describeHeader, encodeHeader, type FrameHeader } from './frame.js';
 import { YamuxStream, type StreamHost } from './stream.js';
 import { TokenBucket } from '../token-bucket.js';
 
-/** Injectable time, so keepalive tests run in milliseconds (see STYLE.md). */
+/** Injectable time, so keepalive tests run in milliseconds without sleeping. */
 export interface Clock {
   now(): number;
   setTimeout(fn: () => void, ms: number): unknown;

@@ -1,0 +1,122 @@
+/**
+ * The tunnel-server command line in-process (runCli with injected argv, env, output streams and
+ * a shutdown signal): usage and configuration errors exit 2 with every problem printed, `token
+ * create` mints a token the server accepts, and `start` runs until the shutdown signal, then
+ * drains and exits 0.
+ */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { EXIT_OK, EXIT_USAGE, TokenVerifier, runCli, type TunnelServer } from '@cluster-tunnel/server';
+import { withDeadline } from '../helpers/streams.js';
+
+function capture(): { stream: PassThrough; text: () => string } {
+  const stream = new PassThrough();
+  const chunks: Buffer[] = [];
+  stream.on('data', (c: Buffer) => chunks.push(c));
+  return { stream, text: () => Buffer.concat(chunks).toString('utf8') };
+}
+
+async function cwd(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'tunnel-server-cli-'));
+  onTestFinished(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+async function run(
+  argv: string[],
+  dir: string,
+  shutdown = new AbortController().signal,
+  onStarted: (server: TunnelServer) => void = () => undefined,
+) {
+  const stdout = capture();
+  const stderr = capture();
+  const logs = capture();
+  let started: TunnelServer | undefined;
+  const code = await runCli({
+    argv,
+    env: {},
+    cwd: dir,
+    stdout: stdout.stream,
+    stderr: stderr.stream,
+    shutdown,
+    logDestination: logs.stream,
+    onStarted: (server) => {
+      started = server;
+      onStarted(server);
+    },
+  });
+  return { code, stdout: stdout.text(), stderr: stderr.text(), logs: logs.text(), started };
+}
+
+describe('tunnel-server (in-process)', () => {
+  it('prints its help and version, exit 0', async () => {
+    const dir = await cwd();
+    const help = await run(['--help'], dir);
+    expect(help.code).toBe(EXIT_OK);
+    expect(help.stdout).toMatch(/Usage: tunnel-server/);
+    expect(help.stdout).toMatch(/token/);
+    const version = await run(['--version'], dir);
+    expect(version).toMatchObject({ code: EXIT_OK, stdout: '0.1.0\n' });
+  });
+
+  it('reports every configuration problem at once and exits 2', async () => {
+    const dir = await cwd();
+    const result = await run(['start', '--listen', 'nowhere', '--server-count', '0', '--check-config'], dir);
+    expect(result.code).toBe(EXIT_USAGE);
+    expect(result.stderr).toMatch(/2 configuration problems/);
+    expect(result.stderr).toMatch(/listen \(flag --listen\)/);
+    expect(result.stderr).toMatch(/serverCount \(flag --server-count\)/);
+  });
+
+  it('an unknown flag is a usage error, exit 2', async () => {
+    const result = await run(['start', '--no-such-flag'], await cwd());
+    expect(result.code).toBe(EXIT_USAGE);
+    expect(result.stderr).toMatch(/unknown option '--no-such-flag'/);
+  });
+
+  it('token create signs with the data directory key, which start then verifies', async () => {
+    const dir = await cwd();
+    const created = await run(['token', 'create', '--cluster', 'u1', '--ttl', '1h'], dir);
+    expect(created.code).toBe(EXIT_OK);
+    const token = created.stdout.trim();
+    const publicKeyPem = await readFile(join(dir, '.tunnel', 'token-signing.pub'), 'utf8');
+    const verifier = new TokenVerifier({
+      publicKeyPems: [publicKeyPem],
+      audience: 'proxy.localhost',
+      maxLifetimeMs: 3_600_000 * 2,
+      clockToleranceMs: 0,
+    });
+    onTestFinished(() => verifier.close());
+    expect(await verifier.verify(token)).toMatchObject({ clusterId: 'u1' });
+  });
+
+  it('start listens until the shutdown signal, then drains and exits 0', async () => {
+    const dir = await cwd();
+    const shutdown = new AbortController();
+    let onStarted: (server: TunnelServer) => void = () => undefined;
+    const listening = new Promise<TunnelServer>((resolve) => {
+      onStarted = resolve;
+    });
+    const running = run(
+      ['start', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--print-next-steps'],
+      dir,
+      shutdown.signal,
+      onStarted,
+    );
+    const server = await withDeadline(listening, 10_000, 'the server to listen');
+    expect(server.address.port).toBeGreaterThan(0);
+    shutdown.abort('SIGTERM');
+    const result = await withDeadline(running, 10_000, 'runCli to return');
+    expect(result.code).toBe(EXIT_OK);
+    expect(result.started).toBe(server);
+    expect(result.stderr).toMatch(/npx tunnel-client --server wss:\/\/127\.0\.0\.1:\d+\/connect/);
+    const messages = result.logs
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { msg: string }).msg);
+    expect(messages).toEqual(expect.arrayContaining(['tunnel server listening', 'draining', 'stopped']));
+  });
+});

@@ -9,9 +9,9 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { isTunnelError } from '@cluster-tunnel/protocol';
-import { ROUTE_MODES } from '@cluster-tunnel/server';
+import { ROUTE_MODES, type AgentEvent } from '@cluster-tunnel/server';
 import { startInProcessAgent, startInProcessServer } from '../helpers/in-process.js';
-import { readToEnd } from '../helpers/streams.js';
+import { readToEnd, withDeadline } from '../helpers/streams.js';
 import { freePort } from '../helpers/tunnel.js';
 import { tlsCredentials } from '../helpers/transports.js';
 
@@ -203,6 +203,28 @@ describe('the tcp mode', () => {
       bytesOut: payload.length,
     });
     expect(s.server.status().modes.tcp).toMatchObject({ routes: [{ served: true }] });
+  });
+});
+
+describe('agents', () => {
+  it('are reported as they register and leave, with the routes they hold', async () => {
+    const s = await startInProcessServer();
+    const events: AgentEvent[] = [];
+    s.server.on('agent', (e) => events.push(e));
+    const agent = await startInProcessAgent(s, {
+      cluster: 'u1',
+      routes: ['apiserver=127.0.0.1:1', 'db=127.0.0.1:2'],
+    });
+    expect(events).toEqual([
+      { type: 'registered', agentId: 'agent-u1', clusterId: 'u1', routes: ['cluster-u1', 'cluster-u1-db'] },
+    ]);
+    const left = new Promise<AgentEvent>((resolve) => s.server.once('agent', resolve));
+    await agent.close();
+    expect(await withDeadline(left, 10_000, 'the agent to leave')).toMatchObject({
+      type: 'left',
+      agentId: 'agent-u1',
+    });
+    expect(s.server.registry.size).toBe(0);
   });
 });
 

@@ -1,10 +1,18 @@
+import { EventEmitter } from 'node:events';
 import type { RegisteredAgent } from './registered-agent.js';
+
+export interface AgentRegistryEvents {
+  /** An agent's routes became routable. */
+  added: [agent: RegisteredAgent];
+  /** An agent's routes are no longer routed to it. */
+  removed: [agent: RegisteredAgent];
+}
 
 /**
  * Route label → the agents holding it. Several agents of one cluster may hold the same label:
  * new streams rotate over them, and an agent that leaves is skipped at once.
  */
-export class AgentRegistry {
+export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
   private readonly byLabel = new Map<string, RegisteredAgent[]>();
   private readonly agents = new Set<RegisteredAgent>();
   private turn = 0;
@@ -16,6 +24,7 @@ export class AgentRegistry {
       list.push(agent);
       this.byLabel.set(label, list);
     }
+    this.emit('added', agent);
   }
 
   remove(agent: RegisteredAgent): void {
@@ -25,6 +34,7 @@ export class AgentRegistry {
       if (list.length > 0) this.byLabel.set(label, list);
       else this.byLabel.delete(label);
     }
+    this.emit('removed', agent);
   }
 
   /** Usable agents for a label, in the order to try them (rotated per call to spread load). */

@@ -1,4 +1,10 @@
-export { TunnelServer, type TunnelServerDeps, type ServerStatus } from './tunnel-server.js';
+export {
+  TunnelServer,
+  type TunnelServerDeps,
+  type TunnelServerEvents,
+  type ServerStatus,
+  type AgentEvent,
+} from './tunnel-server.js';
 export { runCli, type ServerCliIo, SERVER_VERSION, EXIT_OK, EXIT_FAILED, EXIT_USAGE } from './cli.js';
 export { AgentRegistry } from './agent-registry.js';
 export { RegisteredAgent, type AgentIdentity } from './registered-agent.js';

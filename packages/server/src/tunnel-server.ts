@@ -5,7 +5,8 @@
  * modes come from one table (modes/route-modes.ts) and reach agents through openRouteStream.
  *
  * Events: 'user-connection' (UserConnectionEvent) for every user connection forwarded, refused
- * and closed, so callers and tests observe routing without reading logs.
+ * and closed, and 'agent' (AgentEvent) as agents register and leave, so callers and tests
+ * observe routing without reading logs.
  */
 import { EventEmitter } from 'node:events';
 import { mkdir, readFile, access } from 'node:fs/promises';
@@ -26,6 +27,7 @@ import type { RouteMode, RouteModeContext } from './modes/route-mode.js';
 import { ROUTE_MODES } from './modes/route-modes.js';
 import { openRouteStream, type RouteStream, type RouteStreamRequest } from './open-route-stream.js';
 import { OwnNameServer } from './own-name-server.js';
+import type { RegisteredAgent } from './registered-agent.js';
 import { PendingConnections, type PendingConnection, type PendingPhase } from './pending-connections.js';
 import { TLS_ALERT } from './tls-alert.js';
 import { SIGNING_KEY_FILES, loadOrCreateSigningKeyPair } from './token-issuer.js';
@@ -56,9 +58,18 @@ export interface ServerStatus {
   modes: Record<string, unknown>;
 }
 
+/** An agent's routes became routable here ('registered'), or stopped being ('left'). */
+export interface AgentEvent {
+  type: 'registered' | 'left';
+  agentId: string;
+  clusterId: string;
+  routes: readonly string[];
+}
+
 /** The events a TunnelServer emits, with their arguments. */
 export interface TunnelServerEvents {
   'user-connection': [event: UserConnectionEvent];
+  agent: [event: AgentEvent];
 }
 
 export class TunnelServer extends EventEmitter<TunnelServerEvents> {
@@ -100,6 +111,14 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
       openRouteStream: (request) => this.openRouteStream(request),
     };
     this.modes = Object.values(ROUTE_MODES).map((create) => create(context));
+    const agentEvent = (type: AgentEvent['type'], a: RegisteredAgent): AgentEvent => ({
+      type,
+      agentId: a.identity.agentId,
+      clusterId: a.identity.clusterId,
+      routes: a.labels,
+    });
+    this.registry.on('added', (a) => this.emit('agent', agentEvent('registered', a)));
+    this.registry.on('removed', (a) => this.emit('agent', agentEvent('left', a)));
     this.publicServer = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) =>
       this.onConnection(socket),
     );

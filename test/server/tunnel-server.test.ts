@@ -132,6 +132,22 @@ describe('the public port (passthrough mode)', () => {
   });
 });
 
+describe('several agents of one cluster', () => {
+  it('take turns: new connections rotate over the agents holding the route', async () => {
+    const s = await startInProcessServer();
+    const target = `apiserver=127.0.0.1:${await echoTarget(true)}`;
+    await startInProcessAgent(s, { cluster: 'u1', agentId: 'a', routes: [target] });
+    await startInProcessAgent(s, { cluster: 'u1', agentId: 'b', routes: [target] });
+    for (let i = 0; i < 6; i++) {
+      const result = await tlsThrough(s.port, 'cluster-u1.proxy.localhost', Buffer.from('x'));
+      expect(result.echoed?.toString()).toBe('x');
+    }
+    const agents = s.events.flatMap((e) => (e.type === 'forwarded' ? [e.agentId] : []));
+    expect(agents.filter((a) => a === 'a')).toHaveLength(3);
+    expect(agents.filter((a) => a === 'b')).toHaveLength(3);
+  });
+});
+
 describe('openRouteStream', () => {
   it('returns a stream the agent accepted, and the agent that holds it', async () => {
     const s = await startInProcessServer();

@@ -5,6 +5,7 @@
  * (forwarded, refused with its code, closed with its bytes).
  */
 import { randomBytes } from 'node:crypto';
+import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
 import { describe, expect, it, onTestFinished } from 'vitest';
@@ -241,6 +242,39 @@ describe('agents', () => {
       agentId: 'agent-u1',
     });
     expect(s.server.registry.size).toBe(0);
+  });
+});
+
+describe('agent refusals', () => {
+  it('are reported with their code: an upgrade without a token is refused with 401', async () => {
+    const s = await startInProcessServer();
+    const refused = new Promise<AgentEvent>((resolve) => s.server.once('agent', resolve));
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = https.request({
+        host: '127.0.0.1',
+        port: s.port,
+        path: '/connect',
+        rejectUnauthorized: false,
+        headers: {
+          Connection: 'Upgrade',
+          Upgrade: 'websocket',
+          'Sec-WebSocket-Version': '13',
+          'Sec-WebSocket-Key': randomBytes(16).toString('base64'),
+        },
+      });
+      req.on('response', (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    expect(status).toBe(401);
+    expect(await withDeadline(refused, 10_000, 'the refusal event')).toMatchObject({
+      type: 'refused',
+      code: 'TUN_ERR_AUTH_REQUIRED',
+      remoteAddress: expect.stringMatching(/^127\.0\.0\.1:/),
+    });
   });
 });
 

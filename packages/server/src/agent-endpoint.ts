@@ -53,11 +53,22 @@ export interface AgentEndpointOptions {
   registry: AgentRegistry;
   metrics: ServerMetrics;
   log: Logger;
+  /** Called for every agent refused or ended for a reason of its own (also counted in metrics). */
+  onRefusal?: (refusal: AgentRefusal) => void;
+}
+
+/** An agent refused at the upgrade or at registration, or whose session was ended (its token). */
+export interface AgentRefusal {
+  code: ErrorCode;
+  remoteAddress: string;
+  /** From the verified token, once there is one. */
+  clusterId?: string | undefined;
 }
 
 /** A session from its accepted upgrade on: who it is, and the timer that ends it at token expiry. */
 interface Connected {
   token: VerifiedToken;
+  remoteAddress: string;
   expiryTimer: NodeJS.Timeout | undefined;
   /** Set once the agent opened its control stream. */
   control: ControlChannel | undefined;
@@ -95,7 +106,7 @@ export class AgentEndpoint {
     } catch (err) {
       const e = err as TunnelError;
       const status = e.details?.status as number;
-      this.o.metrics.agentRefusals.inc({ code: e.code });
+      this.refused({ code: e.code, remoteAddress });
       this.o.log.warn({ code: e.code, status, remoteAddress, err: e.message }, 'agent refused');
       // RFC 6455 §4.4: a 426 names the version the server speaks.
       refuse(
@@ -114,7 +125,7 @@ export class AgentEndpoint {
     } catch (err) {
       const e =
         err instanceof TunnelError ? err : new TunnelError('TUN_ERR_TOKEN_INVALID', 'token check failed');
-      this.o.metrics.agentRefusals.inc({ code: e.code });
+      this.refused({ code: e.code, remoteAddress });
       this.o.log.warn({ code: e.code, remoteAddress, err: e.message }, 'agent refused');
       refuse(socket, HTTP_STATUS[e.code] ?? 401, e.code, e.message);
       return false;
@@ -143,6 +154,11 @@ export class AgentEndpoint {
         this.end(session, c, 'TUN_ERR_TOKEN_REVOKED', `token ${c.token.tokenId} was revoked`);
       }
     }
+  }
+
+  private refused(refusal: AgentRefusal): void {
+    this.o.metrics.agentRefusals.inc({ code: refusal.code });
+    this.o.onRefusal?.(refusal);
   }
 
   private checkCapacity(clusterId: string): void {
@@ -175,7 +191,13 @@ export class AgentEndpoint {
       maxInboundStreams: 1,
       maxBufferedBytes: this.o.maxSessionBufferedBytes,
     });
-    const connected: Connected = { token, expiryTimer: undefined, control: undefined, agent: undefined };
+    const connected: Connected = {
+      token,
+      remoteAddress,
+      expiryTimer: undefined,
+      control: undefined,
+      agent: undefined,
+    };
     this.sessions.set(session, connected);
     const { clusterId } = token;
     this.perCluster.set(clusterId, (this.perCluster.get(clusterId) ?? 0) + 1);
@@ -198,7 +220,7 @@ export class AgentEndpoint {
       const e =
         session.failureReason ??
         (err instanceof TunnelError ? err : new TunnelError('TUN_ERR_PROTOCOL', String(err)));
-      this.o.metrics.agentRefusals.inc({ code: e.code });
+      this.refused({ code: e.code, remoteAddress, clusterId });
       this.o.log.warn(
         { clusterId, remoteAddress, code: e.code, err: e.message },
         'agent registration failed',
@@ -225,7 +247,7 @@ export class AgentEndpoint {
    */
   private end(session: YamuxSession, c: Connected, code: ErrorCode, message: string): void {
     if (session.isClosed) return;
-    this.o.metrics.agentRefusals.inc({ code });
+    this.refused({ code, remoteAddress: c.remoteAddress, clusterId: c.token.clusterId });
     this.o.log.warn(
       { clusterId: c.token.clusterId, tokenId: c.token.tokenId, agentId: c.agent?.identity.agentId, code },
       'agent session ended',

@@ -16,7 +16,7 @@ import tls from 'node:tls';
 import { TunnelError, routeLabelOfHost, systemClock } from '@cluster-tunnel/protocol';
 import type { Logger } from '@cluster-tunnel/config';
 import { AdminServer } from './admin-server.js';
-import { AgentEndpoint } from './agent-endpoint.js';
+import { AgentEndpoint, type AgentRefusal } from './agent-endpoint.js';
 import { AgentRegistry } from './agent-registry.js';
 import { CA_FILES, CertificateAuthority } from './certificate-authority.js';
 import { readClientHello } from './client-hello.js';
@@ -58,13 +58,13 @@ export interface ServerStatus {
   modes: Record<string, unknown>;
 }
 
-/** An agent's routes became routable here ('registered'), or stopped being ('left'). */
-export interface AgentEvent {
-  type: 'registered' | 'left';
-  agentId: string;
-  clusterId: string;
-  routes: readonly string[];
-}
+/**
+ * An agent's routes became routable here ('registered') or stopped being ('left'), or an agent
+ * was refused (at the upgrade, at registration) or ended for a reason of its own ('refused').
+ */
+export type AgentEvent =
+  | { type: 'registered' | 'left'; agentId: string; clusterId: string; routes: readonly string[] }
+  | ({ type: 'refused' } & AgentRefusal);
 
 /** The events a TunnelServer emits, with their arguments. */
 export interface TunnelServerEvents {
@@ -111,7 +111,7 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
       openRouteStream: (request) => this.openRouteStream(request),
     };
     this.modes = Object.values(ROUTE_MODES).map((create) => create(context));
-    const agentEvent = (type: AgentEvent['type'], a: RegisteredAgent): AgentEvent => ({
+    const agentEvent = (type: 'registered' | 'left', a: RegisteredAgent): AgentEvent => ({
       type,
       agentId: a.identity.agentId,
       clusterId: a.identity.clusterId,
@@ -150,6 +150,7 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
       registry: this.registry,
       metrics: this.metrics,
       log: this.log,
+      onRefusal: (refusal) => this.emit('agent', { type: 'refused', ...refusal }),
     });
     this.ownNameServer = new OwnNameServer({
       secureContext,

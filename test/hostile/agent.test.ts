@@ -23,7 +23,7 @@ import {
   writeTokenFile,
   type ServerHandle,
 } from '../helpers/tunnel.js';
-import { keyIdOf } from '../../packages/server/src/token-issuer.js';
+import { keyIdOf } from '../../packages/server/src/token-format.js';
 
 const MiB = 1024 * 1024;
 

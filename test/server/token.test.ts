@@ -17,11 +17,11 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { SignJWT, decodeJwt, decodeProtectedHeader, jwtVerify } from 'jose';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { keyIdOf } from '../../packages/server/src/token-format.js';
 import {
   SIGNING_KEY_FILES,
   createToken,
   loadOrCreateSigningKeyPair,
-  keyIdOf,
 } from '../../packages/server/src/token-issuer.js';
 import { TokenVerifier, parseRevocations } from '../../packages/server/src/token-verifier.js';
 import type { TokenVerifierOptions } from '../../packages/server/src/token-verifier.js';

@@ -1,4 +1,4 @@
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -6,15 +6,7 @@ import { SignJWT } from 'jose';
 import { CLUSTER_ID_PATTERN, TunnelError, isValidClusterId } from '@cluster-tunnel/protocol';
 import { isDnsName } from '@cluster-tunnel/config';
 import { readOptional, writeAtomic } from './data-file.js';
-
-/** The `iss` claim of every agent token. */
-export const TOKEN_ISSUER = 'cluster-tunnel';
-/** The only signature algorithm tokens use or verifiers accept (Ed25519). */
-export const TOKEN_ALGORITHM = 'EdDSA';
-/** Cluster ids are defined with route labels (route-name.ts): no '-', so labels are unambiguous. */
-export { CLUSTER_ID_PATTERN } from '@cluster-tunnel/protocol';
-/** The `sub` claim is this prefix followed by the cluster id. */
-export const TOKEN_SUBJECT_PREFIX = 'cluster:';
+import { TOKEN_ALGORITHM, TOKEN_ISSUER, TOKEN_SUBJECT_PREFIX, keyIdOf } from './token-format.js';
 
 export const SIGNING_KEY_FILES = {
   /** PKCS#8 PEM, mode 0600. */
@@ -43,20 +35,6 @@ export interface CreateTokenOptions {
   ttlMs: number;
   /** Epoch milliseconds; injectable for tests. */
   now?: () => number;
-}
-
-/**
- * The `kid` of a key: base64url of the first 8 bytes of SHA-256 over the raw 32-byte Ed25519
- * public key, so issuer and verifier derive the same id from either half of the pair.
- */
-export function keyIdOf(key: KeyObject): string {
-  const publicKey = key.type === 'private' ? createPublicKey(key) : key;
-  const jwk = publicKey.export({ format: 'jwk' });
-  if (jwk.kty !== 'OKP' || jwk.crv !== 'Ed25519' || typeof jwk.x !== 'string') {
-    throw new TunnelError('TUN_ERR_CONFIG', 'token signing keys must be Ed25519');
-  }
-  const raw = Buffer.from(jwk.x, 'base64url');
-  return createHash('sha256').update(raw).digest().subarray(0, 8).toString('base64url');
 }
 
 /** Parses an Ed25519 private key PEM; anything else is TUN_ERR_CONFIG. */

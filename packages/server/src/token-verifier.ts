@@ -3,15 +3,9 @@ import type { KeyObject } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { decodeProtectedHeader, errors as joseErrors, jwtVerify } from 'jose';
 import type { JWTPayload, ProtectedHeaderParameters } from 'jose';
-import { TunnelError, systemClock } from '@cluster-tunnel/protocol';
+import { CLUSTER_ID_PATTERN, TunnelError, systemClock } from '@cluster-tunnel/protocol';
 import type { Clock } from '@cluster-tunnel/protocol';
-import {
-  CLUSTER_ID_PATTERN,
-  TOKEN_ALGORITHM,
-  TOKEN_ISSUER,
-  TOKEN_SUBJECT_PREFIX,
-  keyIdOf,
-} from './token-issuer.js';
+import { TOKEN_ALGORITHM, TOKEN_ISSUER, TOKEN_SUBJECT_PREFIX, keyIdOf } from './token-format.js';
 
 /** Longer than any token we issue by far; refuse before parsing anything bigger. */
 const MAX_TOKEN_CHARS = 4096;

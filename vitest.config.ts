@@ -21,6 +21,8 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 30_000,
     pool: 'forks',
+    // A test that asserts nothing fails: it cannot pass by returning early.
+    expect: { requireAssertions: true },
     maxWorkers: 2,
     reporters: ['default'],
     projects: [

@@ -42,7 +42,7 @@ export class UserForwarder {
     for (const agent of o.registry.candidates(label)) {
       let stream: YamuxStream;
       try {
-        stream = agent.openUserStream(label, remoteAddress);
+        stream = agent.openStream({ type: 'route', route: label, remoteAddress });
       } catch (err) {
         lastError = err as TunnelError;
         continue;

@@ -6,7 +6,8 @@
  *
  * - only TunnelErrors with a known code come out, and a decoder that threw throws the same
  *   error again;
- * - the same bytes give the same result whole or split anywhere (split invariance);
+ * - the same bytes give the same result whole or split anywhere (split invariance), and a
+ *   prefix reader leaves the same bytes after what it read;
  * - a session fed anything ends with a coded error or carries on, never throws, and holds a
  *   bounded amount of memory.
  */
@@ -171,21 +172,36 @@ const controlSeeds = [
     agentId: 'agent-1',
     agentVersion: '0.1.0',
     routes: ['cluster-u1', 'cluster-u1-db'],
+    capabilities: ['typed-stream-header', 'from-the-future'],
   }),
   encodeControlMessage({
     type: 'registered',
     serverId: 'server-1',
     hostnames: ['cluster-u1.proxy.localhost'],
     serverCount: 3,
+    capabilities: ['typed-stream-header'],
   }),
   encodeControlMessage({ type: 'error', code: 'TUN_ERR_ROUTE_FORBIDDEN', message: 'no' }),
 ];
 
+const userStream = { type: 'route', route: 'cluster-u1', remoteAddress: '203.0.113.9:40000' };
 const streamSeeds = [
+  Buffer.concat([encodeStreamHeader(userStream, 1), Buffer.from('after')]),
+  Buffer.concat([encodeStreamHeader(userStream, 2), Buffer.from('after')]),
   Buffer.concat([
-    encodeStreamHeader({ route: 'cluster-u1', remoteAddress: '203.0.113.9:40000' }),
+    encodeStreamHeader(
+      { ...userStream, metadata: { sni: 'cluster-u1.proxy.localhost', 'trace-id': 'ä1b2' } },
+      2,
+    ),
     Buffer.from('after'),
   ]),
+  encodeStreamHeader(
+    {
+      ...userStream,
+      metadata: Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`key-${i}`, 'v'.repeat(40)])),
+    },
+    2,
+  ),
   Buffer.concat([encodeStreamReply({ ok: true }), Buffer.from('after')]),
   encodeStreamReply({ ok: false, code: 'TUN_ERR_DIAL_FAILED', message: 'cannot connect' }),
 ];
@@ -298,16 +314,34 @@ function runClientHello(input, random) {
   return whole === split ? undefined : 'the ClientHello result depends on how the bytes are split';
 }
 
+/** What a prefix reader makes of `pieces`: its value and the bytes left after it, or its error. */
+async function prefixOutcome(read, pieces) {
+  const stream = new PassThrough();
+  for (const piece of pieces) stream.write(piece);
+  stream.end();
+  try {
+    const value = await read(stream, 1_000);
+    const rest = [];
+    if (!stream.readableEnded) {
+      const ended = new Promise((resolve) => stream.once('end', resolve));
+      stream.on('data', (chunk) => rest.push(chunk));
+      stream.resume(); // the reader leaves it paused
+      await ended;
+    }
+    return { outcome: `${JSON.stringify(value)} then ${Buffer.concat(rest).toString('hex')}` };
+  } catch (err) {
+    if (!coded(err)) return { broken: `${read.name} rejected with ${err?.name}: ${err?.message}` };
+    return { outcome: `error ${err.code}: ${err.message}` };
+  }
+}
+
 async function runStreamPrefix(input, random) {
   for (const read of [readStreamHeader, readStreamReply]) {
-    const stream = new PassThrough();
-    for (const piece of splitRandomly(input, random)) stream.write(piece);
-    stream.end();
-    try {
-      await read(stream, 1_000);
-    } catch (err) {
-      if (!coded(err)) return `${read.name} rejected with ${err?.name}: ${err?.message}`;
-    }
+    const whole = await prefixOutcome(read, [input]);
+    if (whole.broken) return whole.broken;
+    const split = await prefixOutcome(read, splitRandomly(input, random));
+    if (split.broken) return split.broken;
+    if (split.outcome !== whole.outcome) return `${read.name}: the result depends on how the bytes are split`;
   }
   return undefined;
 }

@@ -108,6 +108,7 @@ describe('TunnelAgent', () => {
       agentId: 'agent-test',
       agentVersion: AGENT_VERSION,
       routes: ['cluster-u1', 'cluster-u1-greeter', 'cluster-u1-dead'],
+      capabilities: ['typed-stream-header'],
     });
     expect(peer.upgrades.map((u) => u.token)).toEqual([token]);
     expect((await registered)[0]).toEqual({
@@ -115,7 +116,8 @@ describe('TunnelAgent', () => {
       hostnames: [`cluster-u1.${DOMAIN}`, `cluster-u1-greeter.${DOMAIN}`, `cluster-u1-dead.${DOMAIN}`],
     });
     const line = await until(() => logs.find('agent registered')[0], 'the registered log line');
-    expect(line).toMatchObject({ level: LEVEL.info, serverId: 'peer-1' });
+    // The peer's `registered` announces no capabilities, as an older server's: none negotiated.
+    expect(line).toMatchObject({ level: LEVEL.info, serverId: 'peer-1', capabilities: [] });
     expect(agent.servers.map((s) => s.serverId)).toEqual(['peer-1']);
     expect(await httpGet(healthPort, '/healthz')).toBe(200);
     expect(await httpGet(healthPort, '/nope')).toBe(404);

@@ -72,7 +72,12 @@ export class PeerSession {
   ): Promise<{ stream: YamuxStream; reply: StreamReply }> {
     const stream = this.session.open();
     stream.on('error', () => undefined); // RST after a refusal is expected
-    stream.write(Buffer.concat([encodeStreamHeader({ route, remoteAddress: USER_ADDRESS }), firstBytes]));
+    stream.write(
+      Buffer.concat([
+        encodeStreamHeader({ type: 'route', route, remoteAddress: USER_ADDRESS }, 1),
+        firstBytes,
+      ]),
+    );
     const reply = await readStreamReply(stream, 5_000);
     return { stream, reply };
   }

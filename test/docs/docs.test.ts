@@ -5,14 +5,20 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import {
+  CAPABILITIES,
   CONTROL_MESSAGES,
   DEFAULT_SESSION_OPTIONS,
   ERROR_CODES,
+  MAX_CAPABILITIES,
+  MAX_STREAM_METADATA_BYTES,
+  MAX_STREAM_METADATA_ENTRIES,
   MAX_UNSENT_REPLIES,
   Flag,
   FrameType,
   GoAwayCode,
+  STREAM_HEADER_VERSIONS,
   STREAM_STATUS,
+  STREAM_TYPES,
   encodeHeader,
   encodeStreamHeader,
   encodeStreamReply,
@@ -120,6 +126,18 @@ describe('docs/PROTOCOL.md', () => {
     expect(hasRow(rows, name, [String(value)])).toBe(true);
   });
 
+  it.each(Object.entries(STREAM_TYPES))('lists stream type %s with its value %i', (name, value) => {
+    expect(hasRow(rows, name, [String(value)])).toBe(true);
+  });
+
+  it.each(Object.entries(STREAM_HEADER_VERSIONS))('lists stream header version %s with its value %i', (name, value) => {
+    expect(hasRow(rows, name, [String(value)])).toBe(true);
+  });
+
+  it.each(Object.values(CAPABILITIES))('describes the capability %s in a table row', (name) => {
+    expect(rows.some((row) => unquote(row[0] ?? '') === name)).toBe(true);
+  });
+
   it('shows byte examples that are what the encoders produce', () => {
     const dataFrame = Buffer.concat([encodeHeader(FrameType.Data, 0, 1, 5), Buffer.from('hello')]);
     expect(doc).toContain(hex(dataFrame));
@@ -127,7 +145,9 @@ describe('docs/PROTOCOL.md', () => {
     expect(doc).toContain(hex(encodeHeader(FrameType.WindowUpdate, Flag.ACK, 2, 128 * 1024)));
     expect(doc).toContain(hex(encodeHeader(FrameType.Ping, Flag.SYN, 0, 1)));
     expect(doc).toContain(hex(encodeHeader(FrameType.GoAway, 0, 0, GoAwayCode.Normal)));
-    expect(doc).toContain(hex(encodeStreamHeader({ route: 'cluster-u1', remoteAddress: '203.0.113.9:51234' })));
+    const user = { type: 'route', route: 'cluster-u1', remoteAddress: '203.0.113.9:51234' } as const;
+    expect(doc).toContain(hex(encodeStreamHeader(user, 1)));
+    expect(doc).toContain(hex(encodeStreamHeader({ ...user, metadata: { sni: 'cluster-u1.example' } }, 2)));
     expect(doc).toContain(hex(encodeStreamReply({ ok: true })));
     const refused = encodeStreamReply({
       ok: false,
@@ -172,6 +192,15 @@ describe('docs/SECURITY.md', () => {
   });
   it.each([...limitNames])('lists details.limit %s in a limits table', (name) => {
     expect(mentioned(name)).toBe(true);
+  });
+  it.each([
+    ['MAX_STREAM_METADATA_ENTRIES', MAX_STREAM_METADATA_ENTRIES],
+    ['MAX_STREAM_METADATA_BYTES', MAX_STREAM_METADATA_BYTES],
+    ['MAX_CAPABILITIES', MAX_CAPABILITIES],
+  ])('lists %s with its value', (name, value) => {
+    expect(rows.some((r) => r.some((c) => c.includes(name)) && r.some((c) => c.includes(String(value))))).toBe(
+      true,
+    );
   });
   it('lists MAX_UNSENT_REPLIES with its value', () => {
     expect(mentioned('MAX_UNSENT_REPLIES')).toBe(true);

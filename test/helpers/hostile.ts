@@ -18,14 +18,18 @@ import {
   encodeControlMessage,
   encodeHeader,
   type ControlMessage,
+  type RegisterMessage,
 } from '@cluster-tunnel/protocol';
 import { onTestFinished } from 'vitest';
 import { runKubectl } from './kubectl.js';
 import { pollUntil } from './streams.js';
 import type { ServerHandle } from './tunnel.js';
 
+/** Where a raw agent dials: a spawned server (ServerHandle) or one in the test's own process. */
+export type AgentTarget = Pick<ServerHandle, 'url' | 'caFile'>;
+
 /** A WebSocket to the server's /connect, accepted with `token`, before any yamux. */
-export async function dialRaw(server: ServerHandle, token: string): Promise<Duplex> {
+export async function dialRaw(server: AgentTarget, token: string): Promise<Duplex> {
   const dialed = await dial({
     server: server.url,
     token,
@@ -65,12 +69,14 @@ export const frames = {
 
 /**
  * A registered agent whose yamux session is ours (a real YamuxSession over dialRaw's WebSocket),
- * so a test can misbehave after registration by writing raw frames to `ws` next to it.
+ * so a test can misbehave after registration by writing raw frames to `ws` next to it. Its
+ * `register` is an agent's of the first release (no capabilities) unless `fields` say otherwise.
  */
 export async function registerRaw(
-  server: ServerHandle,
+  server: AgentTarget,
   token: string,
   routes: string[],
+  fields: Partial<Omit<RegisterMessage, 'type'>> = {},
 ): Promise<{ ws: Duplex; session: YamuxSession; control: ControlChannel; registered: ControlMessage }> {
   const ws = await dialRaw(server, token);
   const session = new YamuxSession(ws, { role: 'client', keepaliveIntervalMs: 0 });
@@ -84,6 +90,7 @@ export async function registerRaw(
     agentId: 'hostile',
     agentVersion: '0.1.0',
     routes,
+    ...fields,
   });
   return { ws, session, control, registered: await answer };
 }

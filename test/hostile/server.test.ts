@@ -81,7 +81,7 @@ describe('a hostile server in front of a real agent', () => {
       expect(reply).toMatchObject({ ok: false, code: 'TUN_ERR_UNKNOWN_ROUTE' });
     }
     const resetOutright = [
-      header(2, 'cluster-u1'), // an unknown header version
+      header(3, 'cluster-u1'), // an unknown header version (1 and 2 are known)
       Buffer.from([1, 0]), // an empty label
     ];
     for (const bytes of resetOutright) {

@@ -1,10 +1,16 @@
 /**
- * Control messages (control.ts) against peers that send what the validators do not expect. Each
- * case here is a regression found by a fuzzer (names every object inherits, and objects where a
- * string was expected).
+ * Control messages (control.ts) against peers that send what the validators do not expect: the
+ * bounds of `capabilities`, and regressions found by a fuzzer (names every object inherits, and
+ * objects where a string was expected).
  */
 import { describe, expect, it } from 'vitest';
-import { TunnelError, decodeControlMessage } from '@cluster-tunnel/protocol';
+import {
+  CAPABILITIES,
+  MAX_CAPABILITIES,
+  TunnelError,
+  decodeControlMessage,
+  negotiateCapabilities,
+} from '@cluster-tunnel/protocol';
 
 const INHERITED = ['toString', 'hasOwnProperty', '__proto__', 'constructor', 'valueOf', 'isPrototypeOf'];
 
@@ -43,5 +49,52 @@ describe('decodeControlMessage', () => {
       code: 'TUN_ERR_BAD_CONTROL_MESSAGE',
       message: 'unknown control message type {"toString":2}',
     });
+  });
+});
+
+describe('capabilities in register and registered', () => {
+  const register = { type: 'register', protocolVersion: 1, agentId: 'a', agentVersion: '0.1.0', routes: [] };
+  const registered = { type: 'registered', serverId: 's', hostnames: [] };
+
+  it.each([register, registered])('accepts $type without capabilities (an older peer)', (m) => {
+    expect(decodeControlMessage(Buffer.from(JSON.stringify(m)))).toEqual(m);
+  });
+
+  it.each([register, registered])('accepts $type with names it does not know, up to the bound', (m) => {
+    const capabilities = [
+      'typed-stream-header',
+      'from-the-future',
+      ...Array.from({ length: MAX_CAPABILITIES - 2 }, (_, i) => `x${i}`),
+    ];
+    const decoded = decodeControlMessage(Buffer.from(JSON.stringify({ ...m, capabilities })));
+    expect(decoded).toMatchObject({ capabilities });
+  });
+
+  it.each([
+    ['33 names', Array.from({ length: MAX_CAPABILITIES + 1 }, (_, i) => `x${i}`)],
+    ['a name with upper case', ['Typed-Stream-Header']],
+    ['a name of 33 characters', ['a'.repeat(33)]],
+    ['an empty name', ['']],
+    ['a name starting with -', ['-x']],
+    ['a name that is not a string', [7]],
+    ['a string instead of a list', 'typed-stream-header'],
+    ['null', null],
+  ])('refuses capabilities that are %s with TUN_ERR_BAD_CONTROL_MESSAGE', (_what, capabilities) => {
+    for (const m of [register, registered]) {
+      const err = refusal(JSON.stringify({ ...m, capabilities }));
+      expect(err).toBeInstanceOf(TunnelError);
+      expect(err).toMatchObject({
+        code: 'TUN_ERR_BAD_CONTROL_MESSAGE',
+        message: expect.stringMatching(/capabilities/),
+      });
+    }
+  });
+
+  it('negotiates the names both sides know: unknown ones ignored, absent meaning none', () => {
+    expect([...negotiateCapabilities(['from-the-future', CAPABILITIES.typedStreamHeader])]).toEqual([
+      'typed-stream-header',
+    ]);
+    expect(negotiateCapabilities(['from-the-future']).size).toBe(0);
+    expect(negotiateCapabilities(undefined).size).toBe(0);
   });
 });

@@ -17,6 +17,7 @@ import {
   readStreamHeader,
   readStreamReply,
   type ControlMessage,
+  type StreamHeader,
 } from '@cluster-tunnel/protocol';
 import { readToEnd } from '../helpers/streams.js';
 
@@ -137,19 +138,31 @@ describe('user stream header and reply', () => {
     expect((await readToEnd(stream)).toString()).toBe(after.toString());
   });
 
-  it('read any split of header, reply and payload into the same values and the same bytes after them (property)', async () => {
+  it('read any split of header (either version), reply and payload into the same values and the same bytes after them (property)', async () => {
+    const metadata = fc.dictionary(
+      fc.stringMatching(/^[a-z0-9][a-z0-9-]{0,31}$/),
+      fc.string({ maxLength: 20 }),
+      {
+        maxKeys: 8,
+        noNullPrototype: true,
+      },
+    );
     await fc.assert(
       fc.asyncProperty(
+        fc.constantFrom(1 as const, 2 as const),
         fc.stringMatching(/^[a-z0-9-]{1,63}$/),
         fc.stringMatching(/^[0-9.:]{0,40}$/),
+        metadata,
         fc.uint8Array({ maxLength: 200 }),
         fc.array(fc.nat(), { maxLength: 20 }),
-        async (route, remoteAddress, payload, cuts) => {
-          const header = encodeStreamHeader({ route, remoteAddress });
+        async (version, route, remoteAddress, entries, payload, cuts) => {
+          const sent: StreamHeader = { type: 'route', route, remoteAddress };
+          if (version === 2 && Object.keys(entries).length > 0) sent.metadata = entries;
+          const header = encodeStreamHeader(sent, version);
           const ok = encodeStreamReply({ ok: true });
           const bytes = Buffer.concat([header, ok, Buffer.from(payload)]);
           const stream = fed(bytes, cuts);
-          expect(await readStreamHeader(stream, 5_000)).toEqual({ route, remoteAddress });
+          expect(await readStreamHeader(stream, 5_000)).toEqual(sent);
           stream.resume(); // each reader leaves the stream paused
           expect(await readStreamReply(stream, 5_000)).toEqual({ ok: true });
           stream.resume();
@@ -158,7 +171,7 @@ describe('user stream header and reply', () => {
           expect(rest.equals(Buffer.from(payload))).toBe(true);
         },
       ),
-      { numRuns: 100 },
+      { numRuns: 200 },
     );
   });
 });

@@ -1,8 +1,10 @@
 /**
- * One user connection: a stream the server opened, carrying a stream header (route label, user
- * address) and then raw bytes. The agent looks the label up in its own route table, dials the
- * configured target (or takes a spare connection to it, target-dialer.ts), answers with a
- * one-frame reply and splices the two byte streams:
+ * One stream the server opened: a stream header (type, route label, user address, metadata),
+ * then what the type says. The header's type picks the handler from STREAM_HANDLERS; a type this
+ * agent does not know is refused with a coded reply (TUN_ERR_UNKNOWN_STREAM_TYPE) and the
+ * session goes on. Today every stream is a `route` stream, a user connection: the agent looks
+ * the label up in its own route table, dials the configured target (or takes a spare connection
+ * to it, target-dialer.ts), answers with a one-frame reply and splices the two byte streams:
  *
  * - bytes that arrive before the dial completes wait in the stream (readStreamHeader leaves it
  *   paused), held back by the yamux window, and go to the target before the reply is written;
@@ -11,8 +13,14 @@
  */
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { TunnelError, encodeStreamReply, readStreamHeader, spliceBytes } from '@cluster-tunnel/protocol';
-import type { ErrorCode, StreamHeader } from '@cluster-tunnel/protocol';
+import {
+  TunnelError,
+  encodeStreamReply,
+  isTunnelError,
+  readStreamHeader,
+  spliceBytes,
+} from '@cluster-tunnel/protocol';
+import type { ErrorCode, StreamHeader, StreamType } from '@cluster-tunnel/protocol';
 import type { Logger } from '@cluster-tunnel/config';
 import type { RouteTable } from './route-table.js';
 import type { TargetDialer } from './target-dialer.js';
@@ -27,6 +35,8 @@ export interface ForwardOptions {
 }
 
 export interface ForwardSummary {
+  /** The stream type, when the header could be read. */
+  type: StreamType | undefined;
   /** The route label, when the header could be read. */
   route: string | undefined;
   outcome: 'closed' | 'reset' | 'refused' | 'bad-header';
@@ -37,43 +47,71 @@ export interface ForwardSummary {
   durationMs: number;
 }
 
-/** Handles one inbound stream to its end; never rejects. */
-export async function forwardStream(stream: Duplex, options: ForwardOptions): Promise<ForwardSummary> {
-  const startedAt = performance.now();
-  const summary = (route: string | undefined, outcome: ForwardSummary['outcome']): ForwardSummary => ({
-    route,
+/** Serves one stream whose header has been read; never rejects. */
+type StreamHandler = (
+  stream: Duplex,
+  header: StreamHeader,
+  options: ForwardOptions,
+  startedAt: number,
+) => Promise<ForwardSummary>;
+
+function summary(
+  startedAt: number,
+  header: StreamHeader | undefined,
+  outcome: ForwardSummary['outcome'],
+): ForwardSummary {
+  return {
+    type: header?.type,
+    route: header?.route,
     outcome,
     bytesIn: 0,
     bytesOut: 0,
     durationMs: Math.round(performance.now() - startedAt),
-  });
+  };
+}
+
+/** Handles one inbound stream to its end; never rejects. */
+export async function forwardStream(stream: Duplex, options: ForwardOptions): Promise<ForwardSummary> {
+  const startedAt = performance.now();
   // A write to a stream the peer already reset fails with 'error': it must never crash the agent.
   stream.on('error', ignoreError);
   let header: StreamHeader;
   try {
     header = await readStreamHeader(stream, options.headerTimeoutMs);
   } catch (err) {
+    if (isTunnelError(err, 'TUN_ERR_UNKNOWN_STREAM_TYPE')) {
+      // A newer server's stream this agent cannot serve: say why, and only this stream ends.
+      options.logger.warn({ code: err.code, err: err.message }, 'unknown stream type');
+      refuse(stream, err.code, err.message);
+      return summary(startedAt, undefined, 'refused');
+    }
     options.logger.warn({ err }, 'bad stream header');
     stream.destroy();
-    return summary(undefined, 'bad-header');
+    return summary(startedAt, undefined, 'bad-header');
   }
+  return STREAM_HANDLERS[header.type](stream, header, options, startedAt);
+}
+
+/** A user connection for a route: dial the route's target, reply, splice. */
+const forwardRoute: StreamHandler = async (stream, header, options, startedAt) => {
   // Fields on each line rather than a child logger: pino builds (and redacts) a child's
   // bindings at once, a cost per user connection even when nothing is logged (bench S4).
   const log = options.logger;
-  const who = { route: header.route, remoteAddress: header.remoteAddress };
+  const { route, remoteAddress, metadata } = header;
+  const who = metadata ? { route, remoteAddress, metadata } : { route, remoteAddress };
   const entry = options.routes.lookup(header.route);
   if (entry === undefined) {
     // The server asked for something this agent does not serve: refuse, never guess a target.
     log.warn(who, 'route not configured');
     refuse(stream, 'TUN_ERR_UNKNOWN_ROUTE', `this agent serves no route ${header.route}`);
-    return summary(header.route, 'refused');
+    return summary(startedAt, header, 'refused');
   }
   const dialed = await options.dialer.dial(entry).catch((err: NodeJS.ErrnoException) => err);
   if (dialed instanceof Error) {
     const errno = dialed.code ?? 'EUNKNOWN';
     log.warn({ ...who, target: entry.target, errno }, 'target dial failed');
     refuse(stream, 'TUN_ERR_DIAL_FAILED', `cannot connect to ${entry.target}: ${errno}`);
-    return summary(header.route, 'refused');
+    return summary(startedAt, header, 'refused');
   }
   const { socket, spare } = dialed;
   if (log.isLevelEnabled('debug')) {
@@ -84,11 +122,11 @@ export async function forwardStream(stream: Duplex, options: ForwardOptions): Pr
     // The user (or the session) gave up while we dialed.
     socket.destroy();
     log.debug(who, 'user connection gone before the target answered');
-    return summary(header.route, 'reset');
+    return summary(startedAt, header, 'reset');
   }
   const result = await splice(stream, socket, encodeStreamReply({ ok: true }));
   const closed: ForwardSummary = {
-    ...summary(header.route, result.reset ? 'reset' : 'closed'),
+    ...summary(startedAt, header, result.reset ? 'reset' : 'closed'),
     bytesIn: socket.bytesWritten,
     bytesOut: socket.bytesRead,
   };
@@ -98,7 +136,12 @@ export async function forwardStream(stream: Duplex, options: ForwardOptions): Pr
     'user connection closed',
   );
   return closed;
-}
+};
+
+/** What the agent does with each stream type (STREAM_TYPES): a new type is one handler here. */
+const STREAM_HANDLERS: { readonly [T in StreamType]: StreamHandler } = {
+  route: forwardRoute,
+};
 
 function ignoreError(): void {}
 

@@ -10,12 +10,14 @@ import type { Duplex } from 'node:stream';
 import {
   CONTROL_PROTOCOL_VERSION,
   ControlChannel,
+  SUPPORTED_CAPABILITIES,
   TunnelError,
   YamuxSession,
   createWebSocketDuplex,
+  negotiateCapabilities,
   systemClock,
 } from '@cluster-tunnel/protocol';
-import type { ControlMessage, RegisteredMessage, YamuxStream } from '@cluster-tunnel/protocol';
+import type { Capability, ControlMessage, RegisteredMessage, YamuxStream } from '@cluster-tunnel/protocol';
 import type { Logger } from '@cluster-tunnel/config';
 import { forwardStream } from './forward.js';
 import type { RouteTable } from './route-table.js';
@@ -50,6 +52,7 @@ export class ServerSession extends EventEmitter {
   private readonly dialer: TargetDialer;
   private log: Logger;
   private registration: RegisteredMessage | undefined;
+  private negotiated: ReadonlySet<Capability> = new Set();
   private closePromise: Promise<void> | undefined;
   private activeStreams = 0;
   /** Set once the session is gone; why, if it failed. */
@@ -92,6 +95,15 @@ export class ServerSession extends EventEmitter {
     return this.registration?.hostnames ?? [];
   }
 
+  /**
+   * The capabilities both sides speak: ours that the server's `registered` announced (none from
+   * an older server, none before registration). Streams are read whatever was negotiated: the
+   * stream header says its own version.
+   */
+  get capabilities(): ReadonlySet<Capability> {
+    return this.negotiated;
+  }
+
   /** Registered, and neither side has said GoAway: the server may route new streams here. */
   get isServing(): boolean {
     return this.registration !== undefined && this.ended === undefined && !this.session.isGoingAway;
@@ -119,6 +131,7 @@ export class ServerSession extends EventEmitter {
       agentId,
       agentVersion,
       routes: routes.labels,
+      capabilities: [...SUPPORTED_CAPABILITIES],
     });
     let message;
     try {
@@ -136,6 +149,8 @@ export class ServerSession extends EventEmitter {
       throw new TunnelError('TUN_ERR_BAD_CONTROL_MESSAGE', `expected registered, got ${message.type}`);
     }
     this.registration = message;
+    // Names this agent does not know are ignored: that is how newer servers work with it.
+    this.negotiated = negotiateCapabilities(message.capabilities);
     this.log = this.log.child({ serverId: message.serverId });
     this.session.on('stream', this.onStream);
     return message;

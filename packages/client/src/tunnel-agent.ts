@@ -216,7 +216,8 @@ export class TunnelAgent extends EventEmitter {
       if (other !== session && other.isServing && other.serverId === serverId) return 'duplicate';
     }
     const upSince = this.clock.now();
-    slot.log.info({ serverId, serverCount, hostnames }, 'agent registered');
+    const capabilities = [...session.capabilities];
+    slot.log.info({ serverId, serverCount, hostnames, capabilities }, 'agent registered');
     this.emit('registered', { serverId, hostnames } satisfies AgentRegisteredEvent);
     void session.whenClosed().then((err) => {
       const upMs = Math.round(this.clock.now() - upSince);

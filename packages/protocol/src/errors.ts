@@ -62,6 +62,10 @@ export const ERROR_CODES = {
     summary: 'the agent has no target configured for the route name',
   },
   TUN_ERR_DIAL_FAILED: { retryable: true, summary: 'the agent could not connect to the route target' },
+  TUN_ERR_UNKNOWN_STREAM_TYPE: {
+    retryable: false,
+    summary: 'the agent does not know the stream type the server asked for',
+  },
   // Configuration.
   TUN_ERR_CONFIG: { retryable: false, summary: 'the configuration is invalid (all problems are listed)' },
 } as const;

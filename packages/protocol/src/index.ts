@@ -32,6 +32,7 @@ export {
   checkUpgradeResponse,
 } from './websocket/handshake.js';
 export * from './tunnel/route-name.js';
+export * from './tunnel/capabilities.js';
 export * from './tunnel/control.js';
 export * from './tunnel/stream-header.js';
 export * from './tunnel/splice.js';

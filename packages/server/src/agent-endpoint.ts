@@ -3,12 +3,15 @@ import type { Duplex } from 'node:stream';
 import {
   CONTROL_PROTOCOL_VERSION,
   ControlChannel,
+  MIN_PROTOCOL_VERSION,
+  SUPPORTED_CAPABILITIES,
   TunnelError,
   WEBSOCKET_VERSION,
   YamuxSession,
   checkUpgradeRequest,
   clusterOfLabel,
   createWebSocketDuplex,
+  negotiateCapabilities,
   upgradeResponseHead,
   type ControlMessage,
   type ErrorCode,
@@ -285,10 +288,15 @@ export class AgentEndpoint {
     if (message.type !== 'register')
       fail('TUN_ERR_BAD_CONTROL_MESSAGE', `expected register, got ${message.type}`);
     if (message.type !== 'register') return; // narrowing only
-    if (message.protocolVersion !== CONTROL_PROTOCOL_VERSION) {
+    // A major version this server speaks; what differs within one is negotiated (capabilities).
+    const { protocolVersion } = message;
+    if (protocolVersion < MIN_PROTOCOL_VERSION || protocolVersion > CONTROL_PROTOCOL_VERSION) {
       fail(
         'TUN_ERR_UNSUPPORTED_VERSION',
-        `protocol version ${message.protocolVersion} is not ${CONTROL_PROTOCOL_VERSION}`,
+        // An agent announces one version: its range is that version alone.
+        `the agent speaks protocol versions ${protocolVersion}-${protocolVersion}, ` +
+          `this server ${MIN_PROTOCOL_VERSION}-${CONTROL_PROTOCOL_VERSION}: ` +
+          (protocolVersion > CONTROL_PROTOCOL_VERSION ? 'upgrade the server' : 'upgrade the agent'),
       );
     }
     const labels = [...new Set(message.routes.map((r) => r.toLowerCase()))];
@@ -308,7 +316,9 @@ export class AgentEndpoint {
       tokenExpiresAt: token.expiresAt,
       remoteAddress,
     };
-    const agent = new RegisteredAgent(identity, session, labels);
+    // Names this server does not know are ignored: that is how newer agents work with it.
+    const capabilities = negotiateCapabilities(message.capabilities);
+    const agent = new RegisteredAgent(identity, session, labels, capabilities);
     c.agent = agent;
     const log = this.o.log.child({ agentId: identity.agentId, clusterId: identity.clusterId });
     // The control stream lives as long as the session: the agent ending it is leaving.
@@ -328,8 +338,12 @@ export class AgentEndpoint {
       serverId: this.o.serverId,
       hostnames,
       serverCount: this.o.serverCount,
+      capabilities: [...SUPPORTED_CAPABILITIES],
     });
-    log.info({ hostnames, remoteAddress, agentVersion: identity.agentVersion }, 'agent connected');
+    log.info(
+      { hostnames, remoteAddress, agentVersion: identity.agentVersion, capabilities: [...capabilities] },
+      'agent connected',
+    );
     session.once('close', (err?: TunnelError) => {
       this.o.registry.remove(agent);
       this.o.metrics.agentsConnected.dec();

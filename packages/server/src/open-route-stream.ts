@@ -5,16 +5,20 @@
  * a leaving, failing or refusing agent is skipped; only when every one failed does the caller
  * get an error, the last agent's (or TUN_ERR_NO_ROUTE when none holds the route).
  */
-import { TunnelError, readStreamReply, type YamuxStream } from '@cluster-tunnel/protocol';
+import { TunnelError, readStreamReply, type StreamType, type YamuxStream } from '@cluster-tunnel/protocol';
 import type { Logger } from '@cluster-tunnel/config';
 import type { AgentRegistry } from './agent-registry.js';
 import type { RegisteredAgent } from './registered-agent.js';
 
 export interface RouteStreamRequest {
+  /** What the stream is for (the typed stream header); default `route`, raw bytes to the target. */
+  type?: StreamType;
   /** Hostname label of the route, e.g. `cluster-u1`. */
   route: string;
   /** The user's `ip:port`, for the agent's logs. */
   remoteAddress: string;
+  /** Small key/value facts for the agent (stream-header.ts limits); agents without the typed header get none. */
+  metadata?: Readonly<Record<string, string>>;
   /** Bytes the mode read from the user before it knew the route; sent right behind the header. */
   firstBytes?: Buffer | undefined;
 }
@@ -37,11 +41,12 @@ export async function openRouteStream(
   request: RouteStreamRequest,
 ): Promise<RouteStream> {
   const { route, remoteAddress, firstBytes } = request;
+  const header = { type: request.type ?? 'route', route, remoteAddress, metadata: request.metadata };
   let lastError: TunnelError | undefined;
   for (const agent of o.registry.candidates(route)) {
     let stream: YamuxStream;
     try {
-      stream = agent.openUserStream(route, remoteAddress);
+      stream = agent.openStream(header);
     } catch (err) {
       lastError = err instanceof TunnelError ? err : new TunnelError('TUN_ERR_SESSION_CLOSED', String(err));
       continue;

@@ -1,5 +1,16 @@
-import type { YamuxSession, YamuxStream } from '@cluster-tunnel/protocol';
-import { encodeStreamHeader } from '@cluster-tunnel/protocol';
+import type {
+  Capability,
+  StreamHeader,
+  StreamHeaderVersion,
+  YamuxSession,
+  YamuxStream,
+} from '@cluster-tunnel/protocol';
+import {
+  CAPABILITIES,
+  STREAM_HEADER_VERSIONS,
+  TunnelError,
+  encodeStreamHeader,
+} from '@cluster-tunnel/protocol';
 
 export interface AgentIdentity {
   /** Chosen by the agent (its pod name); several agents may share a cluster. */
@@ -23,7 +34,16 @@ export class RegisteredAgent {
     readonly session: YamuxSession,
     /** Hostname labels this agent serves. */
     readonly labels: readonly string[],
+    /** What both sides speak, negotiated at registration (agent-endpoint.ts). */
+    readonly capabilities: ReadonlySet<Capability>,
   ) {}
+
+  /** v2 to agents that announced `typed-stream-header`, v1 to the others. */
+  get streamHeaderVersion(): StreamHeaderVersion {
+    return this.capabilities.has(CAPABILITIES.typedStreamHeader)
+      ? STREAM_HEADER_VERSIONS.v2
+      : STREAM_HEADER_VERSIONS.v1;
+  }
 
   get streams(): number {
     return this.activeStreams;
@@ -34,14 +54,29 @@ export class RegisteredAgent {
   }
 
   /**
-   * Opens a user stream and writes its header; the caller writes user bytes next. Throws
-   * TUN_ERR_SESSION_CLOSED when the agent is leaving, so the caller tries another agent.
+   * Opens a stream and writes its header, in the version this agent reads; the caller writes
+   * the stream's bytes next. An agent without `typed-stream-header` gets a v1 header: it can
+   * take only `route` streams (another type throws TUN_ERR_UNKNOWN_STREAM_TYPE, before any
+   * stream is opened) and it is not sent the metadata, which is advisory for route streams.
+   * Throws TUN_ERR_SESSION_CLOSED when the agent is leaving, so the caller tries another agent.
    */
-  openUserStream(route: string, remoteAddress: string): YamuxStream {
+  openStream(header: StreamHeader): YamuxStream {
+    const version = this.streamHeaderVersion;
+    if (version === STREAM_HEADER_VERSIONS.v1 && header.type !== 'route') {
+      throw new TunnelError(
+        'TUN_ERR_UNKNOWN_STREAM_TYPE',
+        `agent ${this.identity.agentId} takes only route streams (it lacks ${CAPABILITIES.typedStreamHeader})`,
+      );
+    }
+    const { type, route, remoteAddress } = header;
+    const bytes = encodeStreamHeader(
+      version === STREAM_HEADER_VERSIONS.v1 ? { type, route, remoteAddress } : header,
+      version,
+    );
     const stream = this.session.open();
     this.activeStreams++;
     stream.once('close', () => this.activeStreams--);
-    stream.write(encodeStreamHeader({ route, remoteAddress }));
+    stream.write(bytes);
     return stream;
   }
 

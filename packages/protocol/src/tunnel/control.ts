@@ -6,9 +6,15 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { ERROR_CODES, TunnelError, type ErrorCode } from '../errors.js';
+import { CAPABILITY_PATTERN, MAX_CAPABILITIES } from './capabilities.js';
 
-/** The control protocol version an agent announces in `register`. */
+/**
+ * The major control protocol version this build speaks, which an agent announces in `register`.
+ * It changes only for what capabilities cannot express (an old peer must then refuse, not guess).
+ */
 export const CONTROL_PROTOCOL_VERSION = 1;
+/** The oldest major version a server accepts in `register`: it accepts MIN..CONTROL_PROTOCOL_VERSION. */
+export const MIN_PROTOCOL_VERSION = 1;
 /** The most replicas a `registered` may announce (its `serverCount`). */
 export const MAX_SERVER_COUNT = 64;
 export const MAX_CONTROL_MESSAGE_BYTES = 64 * 1024;
@@ -27,6 +33,8 @@ export interface RegisterMessage {
   agentVersion: string;
   /** Hostname labels (`cluster-<uid>`, `cluster-<uid>-<name>`) the agent serves. */
   routes: string[];
+  /** Capabilities the agent speaks (capabilities.ts); absent from older agents, meaning none. */
+  capabilities?: string[];
 }
 export interface RegisteredMessage {
   type: 'registered';
@@ -38,6 +46,8 @@ export interface RegisteredMessage {
    * distinct serverId. Always sent by this server; absent from older ones (1–64).
    */
   serverCount?: number;
+  /** Capabilities the server speaks (capabilities.ts); absent from older servers, meaning none. */
+  capabilities?: string[];
 }
 export interface ErrorMessage {
   type: 'error';
@@ -54,6 +64,14 @@ const isString = (v: unknown, max = 253): v is string =>
 const isCount = (v: unknown, max: number): v is number =>
   Number.isInteger(v) && (v as number) >= 1 && (v as number) <= max;
 
+/** Optional everywhere: absent is none. Names we do not know pass (they are ignored later). */
+const badCapabilities = (v: unknown): boolean =>
+  v !== undefined &&
+  (!Array.isArray(v) ||
+    v.length > MAX_CAPABILITIES ||
+    !v.every((c) => typeof c === 'string' && CAPABILITY_PATTERN.test(c)));
+const CAPABILITIES_PROBLEM = `capabilities must be a list of at most ${MAX_CAPABILITIES} names matching ${CAPABILITY_PATTERN.source}`;
+
 /** Every control message type and what makes it well formed. */
 export const CONTROL_MESSAGES: Readonly<Record<ControlMessage['type'], Validator>> = {
   register: (m) =>
@@ -65,7 +83,9 @@ export const CONTROL_MESSAGES: Readonly<Record<ControlMessage['type'], Validator
           ? `agentVersion must match ${VERSION_PATTERN.source}`
           : !Array.isArray(m.routes) || m.routes.length > 64 || !m.routes.every((r) => isString(r, 63))
             ? 'routes must be a list of at most 64 labels'
-            : undefined,
+            : badCapabilities(m.capabilities)
+              ? CAPABILITIES_PROBLEM
+              : undefined,
   registered: (m) =>
     typeof m.serverId !== 'string' || !ID_PATTERN.test(m.serverId)
       ? `serverId must match ${ID_PATTERN.source}`
@@ -73,7 +93,9 @@ export const CONTROL_MESSAGES: Readonly<Record<ControlMessage['type'], Validator
         ? 'hostnames must be a list of at most 64 host names'
         : m.serverCount !== undefined && !isCount(m.serverCount, MAX_SERVER_COUNT)
           ? `serverCount must be an integer from 1 to ${MAX_SERVER_COUNT}`
-          : undefined,
+          : badCapabilities(m.capabilities)
+            ? CAPABILITIES_PROBLEM
+            : undefined,
   error: (m) =>
     typeof m.code !== 'string' || !Object.hasOwn(ERROR_CODES, m.code) || typeof m.message !== 'string'
       ? 'code must be a known TUN_ERR_* code'

@@ -20,6 +20,8 @@ export default defineConfig({
     // Real sockets, TLS and child processes: give slow machines room, but never hang CI.
     testTimeout: 60_000,
     hookTimeout: 30_000,
+    // Debian packages the tests drive (tinyproxy, curl), installed once when missing.
+    globalSetup: ['test/setup/system-packages.ts'],
     pool: 'forks',
     // A test that asserts nothing fails: it cannot pass by returning early.
     expect: { requireAssertions: true },

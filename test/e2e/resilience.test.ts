@@ -52,7 +52,7 @@ describe('reconnect', () => {
 describe('egress through an HTTP CONNECT proxy', () => {
   it('the agent dials the server through tinyproxy, with credentials in the proxy URL', async () => {
     const tinyproxy = ['/usr/bin/tinyproxy', '/usr/sbin/tinyproxy'].find((p) => existsSync(p));
-    if (!tinyproxy) throw new Error('tinyproxy is not installed (.ci/run installs it with apt-get)');
+    if (!tinyproxy) throw new Error('tinyproxy is not installed (test/setup/system-packages.ts installs it)');
     const dir = await tempDir();
     const port = await freePort();
     const logFile = join(dir, 'tinyproxy.log');

@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { findKubectl, runKubectl, spawnKubectl } from '../helpers/kubectl.js';
 import { setupClusterTunnel } from '../helpers/cluster-tunnel.js';
+import { pollUntil } from '../helpers/streams.js';
 
 const TIMEOUT_MS = 20_000;
 
@@ -33,23 +34,32 @@ describe('kubectl through a passthrough route', () => {
     expect(closed.bytesOut).toBeGreaterThan(0);
   });
 
-  it('streams a watch: pods added while kubectl watches appear', async () => {
+  it('streams a watch: a pod added while kubectl watches appears, and the watch stays open', async () => {
     const t = await setupClusterTunnel();
     const watch = spawnKubectl(['get', 'pods', '--watch', '-o', 'name'], { kubeconfig: t.kubeconfig });
     onTestFinished(() => watch.kill());
     await watch.waitForOutput(/u1-web-2/, TIMEOUT_MS);
+    // The watch request follows the list; add the pod only once the API server holds it open.
+    await pollUntil(() => t.api.seenRequests.some((r) => r.includes('watch=true')), TIMEOUT_MS, 'the watch');
     t.api.addPod({ name: 'late-arrival' });
     await watch.waitForOutput(/late-arrival/, TIMEOUT_MS);
+    expect(watch.stdout().split('\n').filter(Boolean)).toEqual([
+      'pod/u1-web-1',
+      'pod/u1-web-2',
+      'pod/late-arrival',
+    ]);
+    expect(watch.child.exitCode).toBe(null);
   });
 
-  it('follows logs as lines are appended', async () => {
+  it('follows logs: existing lines, then lines appended while it follows', async () => {
     const t = await setupClusterTunnel();
-    t.api.setLog('u1-web-1', ['first line']);
+    t.api.setLog('u1-web-1', ['first line', 'second line']);
     const logs = spawnKubectl(['logs', '-f', 'u1-web-1'], { kubeconfig: t.kubeconfig });
     onTestFinished(() => logs.kill());
-    await logs.waitForOutput(/first line/, TIMEOUT_MS);
+    await logs.waitForOutput(/second line/, TIMEOUT_MS);
     t.api.appendLog('u1-web-1', 'appended later');
     await logs.waitForOutput(/appended later/, TIMEOUT_MS);
+    expect(logs.stdout()).toBe('first line\nsecond line\nappended later\n');
   });
 
   it('execs with stdin echoed back over the WebSocket exec protocol', async () => {
@@ -60,9 +70,13 @@ describe('kubectl through a passthrough route', () => {
       input,
       timeoutMs: TIMEOUT_MS,
     });
+    expect(result.stderr).toBe('');
     expect(result.code).toBe(0);
     expect(result.stdout.length).toBe(input.length);
     expect(result.stdout === input).toBe(true);
+    expect(
+      t.api.seenRequests.some((r) => r.includes('/pods/u1-web-1/exec?') && r.endsWith('(upgrade)')),
+    ).toBe(true);
   });
 
   it('returns an 8 MiB object byte-identical', async () => {
@@ -75,5 +89,6 @@ describe('kubectl through a passthrough route', () => {
     expect(result.code).toBe(0);
     expect(result.stdoutBytes.length).toBe(big.sizeBytes);
     expect(createHash('sha256').update(result.stdoutBytes).digest('hex')).toBe(big.sha256);
+    expect(JSON.parse(result.stdout)).toMatchObject({ kind: 'ConfigMap', metadata: { name: 'big' } });
   });
 });

@@ -48,7 +48,7 @@ function declaredBin(pkg: string, name: string): string {
 
 interface CliInfo {
   pkg: string;
-  /** The built entry (package.json bin), relative to the repository. */
+  /** The installed entry (package.json bin: a committed file that loads dist), relative to the repository. */
   dist: string;
   schema: ConfigSchema;
   /** Variables the CLI reads besides its schema's. */
@@ -69,14 +69,6 @@ const CLIS: Record<Cli, CliInfo> = {
     extraEnv: [...PROXY_ENV, ...NO_PROXY_ENV],
   },
 };
-
-const binSource = (cli: Cli): string => join(REPO_DIR, CLIS[cli].dist);
-
-/** built: run it; unbuilt: bin.ts exists but not dist (fail: run npm run build); absent: not written yet. */
-function cliState(cli: Cli): 'built' | 'unbuilt' | 'absent' {
-  if (existsSync(join(REPO_DIR, CLIS[cli].dist))) return 'built';
-  return existsSync(binSource(cli)) ? 'unbuilt' : 'absent';
-}
 
 /** Keys whose --check-config output must equal the source resolver's (the rest is computed alike). */
 const COMPARED_KEYS: Record<Cli, string[]> = {
@@ -189,169 +181,161 @@ const kustomizationDirs = listKustomizations()
   .filter((k) => k.kind === 'Kustomization')
   .map((k) => k.dir);
 
-test('each CLI can be run by name: its bin.ts starts with a node shebang', () => {
-  // The manifests run `command: [tunnel-server]`; npm's link in node_modules/.bin execs the file.
-  for (const cli of Object.keys(CLIS) as Cli[]) {
-    if (cliState(cli) === 'absent') continue;
-    expect(readFileSync(binSource(cli), 'utf8').split('\n')[0], cli).toBe('#!/usr/bin/env node');
-  }
-});
+test.each(Object.keys(CLIS) as Cli[])(
+  '%s can be run by name: its bin file starts with a node shebang',
+  (cli) => {
+    // The manifests run `command: [tunnel-server]`; npm's link in node_modules/.bin execs the file.
+    expect(readFileSync(join(REPO_DIR, CLIS[cli].dist), 'utf8').split('\n')[0]).toBe('#!/usr/bin/env node');
+  },
+);
 
 test('every container in deploy/ runs one of the CLIs the image carries', () => {
   const clis = kustomizationDirs.flatMap((d) => subjects(d).map((s) => s.cli));
   expect(new Set(clis)).toEqual(new Set(['tunnel-server', 'tunnel-client']));
 });
 
-describe.each(kustomizationDirs)('%s', (dir) => {
+/** Every container that runs a CLI, in every kustomization: each is a case of its own. */
+const allSubjects = kustomizationDirs.flatMap((dir) => subjects(dir));
+const named = (list: Subject[]) =>
+  list.map((s) => ({ name: `${s.dir}: ${s.template.name}/${s.container.name}`, s }));
+const servers = allSubjects.filter((s) => s.cli === 'tunnel-server');
+const agents = allSubjects.filter((s) => s.cli === 'tunnel-client');
+
+test('deploy/ has servers and agents to check', () => {
+  expect(servers.length).toBeGreaterThan(0);
+  expect(agents.length).toBeGreaterThan(0);
+});
+
+describe.each(named(allSubjects))('$name', ({ s }) => {
   test('sets only environment variables the CLI reads', () => {
-    for (const s of subjects(dir)) {
-      const known = new Set([
-        ...Object.values(CLIS[s.cli].schema).map((spec) => spec.env),
-        ...CLIS[s.cli].extraEnv,
-      ]);
-      expect(
-        s.view.manifestEnvNames.filter((n) => !known.has(n)),
-        `${s.template.name}: unknown to ${s.cli}`,
-      ).toEqual([]);
-    }
+    const known = new Set([
+      ...Object.values(CLIS[s.cli].schema).map((spec) => spec.env),
+      ...CLIS[s.cli].extraEnv,
+    ]);
+    expect(s.view.manifestEnvNames.filter((n) => !known.has(n))).toEqual([]);
   });
 
   test('passes flags and env that the config resolver from the sources accepts', () => {
-    for (const s of subjects(dir)) expect(() => resolveOrExplain(s)).not.toThrow();
+    expect(() => resolveOrExplain(s)).not.toThrow();
   });
 
-  for (const cli of Object.keys(CLIS) as Cli[]) {
-    const state = cliState(cli);
-    // Skipped only while the CLI's bin.ts does not exist yet; a bin.ts without a build fails.
-    test.skipIf(state === 'absent')(
-      `passes flags and env that the built ${cli} --check-config accepts`,
-      () => {
-        const mine = subjects(dir).filter((s) => s.cli === cli);
-        if (mine.length === 0) return;
-        expect(state, `${CLIS[cli].dist} is missing: run npm run build`).toBe('built');
-        for (const s of mine) {
-          const result = spawnSync(
-            process.execPath,
-            [join(REPO_DIR, CLIS[cli].dist), ...s.view.argv, '--check-config'],
-            {
-              cwd: s.view.cwd,
-              // The pod's environment, plus what the image's ENV sets.
-              env: { ...s.view.env, NODE_ENV: 'production', PATH: process.env.PATH ?? '' },
-              encoding: 'utf8',
-              timeout: 30_000,
-            },
-          );
-          expect(result.status, `${s.template.name}: ${result.stderr}`).toBe(0);
-          const printed = JSON.parse(result.stdout) as Record<string, unknown>;
-          const expected = JSON.parse(JSON.stringify(redactConfig(resolve(s), CLIS[cli].schema))) as Record<
-            string,
-            unknown
-          >;
-          // JSON has no undefined: a CLI may print an unset key as null or leave it out.
-          const pick = (o: Record<string, unknown>) =>
-            Object.fromEntries(COMPARED_KEYS[cli].map((k) => [k, o[k] ?? null]));
-          expect(pick(printed)).toEqual(pick(expected));
-        }
+  test('passes flags and env that the built CLI --check-config accepts, resolving them alike', () => {
+    // npm test builds first: a missing build is a failure, never a skip.
+    expect(existsSync(join(REPO_DIR, CLIS[s.cli].dist)), `${CLIS[s.cli].dist}: run npm run build`).toBe(true);
+    const result = spawnSync(
+      process.execPath,
+      [join(REPO_DIR, CLIS[s.cli].dist), ...s.view.argv, '--check-config'],
+      {
+        cwd: s.view.cwd,
+        // The pod's environment, plus what the image's ENV sets.
+        env: { ...s.view.env, NODE_ENV: 'production', PATH: process.env.PATH ?? '' },
+        encoding: 'utf8',
+        timeout: 30_000,
       },
     );
-  }
+    expect(result.status, result.stderr).toBe(0);
+    const printed = JSON.parse(result.stdout) as Record<string, unknown>;
+    const expected = JSON.parse(JSON.stringify(redactConfig(resolve(s), CLIS[s.cli].schema))) as Record<
+      string,
+      unknown
+    >;
+    // JSON has no undefined: a CLI may print an unset key as null or leave it out.
+    const pick = (o: Record<string, unknown>) =>
+      Object.fromEntries(COMPARED_KEYS[s.cli].map((k) => [k, o[k] ?? null]));
+    expect(pick(printed)).toEqual(pick(expected));
+  });
 
-  test('the resolved ports are the ones the probes and the Service use, on all interfaces', () => {
-    for (const s of subjects(dir)) {
-      const config = resolveOrExplain(s);
-      const health = 'adminListen' in config ? config.adminListen : config.healthListen;
-      expect(isWildcard(health), `${s.template.name}: health listener ${JSON.stringify(health)}`).toBe(true);
-      expect(probePorts(s.container)).toEqual([health?.port, health?.port]);
-      if ('listen' in config) {
-        expect(isWildcard(config.listen)).toBe(true);
-        const services = s.objects.filter(
-          (o) => o.kind === 'Service' && selectorMatches(o.spec.selector, s.template.labels),
-        );
-        const targets = services.flatMap((svc) =>
-          svc.spec.ports.map((p: K8sObject) => resolvePort(s.container, p.targetPort)),
-        );
-        expect(targets.length).toBeGreaterThan(0);
-        expect(new Set(targets)).toEqual(new Set([config.listen.port]));
-      }
-    }
+  test('the health port is on all interfaces and is the one both probes use', () => {
+    const config = resolveOrExplain(s);
+    const health = 'adminListen' in config ? config.adminListen : config.healthListen;
+    expect(isWildcard(health), `health listener ${JSON.stringify(health)}`).toBe(true);
+    expect(probePorts(s.container)).toEqual([health?.port, health?.port]);
   });
 
   test('the grace period outlasts the preStop sleep plus the drain timeout', () => {
-    for (const s of subjects(dir)) {
-      expect(resolveOrExplain(s).drainTimeoutMs, s.template.name).toBeLessThan(drainBudgetMs(s));
-    }
+    expect(resolveOrExplain(s).drainTimeoutMs).toBeLessThan(drainBudgetMs(s));
   });
 
-  test('every id comes from the pod name, so replicas never share one', () => {
-    for (const s of subjects(dir)) {
-      const config = resolveOrExplain(s);
-      expect('serverId' in config ? config.serverId : config.agentId).toBe(s.view.podName);
-    }
+  test('its id comes from the pod name, so replicas never share one', () => {
+    const config = resolveOrExplain(s);
+    expect('serverId' in config ? config.serverId : config.agentId).toBe(s.view.podName);
+  });
+});
+
+describe.each(named(servers))('$name', ({ s }) => {
+  const where = (p: string | undefined) => `${p === undefined ? 'unset' : podPathOf(s.view, p)}`;
+
+  test('listens on all interfaces, on the port its Services target', () => {
+    const server = resolveOrExplain(s) as ServerConfig;
+    expect(isWildcard(server.listen)).toBe(true);
+    const services = s.objects.filter(
+      (o) => o.kind === 'Service' && selectorMatches(o.spec.selector, s.template.labels),
+    );
+    const targets = services.flatMap((svc) =>
+      svc.spec.ports.map((p: K8sObject) => resolvePort(s.container, p.targetPort)),
+    );
+    expect(targets.length).toBeGreaterThan(0);
+    expect(new Set(targets)).toEqual(new Set([server.listen.port]));
   });
 
-  test("each server tells agents its Deployment's replica count, so they hold a session to every replica", () => {
-    for (const s of subjects(dir).filter((x) => x.cli === 'tunnel-server')) {
-      const server = resolveOrExplain(s) as ServerConfig;
-      expect(server.serverCount, s.template.name).toBe(s.template.owner.spec?.replicas ?? 1);
-    }
+  test("tells agents its Deployment's replica count, so they hold a session to every replica", () => {
+    const server = resolveOrExplain(s) as ServerConfig;
+    expect(server.serverCount).toBe(s.template.owner.spec?.replicas ?? 1);
   });
 
   test('files come from the right volumes: secrets from Secrets, state on a writable emptyDir', () => {
-    for (const s of subjects(dir)) {
-      const config = resolveOrExplain(s);
-      const where = (p: string | undefined) =>
-        `${s.template.name}: ${p === undefined ? 'unset' : podPathOf(s.view, p)}`;
-      if ('dataDir' in config) {
-        const server = config;
-        expect(mountKind(s, server.configFile), where(server.configFile)).toBe('configMap');
-        expect(mountKind(s, server.dataDir), where(server.dataDir)).toBe('emptyDir');
-        expect(s.view.mountOf(server.dataDir)?.readOnly, where(server.dataDir)).toBe(false);
-        // Production TLS: a certificate from a Secret, not the self-signed default.
-        expect(mountKind(s, server.tlsCert), where(server.tlsCert)).toBe('secret');
-        expect(mountKind(s, server.tlsKey), where(server.tlsKey)).toBe('secret');
-        for (const key of server.tokenPublicKey) expect(mountKind(s, key), where(key)).toBe('secret');
-        if (server.revokedFile !== undefined)
-          expect(mountKind(s, server.revokedFile), where(server.revokedFile)).not.toBe('none');
-        expect(server.domain).not.toBe('proxy.localhost');
-      } else {
-        const agent = config;
-        expect(agent.token, `${s.template.name}: a literal token in the manifest`).toBeUndefined();
-        expect(mountKind(s, agent.tokenFile), where(agent.tokenFile)).toBe('secret');
-        if (agent.caFile !== undefined)
-          expect(mountKind(s, agent.caFile), where(agent.caFile)).not.toBe('none');
-        expect(new URL(agent.server).protocol).toBe('wss:');
-        expect(agent.route.map((r) => r.name)).toContain('apiserver');
-      }
-    }
+    const server = resolveOrExplain(s) as ServerConfig;
+    expect(mountKind(s, server.configFile), where(server.configFile)).toBe('configMap');
+    expect(mountKind(s, server.dataDir), where(server.dataDir)).toBe('emptyDir');
+    expect(s.view.mountOf(server.dataDir)?.readOnly, where(server.dataDir)).toBe(false);
+    // Production TLS: a certificate from a Secret, not the self-signed default.
+    expect(mountKind(s, server.tlsCert), where(server.tlsCert)).toBe('secret');
+    expect(mountKind(s, server.tlsKey), where(server.tlsKey)).toBe('secret');
+    for (const key of server.tokenPublicKey) expect(mountKind(s, key), where(key)).toBe('secret');
+    if (server.revokedFile !== undefined)
+      expect(mountKind(s, server.revokedFile), where(server.revokedFile)).not.toBe('none');
+    expect(server.domain).not.toBe('proxy.localhost');
   });
+});
 
+describe.each(named(agents))('$name', ({ s }) => {
+  const where = (p: string | undefined) => `${p === undefined ? 'unset' : podPathOf(s.view, p)}`;
+
+  test('files come from the right volumes: the token from a Secret, never a literal', () => {
+    const agent = resolveOrExplain(s) as ClientConfig;
+    expect(agent.token, 'a literal token in the manifest').toBeUndefined();
+    expect(mountKind(s, agent.tokenFile), where(agent.tokenFile)).toBe('secret');
+    if (agent.caFile !== undefined) expect(mountKind(s, agent.caFile), where(agent.caFile)).not.toBe('none');
+    expect(new URL(agent.server).protocol).toBe('wss:');
+    expect(agent.route.map((r) => r.name)).toContain('apiserver');
+  });
+});
+
+// The bases leave the rule for the server or the proxy to their overlays.
+describe.each(named(agents.filter((s) => !s.dir.endsWith('/base'))))('$name', ({ s }) => {
   test('the agent may reach the server, or the proxy it resolves, and no other port beyond DNS and the API server', () => {
-    for (const s of subjects(dir).filter((x) => x.cli === 'tunnel-client')) {
-      // The base leaves the rule for the server or the proxy to its overlays.
-      if (dir.endsWith('/base')) continue;
-      const agent = resolveOrExplain(s) as ClientConfig;
-      const { rules } = egressRules(s.objects, s.template);
-      const via = new URL(agent.proxyUrl ?? agent.server);
-      const viaPort = Number(via.port || (via.protocol === 'http:' ? 80 : 443));
-      // The API server's rule is the one that opens 6443 (kubeadm's port); the server's or the
-      // proxy's must be another rule, or the overlay added nothing.
-      const opens = (r: EgressRule, port: number) =>
-        r.ports.some((p) => p.port === port && p.protocol === 'TCP');
-      const viaRules = rules.filter((r) => opens(r, viaPort) && !opens(r, 6443));
-      expect(viaRules.length, `${s.template.name}: an egress rule to ${via.host}`).toBeGreaterThan(0);
-      const stray = rules.flatMap((r) => r.ports).filter((p) => ![53, 443, 6443, viaPort].includes(p.port));
-      expect(stray).toEqual([]);
-      if (dir.includes('behind-proxy')) {
-        expect(agent.proxyUrl, 'behind-proxy sets HTTPS_PROXY').toBeDefined();
-        // NO_PROXY must not send the server around the proxy.
-        const host = new URL(agent.server).hostname;
-        const bypassed = agent.noProxy.some(
-          (e) => e === '*' || host === e.replace(/^\./, '') || host.endsWith(e.startsWith('.') ? e : `.${e}`),
-        );
-        expect(bypassed, `NO_PROXY ${agent.noProxy.join(',')} covers ${host}`).toBe(false);
-      } else {
-        expect(agent.proxyUrl).toBeUndefined();
-      }
+    const agent = resolveOrExplain(s) as ClientConfig;
+    const { rules } = egressRules(s.objects, s.template);
+    const via = new URL(agent.proxyUrl ?? agent.server);
+    const viaPort = Number(via.port || (via.protocol === 'http:' ? 80 : 443));
+    // The API server's rule is the one that opens 6443 (kubeadm's port); the server's or the
+    // proxy's must be another rule, or the overlay added nothing.
+    const opens = (r: EgressRule, port: number) =>
+      r.ports.some((p) => p.port === port && p.protocol === 'TCP');
+    const viaRules = rules.filter((r) => opens(r, viaPort) && !opens(r, 6443));
+    expect(viaRules.length, `an egress rule to ${via.host}`).toBeGreaterThan(0);
+    const stray = rules.flatMap((r) => r.ports).filter((p) => ![53, 443, 6443, viaPort].includes(p.port));
+    expect(stray).toEqual([]);
+    if (s.dir.includes('behind-proxy')) {
+      expect(agent.proxyUrl, 'behind-proxy sets HTTPS_PROXY').toBeDefined();
+      // NO_PROXY must not send the server around the proxy.
+      const host = new URL(agent.server).hostname;
+      const bypassed = agent.noProxy.some(
+        (e) => e === '*' || host === e.replace(/^\./, '') || host.endsWith(e.startsWith('.') ? e : `.${e}`),
+      );
+      expect(bypassed, `NO_PROXY ${agent.noProxy.join(',')} covers ${host}`).toBe(false);
+    } else {
+      expect(agent.proxyUrl).toBeUndefined();
     }
   });
 });

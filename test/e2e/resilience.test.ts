@@ -12,6 +12,7 @@ import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { setupClusterTunnel } from '../helpers/cluster-tunnel.js';
 import { findKubectl, runKubectl } from '../helpers/kubectl.js';
 import { startAgent, startServer, tempDir } from '../helpers/tunnel.js';
+import { pollUntil } from '../helpers/streams.js';
 
 const TIMEOUT_MS = 20_000;
 
@@ -76,17 +77,18 @@ describe('egress through an HTTP CONNECT proxy', () => {
     onTestFinished(() => {
       proxy.kill('SIGKILL');
     });
-    for (let i = 0; i < 100; i++) {
-      const up = await new Promise<boolean>((r) => {
-        const s = net.connect(port, '127.0.0.1', () => {
-          s.destroy();
-          r(true);
-        });
-        s.on('error', () => r(false));
-      });
-      if (up) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await pollUntil(
+      () =>
+        new Promise<boolean>((r) => {
+          const s = net.connect(port, '127.0.0.1', () => {
+            s.destroy();
+            r(true);
+          });
+          s.on('error', () => r(false));
+        }),
+      10_000,
+      'tinyproxy to listen',
+    );
     const t = await setupClusterTunnel({
       agentEnv: { HTTPS_PROXY: `http://agent:s3cret@127.0.0.1:${port}`, NO_PROXY: 'kubernetes.default.svc' },
     });

@@ -6,6 +6,7 @@
 import { Duplex } from 'node:stream';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { YamuxSession, type YamuxStream } from '@cluster-tunnel/protocol';
+import { pollUntil } from '../helpers/streams.js';
 
 /** An in-memory link that delivers every chunk `delayMs` after it was written, in order. */
 function delayedPipePair(delayMs: number): { a: Duplex; b: Duplex } {
@@ -103,7 +104,8 @@ describe('window sharing', () => {
         stream.end();
       }),
     );
-    await new Promise((r) => setTimeout(r, 50));
+    // Every stream has reached the server before its reader is attached.
+    await pollUntil(() => receivers.length === streams.length, 10_000, 'every stream at the server');
     await Promise.all(
       receivers.map(
         (r) =>

@@ -286,10 +286,7 @@ async function socketPair(kind: 'tcp' | 'tls'): Promise<{ ours: net.Socket; peer
   return { ours, peer };
 }
 
-async function until(check: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500 && !check(); i++) await delay(10);
-  if (!check()) throw new Error(`timed out waiting for ${what}`);
-}
+const until = (check: () => boolean, what: string): Promise<void> => pollUntil(check, 5_000, what);
 
 describe('createWebSocketDuplex over wss', () => {
   it('carries bytes both ways', async () => {
@@ -371,7 +368,7 @@ describe('createWebSocketDuplex over wss', () => {
 
     const all = readAtLeast(b, attemptedBytes);
     expect((await all).length).toBe(attemptedBytes);
-    for (let i = 0; i < 100 && ackedBytes < attemptedBytes; i++) await delay(10);
+    await pollUntil(() => ackedBytes === attemptedBytes, 5_000, 'every write acknowledged');
     expect(ackedBytes).toBe(attemptedBytes);
   });
 
@@ -944,10 +941,12 @@ describe('pipePair', () => {
     let attempted = 0;
     for (let i = 0; i < 100 && a.write(chunk, () => (acked += 1)); i++) attempted += 1;
     attempted += 1;
-    await delay(10);
-    expect(acked).toBeLessThan(attempted);
+    // Held: the writer is told to wait for 'drain' until b reads.
+    expect(a.writableNeedDrain).toBe(true);
+    const drained = once(a, 'drain');
     expect((await readAtLeast(b, attempted * chunk.length)).length).toBe(attempted * chunk.length);
-    for (let i = 0; i < 10 && acked < attempted; i++) await delay(1);
+    await drained;
+    await pollUntil(() => acked === attempted, 5_000, 'every write acknowledged');
     expect(acked).toBe(attempted);
     const ended = once(b, 'end');
     b.resume();
@@ -972,13 +971,30 @@ describe.each(transports)('$name transport', (transport) => {
     await bEnded;
     await aEnded;
   });
+});
 
-  it.skipIf(transport.name === 'websocket')('keeps the other direction open after end()', async () => {
+describe.each(transports.filter((t) => t.name !== 'websocket'))('$name transport', (transport) => {
+  it('keeps the other direction open after end()', async () => {
     const { a, b, close } = await transport.pair();
     onTestFinished(close);
     b.once('end', () => b.end('late reply'));
     b.resume();
     a.end();
     expect((await readToEndWithForAwait(a)).toString()).toBe('late reply');
+  });
+});
+
+describe('websocket transport', () => {
+  it('ends both directions on end(): a WebSocket cannot half-close (the close handshake)', async () => {
+    const websocket = transports.find((t) => t.name === 'websocket')!;
+    const { a, b, close } = await websocket.pair();
+    onTestFinished(close);
+    const bEnded = once(b, 'end');
+    b.resume();
+    a.end();
+    await bEnded;
+    // Nothing b could still send reaches a: a's readable has ended too.
+    expect((await readToEndWithForAwait(a)).length).toBe(0);
+    expect(b.writable).toBe(false);
   });
 });

@@ -9,6 +9,7 @@ import type { RouteEntry } from '../../packages/client/src/route-table.js';
 import { TargetDialer } from '../../packages/client/src/target-dialer.js';
 import type { TargetDialerOptions } from '../../packages/client/src/target-dialer.js';
 import { ManualClock } from '../helpers/manual-clock.js';
+import { delay, flushIo, pollUntil } from '../helpers/streams.js';
 import { captureLogs, readBytes, until } from './fixtures.js';
 
 /**
@@ -66,13 +67,20 @@ async function roundTrip(socket: net.Socket, text: string): Promise<void> {
   expect((await echoed).toString()).toBe(text);
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/**
+ * Holds once the dialer can open nothing more on its own: its deferred top-ups have run and no
+ * spare is still connecting. Counting the target's connections after this needs no waiting.
+ */
+async function settled(d: TargetDialer): Promise<void> {
+  await flushIo();
+  await pollUntil(() => d.connectingSpareCount === 0, 5_000, 'no spare connecting');
+}
 
 describe('TargetDialer', () => {
   test('opens nothing for a route nobody used', async () => {
     const target = await countingTarget();
     const d = dialer();
-    await sleep(50);
+    await settled(d);
     expect(target.connections).toHaveLength(0);
     expect(d.spareCount).toBe(0);
   });
@@ -93,7 +101,7 @@ describe('TargetDialer', () => {
       await roundTrip(next.socket, text);
     }
     await until(() => target.connections.length === 5, 'the last spare');
-    await sleep(30);
+    await settled(d);
     // Four user connections, each on its own target connection, and one spare waiting.
     expect(target.connections).toHaveLength(5);
     expect(d.spareCount).toBe(1);
@@ -108,7 +116,7 @@ describe('TargetDialer', () => {
     const spareSide = await until(() => target.connections[1], 'the target to accept the spare');
     spareSide.end(); // the target closes the idle connection
     await until(() => d.spareCount === 0, 'the closed spare to be dropped');
-    await sleep(30);
+    await settled(d);
     expect(target.connections).toHaveLength(2);
     const next = await d.dial(route);
     expect(next.spare).toBe(false);
@@ -136,7 +144,7 @@ describe('TargetDialer', () => {
     const dialed = await Promise.all(Array.from({ length: 6 }, () => d.dial(route)));
     for (const [i, c] of dialed.entries()) await roundTrip(c.socket, `u${i}`);
     await until(() => target.connections.length === 8, 'two spares');
-    await sleep(50);
+    await settled(d);
     expect(d.spareCount).toBe(2);
     expect(target.connections).toHaveLength(8);
   });
@@ -153,7 +161,7 @@ describe('TargetDialer', () => {
     clock.advance(1);
     expect(d.spareCount).toBe(0);
     await until(() => target.connections[1]?.closed, 'the target to see the spare close');
-    await sleep(30);
+    await settled(d);
     expect(target.connections).toHaveLength(2);
     expect(clock.pending).toBe(0);
     // The route went idle: the next stream connects anew (and opens a spare again).
@@ -176,7 +184,7 @@ describe('TargetDialer', () => {
     const later = await d.dial(route);
     expect(later.spare).toBe(false);
     await roundTrip(later.socket, 'later');
-    await sleep(50);
+    await settled(d);
     expect(target.connections).toHaveLength(3);
   });
 
@@ -188,7 +196,8 @@ describe('TargetDialer', () => {
     expect((await readBytes(first.socket, 10)).toString()).toBe('220 hello\n');
     first.socket.destroy();
     await until(() => d.spareCount === 1, 'the spare');
-    await sleep(50); // the greeting has reached the idle spare
+    // Setup, not a proof: give the greeting time to reach the idle spare before it is handed out.
+    await delay(50);
     const next = await d.dial(route);
     expect(next.spare).toBe(true);
     onTestFinished(() => {
@@ -206,7 +215,7 @@ describe('TargetDialer', () => {
       expect(c.spare).toBe(false);
       await roundTrip(c.socket, text);
     }
-    await sleep(50);
+    await settled(d);
     expect(target.connections).toHaveLength(2);
   });
 
@@ -217,7 +226,7 @@ describe('TargetDialer', () => {
     await new Promise<void>((resolve) => probe.close(() => resolve()));
     const d = dialer();
     await expect(d.dial(routeTo(port))).rejects.toMatchObject({ code: 'ECONNREFUSED' });
-    await sleep(50);
+    await settled(d);
     expect(d.spareCount).toBe(0);
   });
 });

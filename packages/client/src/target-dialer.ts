@@ -74,6 +74,16 @@ export class TargetDialer {
   }
 
   /**
+   * Spares still connecting, over all targets. With none, and no dial() in this turn, the dialer
+   * opens nothing more until the next dial(): what tests (and metrics) can hold it to.
+   */
+  get connectingSpareCount(): number {
+    let n = 0;
+    for (const list of this.spares.values()) for (const s of list) if (!s.ready) n++;
+    return n;
+  }
+
+  /**
    * A connected socket to the route's target: a ready spare when there is one, else a new
    * connection (a spare still connecting is left alone: it has no deadline of dialTimeoutMs,
    * only spareIdleMs). Either way the route counts as in use, so a spare is (re)opened behind

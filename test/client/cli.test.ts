@@ -1,17 +1,18 @@
 // The tunnel-client command line: --check-config, --version, exit codes, and a full run that
 // drains on shutdown — in process through runCli, and as a real process receiving SIGTERM.
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { Writable } from 'node:stream';
-import { SignJWT } from 'jose';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { runCli } from '../../packages/client/src/cli.js';
 import type { CliIo } from '../../packages/client/src/cli.js';
 import { AGENT_VERSION } from '../../packages/client/src/tunnel-agent.js';
-import { echoTarget, tempDir, until, writeFile } from './fixtures.js';
+import { echoTarget, writeFile } from './fixtures.js';
+import { tempDir } from '../helpers/temp-dir.js';
 import type { LogLine } from './fixtures.js';
-import { TunnelPeer } from './tunnel-peer.js';
+import { startInProcessServer } from '../helpers/in-process.js';
+import { withDeadline, pollUntil } from '../helpers/streams.js';
 
 const SECRET = 's3cr3t-token-value';
 const BIN = fileURLToPath(new URL('../../packages/client/dist/bin.js', import.meta.url));
@@ -42,19 +43,21 @@ function io(argv: string[], env: Record<string, string> = {}, extra: Partial<Cli
   return { run, stdout: stdout.text, stderr: stderr.text };
 }
 
-async function peerWithToken() {
-  const token = await new SignJWT({ cluster: 'u1' })
-    .setProtectedHeader({ alg: 'HS256' })
-    .sign(new TextEncoder().encode('cli-tests-hmac-key-cli-tests-hmac-key'));
-  const peer = await TunnelPeer.start(token);
-  onTestFinished(() => peer.close());
+/** A real server in-process, and the flags of an agent of cluster u1 for it. */
+async function serverWithToken() {
+  const s = await startInProcessServer();
   const echo = await echoTarget();
-  const tokenFile = writeFile(tempDir(), 'token', token);
+  const tokenFile = writeFile(tempDir(), 'token', await s.token('u1'));
   const argv = [
-    ...['--server', peer.url, '--token-file', tokenFile, '--ca-file', peer.caFile],
+    ...['--server', `wss://127.0.0.1:${s.port}/connect`, '--token-file', tokenFile, '--ca-file', s.caFile],
     ...['--route', `apiserver=127.0.0.1:${echo.port}`, '--health-listen', 'off', '--drain-timeout-ms', '5s'],
   ];
-  return { peer, argv };
+  /** Resolves with the agent's session at the server once it has registered. */
+  const registered = async () => {
+    await pollUntil(() => s.server.registry.size === 1, 10_000, 'the agent to register at the server');
+    return s.server.registry.all()[0]!;
+  };
+  return { s, argv, registered };
 }
 
 describe('tunnel-client', () => {
@@ -112,16 +115,18 @@ describe('tunnel-client', () => {
   });
 
   test('runs the agent until shutdown, then drains with GoAway and exits 0', async () => {
-    const { peer, argv } = await peerWithToken();
+    const { argv, registered } = await serverWithToken();
     const shutdown = new AbortController();
     const logs = sink();
     const { run } = io(argv, {}, { shutdown: shutdown.signal, logDestination: logs.stream });
-    const session = await peer.nextSession();
-    await until(() => logs.text().includes('"agent registered"'), 'the agent to register');
+    const held = await registered();
+    const goAway = once(held.session, 'goaway');
+    await pollUntil(() => logs.text().includes('"agent registered"'), 5_000, 'the agent to register');
     shutdown.abort('SIGTERM');
     expect(await run).toBe(0);
-    expect(session.goAwayReceived).toBe(true);
-    await session.sessionClosed;
+    await withDeadline(goAway, 5_000, 'GoAway at the server');
+    await pollUntil(() => held.session.isClosed, 5_000, 'the session to close at the server');
+    expect(held.session.isClosed).toBe(true);
     const messages = logs
       .text()
       .trim()
@@ -133,23 +138,21 @@ describe('tunnel-client', () => {
     expect(logs.text()).not.toContain('"token":"ey');
   });
 
-  test.skipIf(!existsSync(BIN))(
-    'the built bin drains on SIGTERM and exits 0 (needs npm run build)',
-    async () => {
-      const { peer, argv } = await peerWithToken();
-      const child = spawn(process.execPath, [BIN, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
-      onTestFinished(() => {
-        if (child.exitCode === null) child.kill('SIGKILL');
-      });
-      let out = '';
-      child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
-      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-      const session = await peer.nextSession(10_000);
-      await until(() => out.includes('"agent registered"'), 'the agent process to register', 10_000);
-      child.kill('SIGTERM');
-      expect(await exited).toBe(0);
-      expect(session.goAwayReceived).toBe(true);
-      expect(out).toContain('"agent stopped"');
-    },
-  );
+  test('the built bin drains on SIGTERM and exits 0 (npm test builds it)', async () => {
+    const { argv, registered } = await serverWithToken();
+    const child = spawn(process.execPath, [BIN, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+    onTestFinished(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const held = await registered();
+    const goAway = once(held.session, 'goaway');
+    await pollUntil(() => out.includes('"agent registered"'), 10_000, 'the agent process to register');
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    await withDeadline(goAway, 5_000, 'GoAway at the server');
+    expect(out).toContain('"agent stopped"');
+  });
 });

@@ -1,12 +1,11 @@
 /**
  * Fixtures for agent tests: parsed log capture, TCP targets on 127.0.0.1 port 0, a CONNECT
- * proxy, stream helpers and a bounded poll. Everything registers its cleanup with onTestFinished.
+ * proxy and stream helpers. Everything registers its cleanup with onTestFinished.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { Readable } from 'node:stream';
@@ -33,27 +32,6 @@ export function captureLogs(): { logger: Logger; lines: LogLine[]; find: (msg: s
   });
   const logger = createLogger({ level: 'debug', format: 'json', name: 'tunnel-client', destination });
   return { logger, lines, find: (msg) => lines.filter((l) => l.msg === msg) };
-}
-
-/** Polls `probe` every 10 ms until it returns a truthy value; fails after `timeoutMs`. */
-export async function until<T>(
-  probe: () => T | Promise<T>,
-  what: string,
-  timeoutMs = 5_000,
-): Promise<NonNullable<T>> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value) return value as NonNullable<T>;
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
-
-export function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'tunnel-client-'));
-  onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
 }
 
 export function writeFile(dir: string, name: string, text: string): string {

@@ -1,7 +1,10 @@
 // The agent behind an L4 load balancer in front of several server replicas: one connect slot per
 // replica the servers announce (serverCount), one session to each distinct serverId, duplicates
 // closed and redialed soon, a streak of them backed off, a lower count retiring slots lazily, and
-// close() covering every slot. Real peers (TLS + WebSocket + yamux) behind a real TCP relay.
+// close() covering every slot. The replicas are scripted servers (test/helpers/raw-server.ts:
+// TLS + WebSocket + yamux) because what is under test is the agent's answer to what servers
+// announce, including counts that change and servers that announce none; real server processes
+// behind a balancer are test/e2e/replicas.test.ts.
 import { randomBytes } from 'node:crypto';
 import { SignJWT } from 'jose';
 import { describe, expect, onTestFinished, test } from 'vitest';
@@ -10,10 +13,11 @@ import { resolveClientConfig } from '../../packages/client/src/config.js';
 import { MAX_QUICK_DUPLICATES } from '../../packages/client/src/connect-slot.js';
 import { MAX_SLOTS, TunnelAgent } from '../../packages/client/src/tunnel-agent.js';
 import { startLoadBalancer } from '../helpers/load-balancer.js';
-import { LEVEL, captureLogs, echoTarget, readAll, tempDir, until, writeFile } from './fixtures.js';
+import { LEVEL, captureLogs, echoTarget, readAll, writeFile } from './fixtures.js';
+import { tempDir } from '../helpers/temp-dir.js';
 import type { LogLine } from './fixtures.js';
-import { TunnelPeer } from './tunnel-peer.js';
-import type { PeerSession } from './tunnel-peer.js';
+import { RawServer, registeredAs } from '../helpers/raw-server.js';
+import { flushIo, pollUntil } from '../helpers/streams.js';
 
 const SIGNING_KEY = new TextEncoder().encode('replica-tests-hmac-key-replica-tests-hmac');
 
@@ -37,11 +41,12 @@ interface ReplicaOptions {
 
 async function setupReplicas(o: ReplicaOptions) {
   const token = await agentToken('u1');
-  const peers: TunnelPeer[] = [];
-  for (const serverId of o.serverIds ?? ['peer-a', 'peer-b']) {
-    const peer = await TunnelPeer.start(token, { serverId, serverCount: o.serverCount });
-    onTestFinished(() => peer.close());
-    peers.push(peer);
+  const peers: RawServer[] = [];
+  // What every replica says in `registered` from now on; a test may lower it.
+  const announced = { serverCount: o.serverCount };
+  const serverIds = o.serverIds ?? ['peer-a', 'peer-b'];
+  for (const serverId of serverIds) {
+    peers.push(await RawServer.start(registeredAs(serverId, () => announced.serverCount)));
   }
   const lb = await startLoadBalancer(peers.map((p) => Number(new URL(p.url).port)));
   if (o.pick) lb.pick = o.pick;
@@ -68,30 +73,26 @@ async function setupReplicas(o: ReplicaOptions) {
   agent.on('disconnected', () => (events.disconnected += 1));
   await agent.start();
   const servedBy = () => agent.servers.map((s) => s.serverId).sort();
-  return { agent, peers, lb, logs, events, servedBy };
+  return { agent, peers, serverIds, announced, lb, logs, events, servedBy };
 }
 
-/** The peer's sessions the agent has neither left nor lost. */
-const live = (peer: TunnelPeer): PeerSession[] =>
-  peer.sessions.filter((s) => !s.goAwayReceived && !s.session.isClosed);
+const live = (peer: RawServer) => peer.live();
 
 const warnings = (lines: LogLine[]) => lines.filter((l) => l.level >= LEVEL.warn);
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
 describe('TunnelAgent behind a load balancer', () => {
   test('holds one session to each replica the servers announce, and each replica can route to it', async () => {
-    const { agent, peers, logs, servedBy } = await setupReplicas({ serverCount: 2 });
-    await until(() => agent.servers.length === 2, 'a session to each replica');
+    const { agent, peers, serverIds, logs, servedBy } = await setupReplicas({ serverCount: 2 });
+    await pollUntil(() => agent.servers.length === 2, 5_000, 'a session to each replica');
     expect(servedBy()).toEqual(['peer-a', 'peer-b']);
     expect(agent.slotCount).toBe(2);
     expect(agent.isReady).toBe(true);
-    for (const peer of peers) {
+    for (const [i, peer] of peers.entries()) {
       expect(live(peer)).toHaveLength(1);
-      const { stream, reply } = await live(peer)[0]!.openUserStream('cluster-u1', Buffer.from(peer.serverId));
+      const { stream, reply } = await live(peer)[0]!.openRoute('cluster-u1', Buffer.from(serverIds[i]!));
       expect(reply).toEqual({ ok: true });
       stream.end();
-      expect((await readAll(stream)).toString()).toBe(`${peer.serverId}<eof>`);
+      expect((await readAll(stream)).toString()).toBe(`${serverIds[i]}<eof>`);
     }
     const registered = logs.find('agent registered');
     expect(registered.map((l) => [l.level, l.serverCount, l.slot, l.serverId])).toEqual([
@@ -112,12 +113,16 @@ describe('TunnelAgent behind a load balancer', () => {
       argv: ['--backoff-initial-ms', '200', '--backoff-max-ms', '10s'],
       random: () => 0.5,
     });
-    await until(() => agent.servers.length === 2, 'a session to each replica', 10_000);
+    await pollUntil(() => agent.servers.length === 2, 10_000, 'a session to each replica');
     expect(servedBy()).toEqual(['peer-a', 'peer-b']);
     expect(lb.routed).toHaveLength(4);
     const [a] = peers;
-    await until(() => a!.sessions.filter((s) => s.goAwayReceived).length === 2, 'GoAway on both duplicates');
-    await Promise.all(a!.sessions.filter((s) => s.goAwayReceived).map((s) => s.sessionClosed));
+    await pollUntil(
+      () => a!.sessions.filter((s) => s.goAwayReceived).length === 2,
+      5_000,
+      'GoAway on both duplicates',
+    );
+    await Promise.all(a!.sessions.filter((s) => s.goAwayReceived).map((s) => s.closed));
     expect(live(a!)).toHaveLength(1);
     // Drawn in [0, backoffInitialMs] each time (0.5 × 200): a failure would have doubled the second.
     const duplicates = logs.find('duplicate server session');
@@ -144,7 +149,7 @@ describe('TunnelAgent behind a load balancer', () => {
         bySlot.set(l.slot, [...(bySlot.get(l.slot) ?? []), l]);
       return [...bySlot.values()].find((lines) => lines.length >= MAX_QUICK_DUPLICATES + 4);
     };
-    const lines = await until(streak, `${MAX_QUICK_DUPLICATES + 4} duplicates on one slot`, 15_000);
+    const lines = await pollUntil(streak, 15_000, `${MAX_QUICK_DUPLICATES + 4} duplicates on one slot`);
     // Quick and flat (0.99 × 10) while the streak is short; then 0.99 × 10, 20, 40, 80: the backoff.
     expect(lines.slice(0, MAX_QUICK_DUPLICATES).map((l) => l.delayMs)).toEqual(
       Array(MAX_QUICK_DUPLICATES).fill(9),
@@ -167,21 +172,22 @@ describe('TunnelAgent behind a load balancer', () => {
   });
 
   test('a lower serverCount retires the extra slot once its session ends; no live session is closed for it', async () => {
-    const { agent, peers, lb, logs, servedBy } = await setupReplicas({ serverCount: 2 });
-    await until(() => agent.servers.length === 2, 'a session to each replica');
+    const { agent, peers, announced, lb, logs, servedBy } = await setupReplicas({ serverCount: 2 });
+    await pollUntil(() => agent.servers.length === 2, 5_000, 'a session to each replica');
     const slotOf = (serverId: string) =>
       logs.find('agent registered').find((l) => l.serverId === serverId)?.slot as number;
-    const [a, b] = peers as [TunnelPeer, TunnelPeer];
-    for (const peer of peers) peer.serverCount = 1;
+    const [a, b] = peers as [RawServer, RawServer];
+    announced.serverCount = 1;
     // peer-a drops slot 0's session; it comes back to peer-a and learns the count is now 1.
     expect(slotOf('peer-a')).toBe(0);
     lb.pick = () => 0;
     live(a)[0]!.socket.destroy();
-    await until(
+    await pollUntil(
       () => logs.find('server count changed').find((l) => l.serverCount === 1),
+      5_000,
       'the lower count to be adopted',
     );
-    await until(() => live(a).length === 1 && agent.servers.length === 2, 'slot 0 back on peer-a');
+    await pollUntil(() => live(a).length === 1 && agent.servers.length === 2, 5_000, 'slot 0 back on peer-a');
     // Slot 1 keeps its session to peer-b: a lower count closes nothing.
     expect(live(b)).toHaveLength(1);
     expect(agent.slotCount).toBe(2);
@@ -189,8 +195,9 @@ describe('TunnelAgent behind a load balancer', () => {
     // Once that session ends, slot 1 retires instead of dialing again.
     const dialsBefore = lb.routed.length;
     live(b)[0]!.socket.destroy();
-    await until(() => agent.slotCount === 1, 'slot 1 to retire');
-    await sleep(200); // four times backoffMaxMs: a slot still dialing would have dialed by now
+    await pollUntil(() => agent.slotCount === 1, 5_000, 'slot 1 to retire');
+    // A retired slot has no loop left to dial with: nothing more comes once queued work has run.
+    await flushIo();
     expect(lb.routed.length).toBe(dialsBefore);
     expect(logs.find('connect slot retired')).toEqual([expect.objectContaining({ slot: 1 })]);
     expect(servedBy()).toEqual(['peer-a']);
@@ -202,24 +209,30 @@ describe('TunnelAgent behind a load balancer', () => {
       serverCount: 64,
       argv: ['--backoff-initial-ms', '300', '--backoff-max-ms', '10s'],
     });
-    await until(() => agent.servers.length === 2 && agent.slotCount === MAX_SLOTS, 'all slots running');
+    await pollUntil(
+      () => agent.servers.length === 2 && agent.slotCount === MAX_SLOTS,
+      5_000,
+      'all slots running',
+    );
     expect(logs.find('server count changed')[0]).toMatchObject({ serverCount: 64, slots: MAX_SLOTS });
     await agent.close();
     expect(agent.slotCount).toBe(0);
     // Both serving sessions, and any duplicate caught mid-flight, left with GoAway and closed.
     const all = peers.flatMap((p) => p.sessions);
-    await Promise.all(all.map((s) => s.sessionClosed));
+    await Promise.all(all.map((s) => s.closed));
     expect(all.filter((s) => !s.goAwayReceived)).toEqual([]);
+    // No slot is left to dial: nothing more comes once queued work has run.
     const dialsAtClose = lb.routed.length;
-    await sleep(400); // longer than a duplicate's delay: a slot left running would dial again
+    await flushIo();
     expect(lb.routed.length).toBe(dialsAtClose);
     expect(logs.find('agent stopped')).toHaveLength(1);
   });
 
   test('a server that announces no count (an older one) keeps the agent at one session', async () => {
     const { agent, lb, logs } = await setupReplicas({ serverCount: undefined });
-    await until(() => agent.isReady, 'the first session');
-    await sleep(100);
+    await pollUntil(() => agent.isReady, 5_000, 'the first session');
+    // The count is read when `registered` is: a second slot would exist by now.
+    await flushIo();
     expect(agent.slotCount).toBe(1);
     expect(lb.routed).toHaveLength(1);
     expect(logs.find('agent registered')[0]).toMatchObject({ serverId: 'peer-a', slot: 0 });

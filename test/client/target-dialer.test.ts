@@ -10,7 +10,7 @@ import { TargetDialer } from '../../packages/client/src/target-dialer.js';
 import type { TargetDialerOptions } from '../../packages/client/src/target-dialer.js';
 import { ManualClock } from '../helpers/manual-clock.js';
 import { delay, flushIo, pollUntil } from '../helpers/streams.js';
-import { captureLogs, readBytes, until } from './fixtures.js';
+import { captureLogs, readBytes } from './fixtures.js';
 
 /**
  * A target that records every connection it accepts; `greeting` is written on accept (a
@@ -93,14 +93,14 @@ describe('TargetDialer', () => {
     expect(first.spare).toBe(false);
     await roundTrip(first.socket, 'one');
     // The first use opened one spare behind it.
-    await until(() => target.connections.length === 2, 'the spare to connect');
+    await pollUntil(() => target.connections.length === 2, 5_000, 'the spare to connect');
     for (const text of ['two', 'three', 'four']) {
-      await until(() => d.spareCount === 1, 'a spare');
+      await pollUntil(() => d.spareCount === 1, 5_000, 'a spare');
       const next = await d.dial(route);
       expect(next.spare).toBe(true);
       await roundTrip(next.socket, text);
     }
-    await until(() => target.connections.length === 5, 'the last spare');
+    await pollUntil(() => target.connections.length === 5, 5_000, 'the last spare');
     await settled(d);
     // Four user connections, each on its own target connection, and one spare waiting.
     expect(target.connections).toHaveLength(5);
@@ -112,17 +112,17 @@ describe('TargetDialer', () => {
     const d = dialer();
     const route = routeTo(target.port);
     await roundTrip((await d.dial(route)).socket, 'one');
-    await until(() => d.spareCount === 1, 'the spare to connect');
-    const spareSide = await until(() => target.connections[1], 'the target to accept the spare');
+    await pollUntil(() => d.spareCount === 1, 5_000, 'the spare to connect');
+    const spareSide = await pollUntil(() => target.connections[1], 5_000, 'the target to accept the spare');
     spareSide.end(); // the target closes the idle connection
-    await until(() => d.spareCount === 0, 'the closed spare to be dropped');
+    await pollUntil(() => d.spareCount === 0, 5_000, 'the closed spare to be dropped');
     await settled(d);
     expect(target.connections).toHaveLength(2);
     const next = await d.dial(route);
     expect(next.spare).toBe(false);
     await roundTrip(next.socket, 'two');
     // The stream counts as use: a spare is opened behind it again.
-    await until(() => target.connections.length === 4, 'a new spare');
+    await pollUntil(() => target.connections.length === 4, 5_000, 'a new spare');
   });
 
   test('drops a spare the target reset', async () => {
@@ -130,10 +130,10 @@ describe('TargetDialer', () => {
     const d = dialer();
     const route = routeTo(target.port);
     await roundTrip((await d.dial(route)).socket, 'one');
-    await until(() => d.spareCount === 1, 'the spare to connect');
-    const spareSide = await until(() => target.connections[1], 'the target to accept the spare');
+    await pollUntil(() => d.spareCount === 1, 5_000, 'the spare to connect');
+    const spareSide = await pollUntil(() => target.connections[1], 5_000, 'the target to accept the spare');
     spareSide.resetAndDestroy();
-    await until(() => d.spareCount === 0, 'the reset spare to be dropped');
+    await pollUntil(() => d.spareCount === 0, 5_000, 'the reset spare to be dropped');
     expect((await d.dial(route)).spare).toBe(false);
   });
 
@@ -143,7 +143,7 @@ describe('TargetDialer', () => {
     const route = routeTo(target.port);
     const dialed = await Promise.all(Array.from({ length: 6 }, () => d.dial(route)));
     for (const [i, c] of dialed.entries()) await roundTrip(c.socket, `u${i}`);
-    await until(() => target.connections.length === 8, 'two spares');
+    await pollUntil(() => target.connections.length === 8, 5_000, 'two spares');
     await settled(d);
     expect(d.spareCount).toBe(2);
     expect(target.connections).toHaveLength(8);
@@ -155,12 +155,12 @@ describe('TargetDialer', () => {
     const d = dialer({ clock, spareIdleMs: 5_000 });
     const route = routeTo(target.port);
     await roundTrip((await d.dial(route)).socket, 'one');
-    await until(() => target.connections.length === 2 && d.spareCount === 1, 'the spare');
+    await pollUntil(() => target.connections.length === 2 && d.spareCount === 1, 5_000, 'the spare');
     clock.advance(4_999);
     expect(d.spareCount).toBe(1);
     clock.advance(1);
     expect(d.spareCount).toBe(0);
-    await until(() => target.connections[1]?.closed, 'the target to see the spare close');
+    await pollUntil(() => target.connections[1]?.closed, 5_000, 'the target to see the spare close');
     await settled(d);
     expect(target.connections).toHaveLength(2);
     expect(clock.pending).toBe(0);
@@ -174,11 +174,11 @@ describe('TargetDialer', () => {
     const d = dialer({ clock });
     const route = routeTo(target.port);
     const first = await d.dial(route);
-    await until(() => target.connections.length === 2 && d.spareCount === 1, 'the spare');
+    await pollUntil(() => target.connections.length === 2 && d.spareCount === 1, 5_000, 'the spare');
     d.close();
     expect(d.spareCount).toBe(0);
     expect(clock.pending).toBe(0);
-    await until(() => target.connections[1]?.closed, 'the target to see the spare close');
+    await pollUntil(() => target.connections[1]?.closed, 5_000, 'the target to see the spare close');
     // A stream already forwarded is not the dialer's to close.
     await roundTrip(first.socket, 'still open');
     const later = await d.dial(route);
@@ -195,7 +195,7 @@ describe('TargetDialer', () => {
     const first = await d.dial(route);
     expect((await readBytes(first.socket, 10)).toString()).toBe('220 hello\n');
     first.socket.destroy();
-    await until(() => d.spareCount === 1, 'the spare');
+    await pollUntil(() => d.spareCount === 1, 5_000, 'the spare');
     // Setup, not a proof: give the greeting time to reach the idle spare before it is handed out.
     await delay(50);
     const next = await d.dial(route);

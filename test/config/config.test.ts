@@ -1,22 +1,16 @@
 // The configuration layer of both CLIs: precedence, all-at-once problems, secrets, value formats,
 // routes, freezing, --help and docs/CONFIG.md kept in step with the schemas.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
-import { describe, expect, onTestFinished, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { addConfigOptions, describeConfig, parseDurationMs, redactConfig } from '@cluster-tunnel/config';
 import type { ConfigSchema } from '@cluster-tunnel/config';
 import { CLIENT_CONFIG_SCHEMA, resolveClientConfig } from '../../packages/client/src/config.js';
 import { SERVER_CONFIG_SCHEMA, resolveServerConfig } from '../../packages/server/src/config.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 const SECRET = 's3cr3t-token-value';
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'tunnel-config-'));
-  onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 function write(dir: string, name: string, text: string): string {
   const path = join(dir, name);

@@ -24,10 +24,10 @@ import {
   createToken,
   startAgent,
   startServer,
-  tempDir,
   writeTokenFile,
   type ServerHandle,
 } from '../helpers/tunnel.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 interface Refusal {
   status: number;

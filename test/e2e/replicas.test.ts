@@ -16,12 +16,12 @@ import {
   createToken,
   startAgent,
   startServer,
-  tempDir,
   tunnelKubeconfig,
   writeTokenFile,
   type CliProcess,
   type LogLine,
 } from '../helpers/tunnel.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 const TIMEOUT_MS = 20_000;
 

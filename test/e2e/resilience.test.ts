@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { setupClusterTunnel } from '../helpers/cluster-tunnel.js';
 import { findKubectl, runKubectl } from '../helpers/kubectl.js';
-import { startAgent, startServer, tempDir } from '../helpers/tunnel.js';
+import { startAgent, startServer } from '../helpers/tunnel.js';
+import { tempDir } from '../helpers/temp-dir.js';
 import { pollUntil } from '../helpers/streams.js';
 
 const TIMEOUT_MS = 20_000;

@@ -15,11 +15,11 @@ import {
   freePort,
   startAgent,
   startServer,
-  tempDir,
   tunnelKubeconfig,
   writeTokenFile,
   type ServerHandle,
 } from '../helpers/tunnel.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 const TIMEOUT_MS = 20_000;
 

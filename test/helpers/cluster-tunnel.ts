@@ -9,13 +9,13 @@ import {
   createToken,
   startAgent,
   startServer,
-  tempDir,
   tunnelKubeconfig,
   writeTokenFile,
   type AgentOptions,
   type CliProcess,
   type ServerHandle,
 } from './tunnel.js';
+import { tempDir } from './temp-dir.js';
 
 export interface ClusterTunnel {
   server: ServerHandle;

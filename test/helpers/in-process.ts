@@ -4,8 +4,7 @@
  * dialing it over real TLS, WebSocket and yamux. Routing is observed through the server's
  * 'user-connection' events and return values, not log lines. Everything is stopped by the test.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { onTestFinished } from 'vitest';
@@ -19,6 +18,7 @@ import {
   type UserConnectionEvent,
 } from '@cluster-tunnel/server';
 import { withDeadline } from './streams.js';
+import { tempDir } from './temp-dir.js';
 
 /** A logger that writes nowhere (set TUNNEL_TEST_LOG=1 to see the lines on stderr). */
 export function quietLogger(name: string): Logger {
@@ -38,13 +38,13 @@ export interface InProcessServer {
   events: UserConnectionEvent[];
   /** The next event matching `match` (one already seen counts). */
   nextEvent(match: (e: UserConnectionEvent) => boolean, timeoutMs?: number): Promise<UserConnectionEvent>;
-  /** A token for an agent of `cluster`, signed with this server's key. */
-  token(cluster: string): Promise<string>;
+  /** A token for an agent of `cluster`, signed with this server's key; `issuedAtMs` backdates it. */
+  token(cluster: string, o?: { ttlMs?: number; issuedAtMs?: number }): Promise<string>;
 }
 
 /** Starts a TunnelServer with `args` (server flags) on top of loopback defaults. */
 export async function startInProcessServer(args: readonly string[] = []): Promise<InProcessServer> {
-  const dataDir = await mkdtemp(join(tmpdir(), 'tunnel-server-'));
+  const dataDir = tempDir('tunnel-server-');
   const config = resolveServerConfig({
     argv: ['--listen', '127.0.0.1:0', '--admin-listen', 'off', '--data-dir', dataDir, ...args],
     env: {},
@@ -58,10 +58,7 @@ export async function startInProcessServer(args: readonly string[] = []): Promis
     events.push(e);
     for (const w of waiters) w();
   });
-  onTestFinished(async () => {
-    server.destroy();
-    await rm(dataDir, { recursive: true, force: true });
-  });
+  onTestFinished(() => server.destroy());
   await server.start();
   const privateKeyPem = await readFile(join(dataDir, SIGNING_KEY_FILES.privateKey), 'utf8');
   return {
@@ -102,8 +99,7 @@ export async function startInProcessAgent(
   s: InProcessServer,
   o: InProcessAgentOptions,
 ): Promise<TunnelAgent> {
-  const dir = await mkdtemp(join(tmpdir(), 'tunnel-agent-'));
-  onTestFinished(() => rm(dir, { recursive: true, force: true }));
+  const dir = tempDir('tunnel-agent-');
   const tokenFile = join(dir, 'agent.token');
   await writeFile(tokenFile, `${await s.token(o.cluster)}\n`, { mode: 0o600 });
   const agentId = o.agentId ?? `agent-${o.cluster}`;

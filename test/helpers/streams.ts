@@ -21,14 +21,19 @@ export function withDeadline<T>(promise: Promise<T>, ms: number, what: string): 
   return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
 }
 
-/** Resolves once `predicate` holds (it may be async), checking every 5 ms; rejects after `timeoutMs`. */
-export async function pollUntil(
-  predicate: () => boolean | Promise<boolean>,
+/**
+ * The one poll helper: resolves with the first truthy value `probe` returns (it may be async),
+ * checking every 5 ms; rejects after `timeoutMs` naming `what`.
+ */
+export async function pollUntil<T>(
+  probe: () => T | Promise<T>,
   timeoutMs = 10_000,
   what = 'condition',
-): Promise<void> {
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
-  while (!(await predicate())) {
+  for (;;) {
+    const value = await probe();
+    if (value) return value as NonNullable<T>;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await delay(5);
   }

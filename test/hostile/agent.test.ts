@@ -19,10 +19,10 @@ import {
   createToken,
   startAgent,
   startServer,
-  tempDir,
   writeTokenFile,
   type ServerHandle,
 } from '../helpers/tunnel.js';
+import { tempDir } from '../helpers/temp-dir.js';
 import { keyIdOf } from '../../packages/server/src/token-format.js';
 
 const MiB = 1024 * 1024;

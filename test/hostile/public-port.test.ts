@@ -19,11 +19,11 @@ import {
   createToken,
   startAgent,
   startServer,
-  tempDir,
   writeTokenFile,
   type LogLine,
   type ServerHandle,
 } from '../helpers/tunnel.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 const execFileAsync = promisify(execFile);
 const MiB = 1024 * 1024;

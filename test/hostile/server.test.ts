@@ -2,41 +2,35 @@
  * A hostile server in front of a real agent process (docs/SECURITY.md, "a hostile server"):
  * the agent forwards only to its configured targets, refuses crafted stream headers one stream
  * at a time, ends a session whose server breaks the control protocol or floods it, and dials
- * again. The server is test/client/tunnel-peer.ts, which speaks the real protocol over TLS and
- * WebSocket; the agent is `tunnel-client`.
+ * again. The server is test/helpers/raw-server.ts, scripted, speaking the real protocol over
+ * TLS and WebSocket; the agent is `tunnel-client`.
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { SignJWT } from 'jose';
-import { describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Flag, FrameType, encodeHeader, readStreamReply } from '@cluster-tunnel/protocol';
-import { TunnelPeer, type PeerSession } from '../client/tunnel-peer.js';
+import { RawServer, type RawServerSession } from '../helpers/raw-server.js';
 import { closed as streamClosed, echoTarget } from '../client/fixtures.js';
 import { pollUntil, withDeadline } from '../helpers/streams.js';
-import {
-  startAgent,
-  tempDir,
-  writeTokenFile,
-  type CliProcess,
-  type ServerHandle,
-} from '../helpers/tunnel.js';
+import { startAgent, writeTokenFile, type CliProcess, type ServerHandle } from '../helpers/tunnel.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 const MiB = 1024 * 1024;
 
 async function agentBehindHostileServer(): Promise<{
-  peer: TunnelPeer;
+  peer: RawServer;
   agent: CliProcess;
-  session: PeerSession;
+  session: RawServerSession;
   echoPort: number;
 }> {
-  // The agent reads only the token's cluster claim; the peer accepts exactly this token.
+  // The agent reads only the token's cluster claim; the scripted server checks none.
   const token = await new SignJWT({ cluster: 'u1' })
     .setProtectedHeader({ alg: 'HS256' })
     .setSubject('cluster:u1')
     .setJti(randomBytes(8).toString('hex'))
     .sign(new TextEncoder().encode('hostile-server-tests-key-hostile-server'));
-  const peer = await TunnelPeer.start(token);
-  onTestFinished(() => peer.close());
+  const peer = await RawServer.start();
   const echo = await echoTarget();
   const dir = await tempDir();
   const server = { url: peer.url, caFile: peer.caFile } as ServerHandle;
@@ -50,7 +44,7 @@ async function agentBehindHostileServer(): Promise<{
 }
 
 /** Opens a stream and writes `bytes` raw (no well-formed header unless the bytes are one). */
-function rawStream(session: PeerSession, bytes: Buffer) {
+function rawStream(session: RawServerSession, bytes: Buffer) {
   const stream = session.session.open();
   stream.on('error', () => undefined);
   stream.write(bytes);
@@ -91,7 +85,7 @@ describe('a hostile server in front of a real agent', () => {
     }
 
     // The session is intact: a good stream reaches the echo target.
-    const { stream, reply } = await session.openUserStream('cluster-u1', Buffer.from('ping'));
+    const { stream, reply } = await session.openRoute('cluster-u1', Buffer.from('ping'));
     expect(reply).toEqual({ ok: true });
     // readStreamReply leaves the stream paused: a 'data' listener alone does not restart it.
     const echoed = await withDeadline(
@@ -107,10 +101,10 @@ describe('a hostile server in front of a real agent', () => {
 
   it('ends the session when the server says anything but error after registered, and dials again', async () => {
     const { peer, agent, session } = await agentBehindHostileServer();
-    session.control.send({ type: 'registered', serverId: 'peer-1', hostnames: [] });
+    session.control.send({ type: 'registered', serverId: 'raw-1', hostnames: [] });
     const line = await agent.waitForLog((l) => l.msg === 'unexpected control message', 5_000);
     expect(line.code).toBe('TUN_ERR_BAD_CONTROL_MESSAGE');
-    await withDeadline(session.sessionClosed, 5_000, 'the session to end');
+    await withDeadline(session.closed, 5_000, 'the session to end');
     const again = await peer.nextSession(10_000);
     expect(again.register.type).toBe('register');
   });
@@ -123,7 +117,7 @@ describe('a hostile server in front of a real agent', () => {
       Array.from({ length: 4096 }, (_, i) => encodeHeader(FrameType.Ping, Flag.SYN, 0, i)),
     );
     for (let i = 0; i < 64 && !session.session.isClosed; i++) session.socket.write(wsFrame(pings));
-    await withDeadline(session.sessionClosed, 10_000, 'the agent to end the flooded session');
+    await withDeadline(session.closed, 10_000, 'the agent to end the flooded session');
     const ended = await agent.waitForLog((l) => l.msg === 'session ended', 10_000);
     expect(ended.err).toMatchObject({ code: 'TUN_ERR_LIMIT_EXCEEDED', details: { limit: 'pingsPerSecond' } });
 
@@ -133,7 +127,7 @@ describe('a hostile server in front of a real agent', () => {
       Array.from({ length: 512 }, () => Buffer.from([0x89, 125, ...randomBytes(125)])),
     );
     for (let i = 0; i < 2_000 && !next.session.isClosed; i++) next.socket.write(wsPing);
-    await withDeadline(next.sessionClosed, 10_000, 'the agent to end the WebSocket-flooded session');
+    await withDeadline(next.closed, 10_000, 'the agent to end the WebSocket-flooded session');
     // Whether the agent had seen `registered` yet decides which line reports it.
     const wsEnded = await agent.waitForLog(
       (l) =>

@@ -31,10 +31,12 @@ import { RouteTable } from '../../packages/client/src/route-table.js';
 import { dial } from '../../packages/client/src/server-dialer.js';
 import { ServerSession } from '../../packages/client/src/server-session.js';
 import { TunnelAgent } from '../../packages/client/src/tunnel-agent.js';
-import { LEVEL, captureLogs, echoTarget, readAll, tempDir, until, writeFile } from '../client/fixtures.js';
+import { LEVEL, captureLogs, echoTarget, readAll, writeFile } from '../client/fixtures.js';
+import { tempDir } from '../helpers/temp-dir.js';
 import { registerRaw, type AgentTarget } from '../helpers/hostile.js';
 import { createTestCa } from '../helpers/pki.js';
 import { RawServer } from '../helpers/raw-server.js';
+import { pollUntil } from '../helpers/streams.js';
 
 const DOMAIN = 'proxy.localhost';
 const ROUTE_HOST = `cluster-u1.${DOMAIN}`;
@@ -266,7 +268,11 @@ describe('a new agent and an old server', () => {
       protocolVersion: CONTROL_PROTOCOL_VERSION,
       capabilities: ['typed-stream-header'],
     });
-    const registered = await until(() => logs.find('agent registered')[0], 'the agent to register');
+    const registered = await pollUntil(
+      () => logs.find('agent registered')[0],
+      5_000,
+      'the agent to register',
+    );
     expect(registered).toMatchObject({ serverId: 'server-old', capabilities: [] });
 
     const header = firstReleaseHeader('cluster-u1', '203.0.113.9:51234');
@@ -274,7 +280,7 @@ describe('a new agent and an old server', () => {
     expect(reply).toEqual({ ok: true });
     // The echo target answers the bytes, then `<eof>` once the user's FIN has reached it.
     expect(await echoed(stream)).toBe('ping|<eof>');
-    const closed = await until(() => logs.find('user connection closed')[0], 'the closed line');
+    const closed = await pollUntil(() => logs.find('user connection closed')[0], 5_000, 'the closed line');
     expect(closed).toMatchObject({ route: 'cluster-u1', remoteAddress: '203.0.113.9:51234' });
     expect(closed).not.toHaveProperty('metadata');
   });
@@ -287,7 +293,11 @@ describe('a new agent and a new server', () => {
     const echo = await echoTarget();
     const routes = [`apiserver=127.0.0.1:${tlsTarget.port}`, `echo=127.0.0.1:${echo.port}`];
     const { logs } = await startAgent({ ...target, token, routes });
-    const registered = await until(() => logs.find('agent registered')[0], 'the agent to register');
+    const registered = await pollUntil(
+      () => logs.find('agent registered')[0],
+      5_000,
+      'the agent to register',
+    );
     expect(registered).toMatchObject({ serverId: 'server-new', capabilities: ['typed-stream-header'] });
     const [agent] = server.registry.all();
     expect([...agent!.capabilities]).toEqual(['typed-stream-header']);
@@ -308,8 +318,9 @@ describe('a new agent and a new server', () => {
     stream.on('error', () => undefined);
     expect(await readStreamReply(stream, 5_000)).toEqual({ ok: true });
     expect(await echoed(stream, 'ping|')).toBe('ping|<eof>');
-    const closed = await until(
+    const closed = await pollUntil(
       () => logs.find('user connection closed').find((l) => l.route === 'cluster-u1-echo'),
+      5_000,
       'the agent to log the stream',
     );
     expect(closed).toMatchObject({ remoteAddress: '198.51.100.7:4321', metadata });
@@ -330,9 +341,11 @@ describe('protocol versions', () => {
         ),
       });
       expect(server.registry.all()).toHaveLength(0);
-      await until(() => logs.find('agent registration failed')[0], 'the server to log the refusal').then(
-        (line) => expect(line).toMatchObject({ code: 'TUN_ERR_UNSUPPORTED_VERSION' }),
-      );
+      await pollUntil(
+        () => logs.find('agent registration failed')[0],
+        5_000,
+        'the server to log the refusal',
+      ).then((line) => expect(line).toMatchObject({ code: 'TUN_ERR_UNSUPPORTED_VERSION' }));
     },
   );
 
@@ -350,7 +363,11 @@ describe('protocol versions', () => {
       token,
       routes: [`apiserver=127.0.0.1:${echo.port}`],
     });
-    const line = await until(() => logs.find('registration refused')[0], 'the agent to log the refusal');
+    const line = await pollUntil(
+      () => logs.find('registration refused')[0],
+      5_000,
+      'the agent to log the refusal',
+    );
     expect(line).toMatchObject({ level: LEVEL.error, code: 'TUN_ERR_UNSUPPORTED_VERSION' });
     expect(JSON.stringify(line)).toContain('this server 2-3');
     expect(agent.isReady).toBe(false);
@@ -397,7 +414,7 @@ describe('unknown stream types', () => {
       routes: [`apiserver=127.0.0.1:${echo.port}`],
     });
     const peer = await newer.nextSession();
-    await until(() => agent.isReady, 'the agent to register');
+    await pollUntil(() => agent.isReady, 5_000, 'the agent to register');
 
     // A type of a later release: 0x07, then the v2 fields as that release would write them.
     const unknown = encodeStreamHeader(
@@ -408,7 +425,7 @@ describe('unknown stream types', () => {
     expect(Object.values(STREAM_TYPES)).not.toContain(7);
     const refused = await peer.openStream(unknown);
     expect(refused.reply).toMatchObject({ ok: false, code: 'TUN_ERR_UNKNOWN_STREAM_TYPE' });
-    await until(() => refused.stream.destroyed, 'the refused stream to be reset');
+    await pollUntil(() => refused.stream.destroyed, 5_000, 'the refused stream to be reset');
     expect(logs.find('unknown stream type')[0]).toMatchObject({
       level: LEVEL.warn,
       code: 'TUN_ERR_UNKNOWN_STREAM_TYPE',

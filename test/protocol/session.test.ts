@@ -35,7 +35,7 @@ async function sessions(
 }
 
 /** Resolves once neither session has a stream left in its table. */
-function untilStreamTablesEmpty(client: YamuxSession, server: YamuxSession): Promise<void> {
+function untilStreamTablesEmpty(client: YamuxSession, server: YamuxSession): Promise<unknown> {
   return pollUntil(
     () => client.stats.openStreams === 0 && server.stats.openStreams === 0,
     10_000,

@@ -286,8 +286,6 @@ async function socketPair(kind: 'tcp' | 'tls'): Promise<{ ours: net.Socket; peer
   return { ours, peer };
 }
 
-const until = (check: () => boolean, what: string): Promise<void> => pollUntil(check, 5_000, what);
-
 describe('createWebSocketDuplex over wss', () => {
   it('carries bytes both ways', async () => {
     const { a, b } = await ourPair();
@@ -430,7 +428,7 @@ describe('createWebSocketDuplex over wss', () => {
       theirs.send(toUs.subarray(0, 5));
       theirs.send(toUs.subarray(5));
       expect((await readAtLeast(ours, toUs.length)).equals(toUs)).toBe(true);
-      await until(() => Buffer.concat(received).length >= toThem.length, 'their messages');
+      await pollUntil(() => Buffer.concat(received).length >= toThem.length, 5_000, 'their messages');
       expect(Buffer.concat(received).equals(toThem)).toBe(true);
       // Their close(1000) ends our readable cleanly; they see 1000 echoed.
       const ended = once(ours, 'end');
@@ -451,7 +449,7 @@ describe('createWebSocketDuplex over wss', () => {
     expect((await theirsClosed)[0]).toBe(1000);
     expect(Buffer.concat(received).toString()).toBe('bye');
     await finished;
-    await until(() => oursSocket.destroyed, 'our socket to close');
+    await pollUntil(() => oursSocket.destroyed, 5_000, 'our socket to close');
   });
 
   it.each(ROLES)(
@@ -505,7 +503,7 @@ describe('createWebSocketDuplex over wss', () => {
           const details = (errors[0] as { details?: { websocket?: unknown } }).details;
           expect(String(details?.websocket)).toMatch(reply === 1007 ? /UTF-8/ : /close/);
         }
-        await until(() => closePayloads(framesFromUs()).length > 0, 'our close frame');
+        await pollUntil(() => closePayloads(framesFromUs()).length > 0, 5_000, 'our close frame');
         const ourCloses = closePayloads(framesFromUs());
         expect(ourCloses).toEqual([closePayload(reply)]);
         expect(RESERVED_CLOSE_CODES).not.toContain(ourCloses[0]!.readUInt16BE(0));
@@ -542,7 +540,7 @@ describe('createWebSocketDuplex over wss', () => {
     const ours = wrap(await dialWebSocket(url), 'client');
     const [err] = (await once(ours, 'error')) as [Error];
     expect(isTunnelError(err, 'TUN_ERR_PROTOCOL')).toBe(true);
-    await until(() => Buffer.concat(fromUs).length >= 8, 'our close frame');
+    await pollUntil(() => Buffer.concat(fromUs).length >= 8, 5_000, 'our close frame');
     const frame = Buffer.concat(fromUs);
     // A masked close frame (0x88, mask bit, length 2), the code unmasked with its key.
     expect([frame[0], frame[1]]).toEqual([0x88, 0x82]);
@@ -562,8 +560,9 @@ describe('createWebSocketDuplex over wss', () => {
     raw.socket.write(Buffer.from([0x82, 0x01, 0x00]));
     const [err] = (await once(ours, 'error')) as [Error];
     expect(isTunnelError(err, 'TUN_ERR_PROTOCOL')).toBe(true);
-    await until(
+    await pollUntil(
       () => raw.received().includes(Buffer.from([0x88, 0x02, 0x03, 0xea])),
+      5_000,
       'a close frame with 1002',
     );
   });
@@ -598,7 +597,7 @@ describe('createWebSocketDuplex over wss', () => {
     const accepted = await upgraded;
     const ours = wrap(accepted, 'server');
     expect((await readAtLeast(ours, 11)).toString()).toBe('early bytes');
-    await until(() => raw.received().includes('\r\n\r\n'), 'the 101');
+    await pollUntil(() => raw.received().includes('\r\n\r\n'), 5_000, 'the 101');
     expect(raw.received().toString()).toContain(`Sec-WebSocket-Accept: ${webSocketAccept(key)}`);
   });
 

@@ -1,20 +1,14 @@
 import { once } from 'node:events';
 import { X509Certificate as NodeX509Certificate } from 'node:crypto';
-import { mkdtemp, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { CA_FILES, CertificateAuthority } from '../../packages/server/src/certificate-authority.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 const DAY_MS = 86_400_000;
-
-async function tempDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'ct-ca-'));
-  onTestFinished(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /** A TLS server presenting `cert`; each connection answers 'ok' and closes. */
 async function startTlsServer(options: tls.TlsOptions): Promise<number> {

@@ -7,7 +7,8 @@ import { chmod, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { pollUntil } from '../helpers/streams.js';
-import { startServer, tempDir } from '../helpers/tunnel.js';
+import { startServer } from '../helpers/tunnel.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 const mode = async (path: string): Promise<number> => (await stat(path)).mode & 0o777;
 

@@ -1,18 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
-import {
-  appendFile,
-  mkdir,
-  mkdtemp,
-  readFile,
-  rename,
-  rm,
-  rmdir,
-  stat,
-  unlink,
-  writeFile,
-} from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { appendFile, mkdir, readFile, rename, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { SignJWT, decodeJwt, decodeProtectedHeader, jwtVerify } from 'jose';
@@ -28,18 +16,13 @@ import type { TokenVerifierOptions } from '../../packages/server/src/token-verif
 import { ManualClock } from '../helpers/manual-clock.js';
 import { flushIo, pollUntil } from '../helpers/streams.js';
 import { SERVER_BIN } from '../helpers/tunnel.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 const execFileAsync = promisify(execFile);
 
 const HOUR_MS = 3_600_000;
 /** The server's default domain, as every token here is minted for. */
 const AUDIENCE = 'proxy.localhost';
-
-async function tempDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'ct-token-'));
-  onTestFinished(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 function keyPair(): { privateKeyPem: string; publicKeyPem: string } {
   const { privateKey, publicKey } = generateKeyPairSync('ed25519');

@@ -14,6 +14,7 @@ import {
   readClientHello,
 } from '../../packages/server/src/client-hello.js';
 import type { ClientHello, ReadClientHelloOptions } from '../../packages/server/src/client-hello.js';
+import { captureClientHello } from '../../bench/lib/client-hello-capture.js';
 
 const HOST = '127.0.0.1';
 const LISTENER_EVENTS = ['data', 'end', 'close', 'error'] as const;
@@ -82,23 +83,6 @@ function rawClient(port: number): net.Socket {
     client.destroy();
   });
   return client;
-}
-
-/** The exact bytes a real Node TLS client sends first, captured by a plain TCP server. */
-async function captureClientHello(options: tls.ConnectionOptions): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let firstData!: () => void;
-  const gotData = new Promise<void>((resolve) => (firstData = resolve));
-  const port = await startRawServer((socket) =>
-    socket.on('data', (chunk: Buffer) => {
-      chunks.push(chunk);
-      firstData();
-    }),
-  );
-  tlsClient({ port, ...options });
-  await gotData;
-  await sleep(50); // the client sends nothing more until the server answers
-  return Buffer.concat(chunks);
 }
 
 /** Re-frames the handshake bytes of `hello` into TLS records of at most `fragmentBytes` each. */

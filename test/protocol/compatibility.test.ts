@@ -229,7 +229,10 @@ describe('an old agent and a new server', () => {
     const tlsTarget = await tlsEchoTarget();
     // registerRaw sends the first release's register: no capabilities.
     const old = await registerRaw(target, token, ['cluster-u1']);
-    expect(old.registered).toMatchObject({ type: 'registered', capabilities: ['typed-stream-header'] });
+    expect(old.registered).toMatchObject({
+      type: 'registered',
+      capabilities: ['typed-stream-header', 'route-modes'],
+    });
     const [agent] = server.registry.all();
     expect(agent!.capabilities.size).toBe(0);
     expect(agent!.streamHeaderVersion).toBe(1);
@@ -266,7 +269,7 @@ describe('a new agent and an old server', () => {
     const session = await old.nextSession();
     expect(session.register).toMatchObject({
       protocolVersion: CONTROL_PROTOCOL_VERSION,
-      capabilities: ['typed-stream-header'],
+      capabilities: ['typed-stream-header', 'route-modes'],
     });
     const registered = await pollUntil(
       () => logs.find('agent registered')[0],
@@ -298,11 +301,16 @@ describe('a new agent and a new server', () => {
       5_000,
       'the agent to register',
     );
-    expect(registered).toMatchObject({ serverId: 'server-new', capabilities: ['typed-stream-header'] });
+    expect(registered).toMatchObject({
+      serverId: 'server-new',
+      capabilities: ['typed-stream-header', 'route-modes'],
+    });
     const [agent] = server.registry.all();
-    expect([...agent!.capabilities]).toEqual(['typed-stream-header']);
+    expect([...agent!.capabilities]).toEqual(['typed-stream-header', 'route-modes']);
     expect(agent!.streamHeaderVersion).toBe(2);
-    expect(serverLogs.find('agent connected')[0]).toMatchObject({ capabilities: ['typed-stream-header'] });
+    expect(serverLogs.find('agent connected')[0]).toMatchObject({
+      capabilities: ['typed-stream-header', 'route-modes'],
+    });
 
     // A user connection: the server's own v2 header (a route stream, no metadata).
     expect(await userEcho(server, tlsTarget.caPem, 'through v2')).toBe('through v2');
@@ -379,7 +387,10 @@ describe('unknown capabilities', () => {
     const { server, target, token } = await startServer();
     const capabilities = ['from-the-future', 'typed-stream-header', 'x-2'];
     const raw = await registerRaw(target, token, ['cluster-u1'], { capabilities });
-    expect(raw.registered).toMatchObject({ type: 'registered', capabilities: ['typed-stream-header'] });
+    expect(raw.registered).toMatchObject({
+      type: 'registered',
+      capabilities: ['typed-stream-header', 'route-modes'],
+    });
     expect([...server.registry.all()[0]!.capabilities]).toEqual(['typed-stream-header']);
   });
 

@@ -98,3 +98,37 @@ describe('capabilities in register and registered', () => {
     expect(negotiateCapabilities(undefined).size).toBe(0);
   });
 });
+
+describe('routeModes in register', () => {
+  const register = (extra: Record<string, unknown>) =>
+    Buffer.from(
+      JSON.stringify({
+        type: 'register',
+        protocolVersion: 1,
+        agentId: 'a-1',
+        agentVersion: '0.1.0',
+        routes: ['cluster-u1', 'cluster-u1-dash'],
+        ...extra,
+      }),
+    );
+
+  it('maps some of the routes to mode names, or is left out', () => {
+    expect(decodeControlMessage(register({ routeModes: { 'cluster-u1-dash': 'http' } }))).toMatchObject({
+      routeModes: { 'cluster-u1-dash': 'http' },
+    });
+    expect(decodeControlMessage(register({}))).not.toHaveProperty('routeModes');
+  });
+
+  it.each([
+    ['a label it does not register', { 'cluster-u1-other': 'http' }],
+    ['a mode name outside the pattern', { 'cluster-u1-dash': 'HTTP!' }],
+    ['a mode that is not a string', { 'cluster-u1-dash': 7 }],
+    ['a list', ['http']],
+    ['null', null],
+    ['an inherited name as the label', JSON.parse('{"__proto__": "http"}')],
+  ])('refuses %s with TUN_ERR_BAD_CONTROL_MESSAGE', (_name, routeModes) => {
+    expect(() => decodeControlMessage(register({ routeModes }))).toThrow(
+      expect.objectContaining({ code: 'TUN_ERR_BAD_CONTROL_MESSAGE' }),
+    );
+  });
+});

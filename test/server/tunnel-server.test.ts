@@ -13,6 +13,7 @@ import { isTunnelError } from '@cluster-tunnel/protocol';
 import { ROUTE_MODES, type AgentEvent } from '@cluster-tunnel/server';
 import { startInProcessAgent, startInProcessServer } from '../helpers/in-process.js';
 import { readToEnd, withDeadline } from '../helpers/streams.js';
+import { registerRaw } from '../helpers/hostile.js';
 import { freePort } from '../helpers/tunnel.js';
 import { tlsCredentials } from '../helpers/transports.js';
 
@@ -275,6 +276,32 @@ describe('agent refusals', () => {
       code: 'TUN_ERR_AUTH_REQUIRED',
       remoteAddress: expect.stringMatching(/^127\.0\.0\.1:/),
     });
+  });
+});
+
+describe('route modes named by agents', () => {
+  it('routes a label by the mode its agent registered; a mode this server does not run leaves the route out', async () => {
+    const s = await startInProcessServer();
+    const { registered } = await registerRaw(
+      { url: `wss://127.0.0.1:${s.port}/connect`, caFile: s.caFile },
+      await s.token('u1'),
+      ['cluster-u1', 'cluster-u1-db', 'cluster-u1-future'],
+      {
+        capabilities: ['route-modes'],
+        routeModes: { 'cluster-u1-db': 'passthrough', 'cluster-u1-future': 'nonesuch' },
+      },
+    );
+    expect(registered).toMatchObject({
+      type: 'registered',
+      hostnames: ['cluster-u1.proxy.localhost', 'cluster-u1-db.proxy.localhost'],
+      capabilities: expect.arrayContaining(['route-modes']),
+    });
+    expect(s.server.registry.labels()).toEqual(['cluster-u1', 'cluster-u1-db']);
+    expect(s.server.registry.modeOf('cluster-u1-db')).toBe('passthrough');
+    expect(s.server.registry.modeOf('cluster-u1-future')).toBeUndefined();
+    // Nobody serves it: the public port refuses it as it does any unheld label.
+    const result = await tlsThrough(s.port, 'cluster-u1-future.proxy.localhost', Buffer.from('x'));
+    expect(result.error).toBe('ERR_SSL_TLSV1_UNRECOGNIZED_NAME');
   });
 });
 

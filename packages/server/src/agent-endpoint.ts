@@ -56,6 +56,8 @@ export interface AgentEndpointOptions {
   registry: AgentRegistry;
   metrics: ServerMetrics;
   log: Logger;
+  /** Route modes an agent may name for its routes on the public port (`routeModes` in register). */
+  routeModes: ReadonlySet<string>;
   /** Called for every agent refused or ended for a reason of its own (also counted in metrics). */
   onRefusal?: (refusal: AgentRefusal) => void;
 }
@@ -318,7 +320,28 @@ export class AgentEndpoint {
     };
     // Names this server does not know are ignored: that is how newer agents work with it.
     const capabilities = negotiateCapabilities(message.capabilities);
-    const agent = new RegisteredAgent(identity, session, labels, capabilities);
+    // A route whose mode this server does not run is left out (registered says which are in).
+    const routeModes = new Map<string, string>();
+    const unserved: string[] = [];
+    for (const [label, mode] of Object.entries(message.routeModes ?? {})) {
+      const key = label.toLowerCase();
+      if (mode === 'passthrough') continue;
+      if (this.o.routeModes.has(mode)) routeModes.set(key, mode);
+      else unserved.push(key);
+    }
+    if (unserved.length > 0) {
+      this.o.log.warn(
+        {
+          agentId: identity.agentId,
+          clusterId: identity.clusterId,
+          routes: unserved,
+          code: 'TUN_ERR_UNKNOWN_ROUTE',
+        },
+        'routes in a mode this server does not run: not routed',
+      );
+    }
+    const served = labels.filter((l) => !unserved.includes(l));
+    const agent = new RegisteredAgent(identity, session, served, capabilities, routeModes);
     c.agent = agent;
     const log = this.o.log.child({ agentId: identity.agentId, clusterId: identity.clusterId });
     // The control stream lives as long as the session: the agent ending it is leaving.
@@ -332,7 +355,7 @@ export class AgentEndpoint {
     session.on('stream', (extra: YamuxStream) => extra.destroy());
     this.o.registry.add(agent);
     this.o.metrics.agentsConnected.inc();
-    const hostnames = labels.map((l) => `${l}.${this.o.domain}`);
+    const hostnames = served.map((l) => `${l}.${this.o.domain}`);
     control.send({
       type: 'registered',
       serverId: this.o.serverId,

@@ -45,6 +45,18 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
     return [...list.slice(start), ...list.slice(0, start)];
   }
 
+  /**
+   * The route mode the agents holding `label` registered it with, or undefined when none holds
+   * it. Agents of one cluster run one configuration; should they differ, the first one counts.
+   */
+  modeOf(label: string): string | undefined {
+    // Not through candidates(): asking must not take a turn of the rotation.
+    return this.byLabel
+      .get(label)
+      ?.find((a) => a.usable)
+      ?.modeOf(label);
+  }
+
   has(label: string): boolean {
     return this.candidates(label).length > 0;
   }

@@ -36,7 +36,14 @@ export class RegisteredAgent {
     readonly labels: readonly string[],
     /** What both sides speak, negotiated at registration (agent-endpoint.ts). */
     readonly capabilities: ReadonlySet<Capability>,
+    /** Labels served by a mode other than passthrough, with that mode's name. */
+    private readonly routeModes: ReadonlyMap<string, string> = new Map(),
   ) {}
+
+  /** The route mode that serves `label` on the public port. */
+  modeOf(label: string): string {
+    return this.routeModes.get(label) ?? 'passthrough';
+  }
 
   /** v2 to agents that announced `typed-stream-header`, v1 to the others. */
   get streamHeaderVersion(): StreamHeaderVersion {

@@ -151,6 +151,8 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
       metrics: this.metrics,
       log: this.log,
       onRefusal: (refusal) => this.emit('agent', { type: 'refused', ...refusal }),
+      // The modes that serve route hostnames on the public port.
+      routeModes: new Set(this.modes.filter((m) => m.accept !== undefined).map((m) => m.name)),
     });
     this.ownNameServer = new OwnNameServer({
       secureContext,

@@ -10,6 +10,8 @@
 export const CAPABILITIES = {
   /** Streams the server opens start with the v2 stream header: type, route, user address, metadata. */
   typedStreamHeader: 'typed-stream-header',
+  /** `register` may carry `routeModes`; the server routes each of those labels by that mode. */
+  routeModes: 'route-modes',
 } as const;
 
 export type Capability = (typeof CAPABILITIES)[keyof typeof CAPABILITIES];

@@ -35,6 +35,12 @@ export interface RegisterMessage {
   routes: string[];
   /** Capabilities the agent speaks (capabilities.ts); absent from older agents, meaning none. */
   capabilities?: string[];
+  /**
+   * Route label → the route mode that serves it on the public port (`http`, `agent-tls`…), for
+   * routes that are not `passthrough`; absent means all are. Servers without `route-modes`
+   * ignore it (docs/PROTOCOL.md, "Route modes").
+   */
+  routeModes?: Record<string, string>;
 }
 export interface RegisteredMessage {
   type: 'registered';
@@ -70,6 +76,19 @@ const badCapabilities = (v: unknown): boolean =>
   (!Array.isArray(v) ||
     v.length > MAX_CAPABILITIES ||
     !v.every((c) => typeof c === 'string' && CAPABILITY_PATTERN.test(c)));
+/** What a route mode's name looks like on the wire (an agent may name modes we do not have). */
+export const ROUTE_MODE_PATTERN = /^[a-z][a-z0-9-]{0,31}$/;
+
+/** Optional: an object of own keys, each one of `routes`, each value a mode name. */
+const badRouteModes = (v: unknown, routes: readonly unknown[]): boolean =>
+  v !== undefined &&
+  (typeof v !== 'object' ||
+    v === null ||
+    Array.isArray(v) ||
+    !Object.entries(v).every(
+      ([label, mode]) => routes.includes(label) && typeof mode === 'string' && ROUTE_MODE_PATTERN.test(mode),
+    ));
+
 const CAPABILITIES_PROBLEM = `capabilities must be a list of at most ${MAX_CAPABILITIES} names matching ${CAPABILITY_PATTERN.source}`;
 
 /** Every control message type and what makes it well formed. */
@@ -85,7 +104,9 @@ export const CONTROL_MESSAGES: Readonly<Record<ControlMessage['type'], Validator
             ? 'routes must be a list of at most 64 labels'
             : badCapabilities(m.capabilities)
               ? CAPABILITIES_PROBLEM
-              : undefined,
+              : badRouteModes(m.routeModes, m.routes)
+                ? `routeModes must map some of the routes to mode names matching ${ROUTE_MODE_PATTERN.source}`
+                : undefined,
   registered: (m) =>
     typeof m.serverId !== 'string' || !ID_PATTERN.test(m.serverId)
       ? `serverId must match ${ID_PATTERN.source}`

@@ -2,7 +2,8 @@
  * The `passthrough` route mode: on the public TLS port, a ClientHello whose SNI is
  * `<label>.<domain>` is forwarded unread to an agent holding `<label>`. The server never holds
  * the keys to this traffic; TLS ends at the target (kube-apiserver), so client certificates work
- * end to end. It takes every route label no mode before it in the table claimed.
+ * end to end. It takes every route label its agents registered without another mode, and
+ * refuses labels no agent holds.
  */
 import type { Socket } from 'node:net';
 import type { ErrorCode } from '@cluster-tunnel/protocol';
@@ -20,7 +21,8 @@ export function createPassthroughMode(context: RouteModeContext): RouteMode {
   return {
     name: 'passthrough',
     start: () => Promise.resolve(),
-    claims: () => true,
+    // Labels registered in another mode belong to that mode; unheld labels are refused here.
+    claims: (route) => (context.registry.modeOf(route) ?? 'passthrough') === 'passthrough',
     accept(socket, route, helloBytes) {
       sockets.add(socket);
       socket.once('close', () => sockets.delete(socket));

@@ -29,8 +29,8 @@ export interface RouteMode {
   /** Binds what the mode owns (its ports). All or nothing: a port that cannot be bound fails the start. */
   start(): Promise<void>;
   /**
-   * Modes on the public TLS port: whether this mode serves the route label a ClientHello named.
-   * The public port asks the modes in table order and hands the connection to the first that does.
+   * Modes on the public TLS port: whether this mode serves the route label a ClientHello named,
+   * which is whether the label's agents registered it in this mode (`registry.modeOf`).
    */
   claims?(route: string): boolean;
   /** Takes a claimed connection: paused, its ClientHello read (`helloBytes`) and not yet answered. */

@@ -1,7 +1,8 @@
 /**
  * Every route mode, one line each (docs/ARCHITECTURE.md, "Route modes"). TunnelServer builds
- * each from this table; a new mode is one file plus one line here. Order matters on the public
- * TLS port: a route label goes to the first mode that claims it, and passthrough claims any.
+ * each from this table; a new mode is one file plus one line here. On the public TLS port a
+ * route label goes to the mode that claims it: the one its agents registered it with
+ * (`routeModes`), passthrough when they named none. A mode with `accept` may be named by agents.
  */
 import { createPassthroughMode } from './passthrough.js';
 import type { RouteModeFactory } from './route-mode.js';

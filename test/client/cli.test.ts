@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { Writable } from 'node:stream';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { runCli } from '../../packages/client/src/cli.js';
-import type { CliIo } from '../../packages/client/src/cli.js';
+import type { ClientCliIo } from '../../packages/client/src/cli.js';
 import { AGENT_VERSION } from '../../packages/client/src/tunnel-agent.js';
 import { echoTarget, writeFile } from './fixtures.js';
 import { tempDir } from '../helpers/temp-dir.js';
@@ -28,7 +28,7 @@ function sink(): { stream: Writable; text: () => string } {
   return { stream, text: () => chunks.join('') };
 }
 
-function io(argv: string[], env: Record<string, string> = {}, extra: Partial<CliIo> = {}) {
+function io(argv: string[], env: Record<string, string> = {}, extra: Partial<ClientCliIo> = {}) {
   const stdout = sink();
   const stderr = sink();
   const run = runCli({

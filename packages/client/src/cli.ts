@@ -8,7 +8,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { isTunnelError } from '@cluster-tunnel/protocol';
-import { addConfigOptions, createLogger, redactConfig } from '@cluster-tunnel/config';
+import { addConfigOptions, createLogger, redactConfig, type CliIo } from '@cluster-tunnel/config';
 import { CLIENT_CONFIG_SCHEMA, resolveClientConfig } from './config.js';
 import type { ClientConfig } from './config.js';
 import { AGENT_VERSION, TunnelAgent } from './tunnel-agent.js';
@@ -17,22 +17,12 @@ export const EXIT_OK = 0;
 export const EXIT_START_FAILED = 1;
 export const EXIT_USAGE = 2;
 
-export interface CliIo {
-  /** Options only, e.g. process.argv.slice(2). */
-  argv: readonly string[];
-  env: Readonly<Record<string, string | undefined>>;
-  cwd: string;
-  stdout: NodeJS.WritableStream;
-  stderr: NodeJS.WritableStream;
-  /** Aborted on SIGTERM/SIGINT: the agent drains and runCli resolves. */
-  shutdown: AbortSignal;
-  /** Where log lines go instead of stdout (tests). */
-  logDestination?: NodeJS.WritableStream;
+export interface ClientCliIo extends CliIo {
   /** Called once the agent has started (tests). */
   onStarted?: (agent: TunnelAgent) => void;
 }
 
-function buildProgram(io: CliIo): Command {
+function buildProgram(io: ClientCliIo): Command {
   const program = new Command('tunnel-client')
     .description(
       'cluster-tunnel agent: dials the tunnel server over WebSocket and forwards its streams to in-cluster targets',
@@ -48,7 +38,7 @@ function buildProgram(io: CliIo): Command {
   return program;
 }
 
-export async function runCli(io: CliIo): Promise<number> {
+export async function runCli(io: ClientCliIo): Promise<number> {
   const program = buildProgram(io);
   try {
     program.parse([...io.argv], { from: 'user' });

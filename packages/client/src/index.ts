@@ -14,6 +14,6 @@ export type { HealthServerOptions } from './health.js';
 export { RouteTable } from './route-table.js';
 export type { RouteEntry } from './route-table.js';
 export { runCli, EXIT_OK, EXIT_START_FAILED, EXIT_USAGE } from './cli.js';
-export type { CliIo } from './cli.js';
+export type { ClientCliIo } from './cli.js';
 export { CLIENT_CONFIG_SCHEMA, resolveClientConfig, PROXY_ENV, NO_PROXY_ENV } from './config.js';
 export type { ClientConfig, ResolveClientConfigInput } from './config.js';

@@ -18,6 +18,7 @@ import {
   parseDurationMs,
   parseHostPort,
   redactConfig,
+  type CliIo,
 } from '@cluster-tunnel/config';
 import { SERVER_CONFIG_SCHEMA, resolveServerConfig, type ServerConfig } from './config.js';
 import { buildKubeconfig } from './kubeconfig.js';
@@ -31,17 +32,7 @@ export const EXIT_FAILED = 1;
 /** A usage or configuration problem the user must fix (all problems printed). */
 export const EXIT_USAGE = 2;
 
-export interface ServerCliIo {
-  /** Arguments after the program name, e.g. process.argv.slice(2). */
-  argv: readonly string[];
-  env: Readonly<Record<string, string | undefined>>;
-  cwd: string;
-  stdout: NodeJS.WritableStream;
-  stderr: NodeJS.WritableStream;
-  /** Aborted on SIGTERM/SIGINT: `start` drains and runCli resolves. */
-  shutdown: AbortSignal;
-  /** Where log lines go instead of stdout (tests). */
-  logDestination?: NodeJS.WritableStream;
+export interface ServerCliIo extends CliIo {
   /** Called once the server listens (tests). */
   onStarted?: (server: TunnelServer) => void;
 }

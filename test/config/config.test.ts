@@ -561,3 +561,23 @@ describe.each([
     expect(rows).toEqual(expected);
   });
 });
+
+describe('port 0', () => {
+  test('a TCP route may listen on port 0 (the kernel picks); an agent route target may not', () => {
+    const server = resolveServerConfig({
+      argv: ['--tcp-route', 'cluster-u1-db=127.0.0.1:0'],
+      env: {},
+      cwd: '/',
+    });
+    expect(server.tcpRoutes).toEqual([{ name: 'cluster-u1-db', host: '127.0.0.1', port: 0 }]);
+    expect(() =>
+      resolveClientConfig({
+        argv: ['--server', 'wss://example.com', '--token', 't', '--route', 'apiserver=127.0.0.1:0'],
+        env: {},
+        cwd: '/',
+      }),
+    ).toThrow(
+      expect.objectContaining({ code: 'TUN_ERR_CONFIG', message: expect.stringMatching(/from 1 to 65535/) }),
+    );
+  });
+});

@@ -55,10 +55,12 @@ function echo(socket: net.Socket): void {
   socket.pipe(socket);
 }
 
+/** A server with a TCP route on a port the kernel picks (port 0): the start log names it. */
 async function serverWithTcpRoute(label: string): Promise<{ server: ServerHandle; routePort: number }> {
-  const routePort = await freePort();
-  const server = await startServer({ args: ['--tcp-route', `${label}=127.0.0.1:${routePort}`] });
-  await server.proc.waitForLog((l) => l.msg === 'tcp route listening' && l.route === label);
+  const server = await startServer({ args: ['--tcp-route', `${label}=127.0.0.1:0`] });
+  const line = await server.proc.waitForLog((l) => l.msg === 'tcp route listening' && l.route === label);
+  const routePort = Number(/:(\d+)$/.exec(String(line.listen))?.[1]);
+  expect(routePort).toBeGreaterThan(0);
   return { server, routePort };
 }
 
@@ -144,8 +146,7 @@ describe('a TCP route', () => {
   });
 
   it('lets kubectl reach the API server by address: TLS still ends at the API server', async () => {
-    const routePort = await freePort();
-    const server = await startServer({ args: ['--tcp-route', `cluster-u1=127.0.0.1:${routePort}`] });
+    const { server, routePort } = await serverWithTcpRoute('cluster-u1');
     const t = await setupClusterTunnel({ server });
     // Same kubeconfig as through the public port, but its server is the TCP route's address.
     const user = await t.api.issueClientCert('bob-u1', ['system:masters']);

@@ -77,9 +77,10 @@ export function parseRoute(
   name: string,
   target: string,
   namePattern = ROUTE_NAME_PATTERN,
+  minPort = 1,
 ): RouteTarget | string {
   if (!namePattern.test(name)) return `route name ${JSON.stringify(name)} must match ${namePattern}`;
-  const hp = parseHostPort(target.trim());
+  const hp = parseHostPort(target.trim(), minPort);
   return typeof hp === 'string' ? `route ${name}: ${hp}` : { name, ...hp };
 }
 
@@ -243,7 +244,7 @@ function parseList(raw: unknown, ctx: ParseContext): Parsed {
     const route =
       eq < 0
         ? `expected name=host:port, got ${show(item, spec)}`
-        : parseRoute(item.slice(0, eq).trim(), item.slice(eq + 1), spec.pattern);
+        : parseRoute(item.slice(0, eq).trim(), item.slice(eq + 1), spec.pattern, spec.min ?? 1);
     if (typeof route === 'string') reasons.push(route);
     else if (routes.some((r) => r.name === route.name))
       reasons.push(`route name ${route.name} is used twice`);

@@ -160,6 +160,8 @@ export const SERVER_CONFIG_SCHEMA = {
     flag: 'tcp-route',
     env: 'TUNNEL_SERVER_TCP_ROUTES',
     pattern: ROUTE_LABEL_PATTERN,
+    // Port 0 picks a free port, shown in the start log and /status (tests, local runs).
+    min: 0,
     description:
       'raw TCP routes, label=host:port: the server listens there and forwards each connection to an agent holding the label',
   },

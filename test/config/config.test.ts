@@ -581,3 +581,93 @@ describe('port 0', () => {
     );
   });
 });
+
+describe('http routes (URL targets with options)', () => {
+  const agent = (routes: string[], env: Record<string, string> = {}, cwd = '/') =>
+    resolveClientConfig({
+      argv: ['--server', 'wss://example.com', '--token', 't', ...routes.flatMap((r) => ['--route', r])],
+      env,
+      cwd,
+    });
+
+  test('a URL target is an http route; options follow it after commas, in flags and env alike', () => {
+    const dir = tempDir();
+    const ca = write(dir, 'ca.pem', 'not checked here');
+    const fromFlags = agent(
+      [
+        'dash=https://dash.svc,ca=ca.pem,serverName=Dash.Example',
+        'web=http://web.svc:8080,hostHeader=web.local',
+      ],
+      {},
+      dir,
+    );
+    const expected = [
+      { name: 'dash', host: 'dash.svc', port: 443, scheme: 'https', ca, serverName: 'dash.example' },
+      { name: 'web', host: 'web.svc', port: 8080, scheme: 'http', hostHeader: 'web.local' },
+    ];
+    expect(fromFlags.route).toEqual(expected);
+    const fromEnv = resolveClientConfig({
+      argv: ['--server', 'wss://example.com', '--token', 't'],
+      env: {
+        TUNNEL_CLIENT_ROUTE: `dash=https://dash.svc,ca=${ca},serverName=dash.example,web=http://web.svc:8080,hostHeader=web.local`,
+      },
+      cwd: '/',
+    });
+    expect(fromEnv.route).toEqual(expected);
+    expect(agent(['v=https://10.0.0.1:8443,insecure', 'api=10.0.0.2:6443']).route).toEqual([
+      { name: 'v', host: '10.0.0.1', port: 8443, scheme: 'https', insecure: true },
+      { name: 'api', host: '10.0.0.2', port: 6443 },
+    ]);
+  });
+
+  test('the file takes a map of route objects with the same options', () => {
+    const dir = tempDir();
+    write(dir, 'ca.pem', 'x');
+    const file = write(
+      dir,
+      'agent.yaml',
+      'server: wss://example.com\ntoken: t\nroute:\n  apiserver: 10.0.0.2:6443\n  dash:\n    target: https://dash.svc\n    ca: ca.pem\n    insecure: false\n',
+    );
+    const problems = (() => {
+      try {
+        resolveClientConfig({ argv: ['--config', file], env: {}, cwd: '/' });
+        return [];
+      } catch (err) {
+        return (err as { details: { problems: string[] } }).details.problems;
+      }
+    })();
+    // `insecure: false` is not an option spelling: a typo-like value is a problem, not ignored.
+    expect(problems.join('\n')).toMatch(/route/);
+    const ok = write(
+      dir,
+      'ok.yaml',
+      'server: wss://example.com\ntoken: t\nroute:\n  dash:\n    target: https://dash.svc\n    ca: ca.pem\n',
+    );
+    expect(resolveClientConfig({ argv: ['--config', ok], env: {}, cwd: '/' }).route).toEqual([
+      { name: 'dash', host: 'dash.svc', port: 443, scheme: 'https', ca: join(dir, 'ca.pem') },
+    ]);
+  });
+
+  test.each([
+    ['a path', 'dash=https://dash.svc/ui', /origin/],
+    ['credentials', 'dash=https://u:p@dash.svc', /credentials/],
+    ['another scheme', 'dash=ftp://dash.svc', /scheme/],
+    ['an option after host:port', 'api=10.0.0.2:6443,insecure', /http:\/\/ and https:\/\/ targets only/],
+    // Not an option name: read as a route of its own, which fails as one.
+    ['an unknown option', 'dash=https://dash.svc,verify=no', /route verify/],
+    ['insecure with ca', 'dash=https://dash.svc,insecure,ca=/etc/hostname', /contradict/],
+    ['TLS options on http', 'dash=http://dash.svc,insecure', /https targets only/],
+    ['a ca that does not exist', 'dash=https://dash.svc,ca=/no/such/ca.pem', /file not found/],
+    ['an option name as a route name', 'ca=10.0.0.1:443', /route option, not a route name/],
+  ])('refuses %s with a problem naming the route', (_what, route, reason) => {
+    expect(() => agent([route])).toThrow(
+      expect.objectContaining({ code: 'TUN_ERR_CONFIG', message: expect.stringMatching(reason) }),
+    );
+  });
+
+  test('tcpRoutes take no URL targets', () => {
+    expect(() =>
+      resolveServerConfig({ argv: ['--tcp-route', 'cluster-u1-db=http://db.svc:80'], env: {}, cwd: '/' }),
+    ).toThrow(expect.objectContaining({ code: 'TUN_ERR_CONFIG' }));
+  });
+});

@@ -77,7 +77,9 @@ export const CLIENT_CONFIG_SCHEMA = {
     env: 'TUNNEL_CLIENT_ROUTE',
     required: true,
     defaultText: 'apiserver=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT',
-    description: 'route name=host:port the agent serves; the in-cluster apiserver by default',
+    urlTargets: true,
+    description:
+      'route the agent serves: name=host:port, or an http route name=http(s)://host[:port][,ca=FILE,serverName=NAME,insecure,hostHeader=NAME]; the in-cluster apiserver by default',
   },
   agentId: {
     type: 'string',

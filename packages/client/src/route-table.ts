@@ -1,20 +1,38 @@
 /**
  * The agent's own routes: hostname label → configured target. The server names a label, never
  * an address, and a label that is not in this table is refused: the agent dials only what its
- * operator configured.
+ * operator configured. A URL target makes an http route: the server speaks HTTP to the user and
+ * sends the agent plain HTTP bytes; for an `https://` target the agent originates TLS,
+ * verifying the target as configured.
  */
-import { routeLabel } from '@cluster-tunnel/protocol';
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { TunnelError, routeLabel } from '@cluster-tunnel/protocol';
 import { formatHostPort } from '@cluster-tunnel/config';
 import type { RouteTarget } from '@cluster-tunnel/config';
+
+/** How the agent opens TLS to an `https://` target. */
+export interface TargetTls {
+  /** PEM of `ca=FILE`; undefined means the system roots. */
+  readonly ca: string | undefined;
+  /** SNI and the name the certificate must carry; undefined for an IP target without serverName. */
+  readonly servername: string | undefined;
+  /** False only for `insecure`. */
+  readonly rejectUnauthorized: boolean;
+}
 
 export interface RouteEntry {
   /** Route name from the configuration (`apiserver`, `dashboard`). */
   readonly name: string;
   /** Hostname label the server publishes it under (`cluster-u1`, `cluster-u1-dashboard`). */
   readonly label: string;
+  /** The route mode the server serves it with on the public port. */
+  readonly mode: 'passthrough' | 'http';
   readonly host: string;
   readonly port: number;
-  /** `host:port`, for logs. */
+  /** Set for an `https://` target. */
+  readonly tls: TargetTls | undefined;
+  /** `host:port`, or the target URL for an http route, for logs. */
   readonly target: string;
 }
 
@@ -22,12 +40,24 @@ export class RouteTable {
   readonly clusterId: string;
   private readonly byLabel: ReadonlyMap<string, RouteEntry>;
 
-  /** Throws TUN_ERR_CONFIG when the cluster id or a route name cannot form a label. */
+  /**
+   * Throws TUN_ERR_CONFIG when the cluster id or a route name cannot form a label, or a route's
+   * CA file cannot be read (it is read here, on every dial, so a rotated CA is picked up).
+   */
   constructor(clusterId: string, routes: readonly RouteTarget[]) {
     this.clusterId = clusterId;
     const entries = routes.map((r): RouteEntry => {
       const label = routeLabel(clusterId, r.name);
-      return Object.freeze({ name: r.name, label, host: r.host, port: r.port, target: formatHostPort(r) });
+      const address = formatHostPort(r);
+      return Object.freeze({
+        name: r.name,
+        label,
+        mode: r.scheme === undefined ? 'passthrough' : 'http',
+        host: r.host,
+        port: r.port,
+        tls: r.scheme === 'https' ? targetTls(r) : undefined,
+        target: r.scheme === undefined ? address : `${r.scheme}://${address}`,
+      });
     });
     this.byLabel = new Map(entries.map((e) => [e.label, e]));
   }
@@ -37,7 +67,34 @@ export class RouteTable {
     return [...this.byLabel.keys()];
   }
 
+  /** `routeModes` for `register`: the labels not served as passthrough, with their mode. */
+  get modes(): Record<string, string> {
+    const modes: Record<string, string> = {};
+    for (const e of this.byLabel.values()) if (e.mode !== 'passthrough') modes[e.label] = e.mode;
+    return modes;
+  }
+
   lookup(label: string): RouteEntry | undefined {
     return this.byLabel.get(label);
   }
+
+  entries(): RouteEntry[] {
+    return [...this.byLabel.values()];
+  }
+}
+
+function targetTls(r: RouteTarget): TargetTls {
+  let ca: string | undefined;
+  if (r.ca !== undefined) {
+    try {
+      ca = readFileSync(r.ca, 'utf8');
+    } catch (cause) {
+      throw new TunnelError('TUN_ERR_CONFIG', `route ${r.name}: cannot read ca ${r.ca}`, { cause });
+    }
+  }
+  return {
+    ca,
+    servername: r.serverName ?? (isIP(r.host) === 0 ? r.host : undefined),
+    rejectUnauthorized: r.insecure !== true,
+  };
 }

@@ -91,6 +91,12 @@ export class ServerSession extends EventEmitter {
     return this.registration?.serverId;
   }
 
+  /** Labels this agent registered that the server left out of `registered` (a mode it does not run). */
+  get unpublished(): string[] {
+    const hostnames = this.registration?.hostnames ?? [];
+    return this.options.routes.labels.filter((label) => !hostnames.some((h) => h.startsWith(`${label}.`)));
+  }
+
   get hostnames(): readonly string[] {
     return this.registration?.hostnames ?? [];
   }
@@ -132,6 +138,8 @@ export class ServerSession extends EventEmitter {
       agentVersion,
       routes: routes.labels,
       capabilities: [...SUPPORTED_CAPABILITIES],
+      // Only when some route is not passthrough: an older server ignores the key anyway.
+      ...(Object.keys(routes.modes).length > 0 ? { routeModes: routes.modes } : {}),
     });
     let message;
     try {

@@ -23,6 +23,7 @@
  * EOF"), once per burst of use. `spareConnections: 0` turns spares off.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 import type { Clock } from '@cluster-tunnel/protocol';
 import type { Logger } from '@cluster-tunnel/config';
 import type { RouteEntry } from './route-table.js';
@@ -151,14 +152,14 @@ export class TargetDialer {
         this.drop(spare);
       }, this.o.spareIdleMs),
       release: () => {
-        socket.off('connect', onConnect);
+        socket.off(readyEvent(entry), onConnect);
         socket.off('data', onData);
         socket.off('end', gone);
         socket.off('close', gone);
         socket.off('error', onError);
       },
     };
-    socket.once('connect', onConnect);
+    socket.once(readyEvent(entry), onConnect);
     // A target that ends or resets an idle connection would end the user's at once: drop it.
     socket.on('end', gone);
     socket.on('close', gone);
@@ -200,10 +201,10 @@ export class TargetDialer {
       };
       const onError = (err: Error): void => {
         clearTimeout(timer);
-        socket.off('connect', onConnect);
+        socket.off(readyEvent(entry), onConnect);
         reject(err);
       };
-      socket.once('connect', onConnect);
+      socket.once(readyEvent(entry), onConnect);
       socket.once('error', onError);
     });
   }
@@ -215,10 +216,25 @@ export class TargetDialer {
  * keepalive so a long-lived idle watch notices a dead peer.
  */
 function openSocket(entry: RouteEntry): net.Socket {
-  const socket = net.connect({ host: entry.host, port: entry.port, allowHalfOpen: true });
+  const socket = entry.tls
+    ? // An https target: TLS from the agent, verified as the route says (route-table.ts).
+      tls.connect({
+        host: entry.host,
+        port: entry.port,
+        ...(entry.tls.servername === undefined ? {} : { servername: entry.tls.servername }),
+        ...(entry.tls.ca === undefined ? {} : { ca: entry.tls.ca }),
+        rejectUnauthorized: entry.tls.rejectUnauthorized,
+        ALPNProtocols: ['http/1.1'],
+      })
+    : net.connect({ host: entry.host, port: entry.port, allowHalfOpen: true });
   socket.setNoDelay(true);
   socket.setKeepAlive(true, 30_000);
   return socket;
+}
+
+/** When a target socket is ready for bytes: connected, and for an https target, TLS done. */
+function readyEvent(entry: RouteEntry): 'connect' | 'secureConnect' {
+  return entry.tls ? 'secureConnect' : 'connect';
 }
 
 function ignoreError(): void {}

@@ -151,6 +151,13 @@ export class TunnelAgent extends EventEmitter {
   async start(): Promise<void> {
     if (this.started || this.stopping) throw new Error('TunnelAgent.start() may be called once');
     this.started = true;
+    for (const r of this.config.route) {
+      if (r.insecure)
+        this.log.warn(
+          { route: r.name, target: `https://${r.host}:${r.port}` },
+          'https target not verified (insecure)',
+        );
+    }
     if (this.config.healthListen !== undefined) {
       this.health = new HealthServer({
         listen: this.config.healthListen,
@@ -218,6 +225,14 @@ export class TunnelAgent extends EventEmitter {
     const upSince = this.clock.now();
     const capabilities = [...session.capabilities];
     slot.log.info({ serverId, serverCount, hostnames, capabilities }, 'agent registered');
+    const unpublished = session.unpublished;
+    if (unpublished.length > 0) {
+      // An http route on a server without the http mode (or an older one): nobody reaches it there.
+      slot.log.warn(
+        { serverId, routes: unpublished, code: 'TUN_ERR_UNKNOWN_ROUTE' },
+        'routes not published by this server',
+      );
+    }
     this.emit('registered', { serverId, hostnames } satisfies AgentRegisteredEvent);
     void session.whenClosed().then((err) => {
       const upMs = Math.round(this.clock.now() - upSince);

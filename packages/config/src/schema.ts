@@ -11,11 +11,24 @@ export interface HostPort {
   readonly port: number;
 }
 
-/** A parsed `route-list` item: `name=host:port`. */
+/**
+ * A parsed `route-list` item: `name=host:port`, or, where the key allows URL targets,
+ * `name=http(s)://host[:port][,option…]`: an http route (docs/CONFIG.md, "Routes").
+ */
 export interface RouteTarget {
   readonly name: string;
   readonly host: string;
   readonly port: number;
+  /** Set for a URL target: the route is an http route; `https` makes the agent originate TLS. */
+  readonly scheme?: 'http' | 'https';
+  /** `ca=FILE`: verify an https target against this CA (absolute path). */
+  readonly ca?: string;
+  /** `serverName=NAME`: the name an https target's certificate is checked for (SNI too). */
+  readonly serverName?: string;
+  /** `insecure`: skip verifying an https target (logged as a warning at start). */
+  readonly insecure?: boolean;
+  /** `hostHeader=NAME`: the Host header the target gets, instead of the user's. */
+  readonly hostHeader?: string;
 }
 
 /** Lowest to highest precedence. */
@@ -99,6 +112,8 @@ export interface ConfigKeySpec {
   readonly protocols?: readonly string[];
   readonly mustExist?: boolean;
   readonly pattern?: RegExp;
+  /** route-list: targets may also be http(s):// URLs with options after a comma. */
+  readonly urlTargets?: boolean;
   /** false: flag/env only (the --config key itself). */
   readonly inFile?: boolean;
 }

@@ -84,6 +84,58 @@ export function parseRoute(
   return typeof hp === 'string' ? `route ${name}: ${hp}` : { name, ...hp };
 }
 
+/** Options a URL route target may carry after a comma; their names can never be route names. */
+export const ROUTE_OPTIONS = ['ca', 'serverName', 'insecure', 'hostHeader'] as const;
+const OPTION_KEY = /^(ca|servername|insecure|hostheader)(=|$)/i;
+
+/**
+ * `name=http(s)://host[:port]` plus options (`ca=FILE`, `serverName=NAME`, `insecure`,
+ * `hostHeader=NAME`): an http route. A path other than `/` is refused: the route is a whole
+ * origin. Relative `ca` paths resolve against `baseDir`.
+ */
+export function parseUrlRoute(
+  name: string,
+  target: string,
+  options: readonly string[],
+  baseDir: string,
+  namePattern = ROUTE_NAME_PATTERN,
+): RouteTarget | string {
+  if (!namePattern.test(name)) return `route name ${JSON.stringify(name)} must match ${namePattern}`;
+  let url: URL;
+  try {
+    url = new URL(target.trim());
+  } catch {
+    return `route ${name}: ${JSON.stringify(target)} is not a URL`;
+  }
+  const scheme = url.protocol.slice(0, -1);
+  if (scheme !== 'http' && scheme !== 'https') return `route ${name}: the scheme must be http or https`;
+  if (url.username || url.password) return `route ${name}: the target URL may not carry credentials`;
+  if ((url.pathname !== '/' && url.pathname !== '') || url.search || url.hash) {
+    return `route ${name}: the target is an origin (scheme://host:port), without a path or query`;
+  }
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  const port = url.port === '' ? (scheme === 'https' ? 443 : 80) : Number(url.port);
+  const route: { -readonly [K in keyof RouteTarget]: RouteTarget[K] } = { name, host, port, scheme };
+  for (const option of options) {
+    const eq = option.indexOf('=');
+    const key = (eq < 0 ? option : option.slice(0, eq)).trim().toLowerCase();
+    const value = eq < 0 ? undefined : option.slice(eq + 1).trim();
+    if (key === 'insecure' && value === undefined) route.insecure = true;
+    else if (key === 'ca' && value) route.ca = resolve(baseDir, value);
+    else if (key === 'servername' && value && isDnsName(value.toLowerCase()))
+      route.serverName = value.toLowerCase();
+    else if (key === 'hostheader' && value && /^[A-Za-z0-9.:[\]-]{1,255}$/.test(value))
+      route.hostHeader = value;
+    else
+      return `route ${name}: option ${JSON.stringify(option)} is not one of ca=FILE, serverName=NAME, insecure, hostHeader=NAME`;
+  }
+  if (scheme === 'http' && (route.ca || route.serverName || route.insecure)) {
+    return `route ${name}: ca, serverName and insecure apply to https targets only`;
+  }
+  if (route.insecure && route.ca) return `route ${name}: insecure and ca contradict each other`;
+  return route;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Typed value parsing: one raw value (from any source) → a typed value or a reason.
 
@@ -206,6 +258,21 @@ function parseScalar(raw: unknown, ctx: ParseContext): Parsed {
   }
 }
 
+/** `{ target, ca, serverName, insecure, hostHeader }` → the one-line form; anything else stays as is. */
+function routeFromYamlObject(name: string, value: unknown): unknown {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return value;
+  const o = value as Record<string, unknown>;
+  if (typeof o.target !== 'string') return value;
+  const parts = [`${name}=${o.target}`];
+  for (const [key, v] of Object.entries(o)) {
+    if (key === 'target') continue;
+    if (v === true && key === 'insecure') parts.push('insecure');
+    else if (typeof v === 'string') parts.push(`${key}=${v}`);
+    else return value;
+  }
+  return parts.join(',');
+}
+
 function listItems(raw: unknown, spec: ConfigKeySpec): string[] | string {
   const parts = Array.isArray(raw) ? raw : [raw];
   const items: string[] = [];
@@ -224,9 +291,10 @@ function listItems(raw: unknown, spec: ConfigKeySpec): string[] | string {
 function parseList(raw: unknown, ctx: ParseContext): Parsed {
   const { spec } = ctx;
   if (spec.type === 'route-list' && raw !== null && typeof raw === 'object' && !Array.isArray(raw)) {
-    // YAML map form: { apiserver: 'kubernetes.default.svc:443' }.
+    // YAML map form: { apiserver: 'kubernetes.default.svc:443' }, or with options as keys:
+    // { dashboard: { target: 'https://…', ca: ca.pem, insecure: true } }.
     raw = Object.entries(raw).map(([name, target]) =>
-      typeof target === 'string' ? `${name}=${target}` : target,
+      typeof target === 'string' ? `${name}=${target}` : routeFromYamlObject(name, target),
     );
   }
   const items = listItems(raw, spec);
@@ -239,13 +307,30 @@ function parseList(raw: unknown, ctx: ParseContext): Parsed {
   }
   const routes: RouteTarget[] = [];
   const reasons: string[] = [];
+  // Comma-separated items: an option (`ca=…`, `insecure`) belongs to the route before it.
+  const grouped: { item: string; options: string[] }[] = [];
   for (const item of items) {
+    const last = grouped.at(-1);
+    if (spec.urlTargets && last && OPTION_KEY.test(item)) last.options.push(item);
+    else grouped.push({ item, options: [] });
+  }
+  for (const { item, options } of grouped) {
     const eq = item.indexOf('=');
+    const name = item.slice(0, eq).trim();
+    const target = item.slice(eq + 1).trim();
     const route =
       eq < 0
         ? `expected name=host:port, got ${show(item, spec)}`
-        : parseRoute(item.slice(0, eq).trim(), item.slice(eq + 1), spec.pattern, spec.min ?? 1);
+        : spec.urlTargets && OPTION_KEY.test(name)
+          ? `${name} is a route option, not a route name (options follow a URL target)`
+          : spec.urlTargets && /^[a-z][a-z0-9+.-]*:\/\//i.test(target)
+            ? parseUrlRoute(name, target, options, ctx.baseDir, spec.pattern)
+            : options.length > 0
+              ? `route ${name}: options apply to http:// and https:// targets only`
+              : parseRoute(name, target, spec.pattern, spec.min ?? 1);
+    const caProblem = typeof route !== 'string' && route.ca ? checkFile(route.ca, ctx) : undefined;
     if (typeof route === 'string') reasons.push(route);
+    else if (caProblem !== undefined) reasons.push(`route ${route.name}: ca: ${caProblem}`);
     else if (routes.some((r) => r.name === route.name))
       reasons.push(`route name ${route.name} is used twice`);
     else routes.push(route);

@@ -1,0 +1,128 @@
+/**
+ * The agent's side of an http route (a URL target): it registers the route with its mode, and
+ * for an `https://` target it opens TLS to the target itself, verified against the route's
+ * `ca` and `serverName` (or not, with `insecure`), so the stream carries plain HTTP bytes. A
+ * scripted server opens the streams (the real server's http mode is the next step); the real
+ * server, which does not run that mode yet, leaves the route unpublished and the agent says so.
+ */
+import type net from 'node:net';
+import tls from 'node:tls';
+import { describe, expect, onTestFinished, test } from 'vitest';
+import { resolveClientConfig } from '../../packages/client/src/config.js';
+import { TunnelAgent } from '../../packages/client/src/tunnel-agent.js';
+import { startInProcessServer } from '../helpers/in-process.js';
+import { RawServer } from '../helpers/raw-server.js';
+import { pollUntil } from '../helpers/streams.js';
+import { tempDir } from '../helpers/temp-dir.js';
+import { createTestCa } from '../helpers/pki.js';
+import { tlsCredentials } from '../helpers/transports.js';
+import { LEVEL, captureLogs, readAll, writeFile } from './fixtures.js';
+
+/** A TLS target that answers each connection with what it received, prefixed, then ends. */
+async function tlsEchoTarget(options: tls.TlsOptions): Promise<number> {
+  const server = tls.createServer(options, (socket) => {
+    socket.on('error', () => undefined);
+    socket.once('data', (d: Buffer) => socket.end(`tls:${d.toString()}`));
+  });
+  server.on('tlsClientError', () => undefined);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  onTestFinished(() => {
+    server.close();
+  });
+  return (server.address() as net.AddressInfo).port;
+}
+
+async function agentWith(
+  server: { url: string; caFile: string },
+  routes: string[],
+  token = 'x.eyJjbHVzdGVyIjoidTEifQ.x',
+) {
+  const dir = tempDir();
+  const argv = [
+    ...['--server', server.url, '--token-file', writeFile(dir, 'token', token), '--ca-file', server.caFile],
+    ...routes.flatMap((r) => ['--route', r]),
+    ...['--health-listen', 'off', '--backoff-initial-ms', '10', '--backoff-max-ms', '50'],
+  ];
+  const logs = captureLogs();
+  const agent = new TunnelAgent(resolveClientConfig({ argv, env: {}, cwd: dir }), { logger: logs.logger });
+  onTestFinished(() => agent.destroy());
+  await agent.start();
+  return { agent, logs, dir };
+}
+
+describe('an http route on the agent', () => {
+  test('registers with its mode, and opens verified TLS to an https target: the stream carries plain bytes', async () => {
+    const { key, cert } = await tlsCredentials(); // for localhost and 127.0.0.1, its own CA
+    const port = await tlsEchoTarget({ key, cert });
+    const raw = await RawServer.start();
+    const caDir = tempDir();
+    const ca = writeFile(caDir, 'target-ca.pem', cert);
+    await agentWith(raw, [
+      `dash=https://127.0.0.1:${port},ca=${ca},serverName=localhost`,
+      'apiserver=127.0.0.1:1',
+    ]);
+    const session = await raw.nextSession();
+    expect(session.register.routes).toEqual(['cluster-u1-dash', 'cluster-u1']);
+    expect(session.register.routeModes).toEqual({ 'cluster-u1-dash': 'http' });
+    expect(session.register.capabilities).toContain('route-modes');
+    const { stream, reply } = await session.openRoute(
+      'cluster-u1-dash',
+      Buffer.from('GET / HTTP/1.1\r\n\r\n'),
+    );
+    expect(reply).toEqual({ ok: true });
+    expect((await readAll(stream)).toString()).toBe('tls:GET / HTTP/1.1\r\n\r\n');
+  });
+
+  test('refuses the stream with TUN_ERR_DIAL_FAILED and the TLS error when the target is not the one the CA vouches for', async () => {
+    const { key, cert } = await tlsCredentials();
+    const port = await tlsEchoTarget({ key, cert });
+    const other = await createTestCa('another-ca');
+    const raw = await RawServer.start();
+    const ca = writeFile(tempDir(), 'other-ca.pem', other.certPem);
+    const { logs } = await agentWith(raw, [`dash=https://127.0.0.1:${port},ca=${ca},serverName=localhost`]);
+    const session = await raw.nextSession();
+    const { reply } = await session.openRoute('cluster-u1-dash', Buffer.from('GET / HTTP/1.1\r\n\r\n'));
+    expect(reply).toMatchObject({ ok: false, code: 'TUN_ERR_DIAL_FAILED' });
+    expect(reply.ok === false && reply.message).toMatch(/UNABLE_TO_VERIFY|SELF_SIGNED|CERT/);
+    const line = await pollUntil(() => logs.find('target dial failed')[0], 5_000, 'the dial failure');
+    expect(line).toMatchObject({
+      level: LEVEL.warn,
+      route: 'cluster-u1-dash',
+      target: `https://127.0.0.1:${port}`,
+    });
+  });
+
+  test('with insecure it skips verification, and says so once at start', async () => {
+    const { key, cert } = await tlsCredentials();
+    const port = await tlsEchoTarget({ key, cert });
+    const raw = await RawServer.start();
+    const { logs } = await agentWith(raw, [`dash=https://127.0.0.1:${port},insecure`]);
+    expect(logs.find('https target not verified (insecure)')).toEqual([
+      expect.objectContaining({ level: LEVEL.warn, route: 'dash' }),
+    ]);
+    const session = await raw.nextSession();
+    const { stream, reply } = await session.openRoute('cluster-u1-dash', Buffer.from('hello'));
+    expect(reply).toEqual({ ok: true });
+    expect((await readAll(stream)).toString()).toBe('tls:hello');
+  });
+
+  test('a server that does not run the http mode leaves the route out; the agent logs which, and its other routes work', async () => {
+    const s = await startInProcessServer();
+    const { logs } = await agentWith(
+      { url: `wss://127.0.0.1:${s.port}/connect`, caFile: s.caFile },
+      ['dash=http://127.0.0.1:1', 'db=127.0.0.1:1'],
+      await s.token('u1'),
+    );
+    const line = await pollUntil(
+      () => logs.find('routes not published by this server')[0],
+      5_000,
+      'the warning',
+    );
+    expect(line).toMatchObject({
+      level: LEVEL.warn,
+      routes: ['cluster-u1-dash'],
+      code: 'TUN_ERR_UNKNOWN_ROUTE',
+    });
+    expect(s.server.registry.labels()).toEqual(['cluster-u1-db']);
+  });
+});

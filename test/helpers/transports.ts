@@ -235,7 +235,7 @@ export interface OurWebSocketServer {
 }
 
 /**
- * An https server on 127.0.0.1 port 0 answering upgrades with our handshake (ws-handshake.ts),
+ * An https server on 127.0.0.1 port 0 answering upgrades with our handshake (websocket/handshake.ts),
  * as the agent endpoint does: a request that fails the RFC 6455 checks gets its status (400, 405,
  * 426 with Sec-WebSocket-Version: 13) and a JSON body; an accepted one gets the 101 and is handed
  * to nextUpgrade() for wrapping.

@@ -119,7 +119,7 @@ async function rawClient(
   return { socket, received: () => Buffer.concat(chunks) };
 }
 
-/** A raw upgrade request for `key`, with the headers our dialer sends (ws-handshake.ts). */
+/** A raw upgrade request for `key`, with the headers our dialer sends (websocket/handshake.ts). */
 function upgradeRequest(key: string): string {
   const lines = Object.entries(upgradeRequestHeaders(key)).map(([k, v]) => `${k}: ${v}\r\n`);
   return `GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n${lines.join('')}\r\n`;

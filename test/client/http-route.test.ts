@@ -2,8 +2,8 @@
  * The agent's side of an http route (a URL target): it registers the route with its mode, and
  * for an `https://` target it opens TLS to the target itself, verified against the route's
  * `ca` and `serverName` (or not, with `insecure`), so the stream carries plain HTTP bytes. A
- * scripted server opens the streams (the real server's http mode is the next step); the real
- * server, which does not run that mode yet, leaves the route unpublished and the agent says so.
+ * scripted server opens the streams (and stands in for servers that cannot route the mode); the
+ * real server publishes the route in the http mode (test/server/http-mode.test.ts drives it).
  */
 import type net from 'node:net';
 import tls from 'node:tls';
@@ -11,6 +11,7 @@ import { describe, expect, onTestFinished, test } from 'vitest';
 import { resolveClientConfig } from '../../packages/client/src/config.js';
 import { TunnelAgent } from '../../packages/client/src/tunnel-agent.js';
 import { startInProcessServer } from '../helpers/in-process.js';
+import type { ControlMessage, RegisterMessage } from '@cluster-tunnel/protocol';
 import { RawServer } from '../helpers/raw-server.js';
 import { pollUntil } from '../helpers/streams.js';
 import { tempDir } from '../helpers/temp-dir.js';
@@ -31,6 +32,14 @@ async function tlsEchoTarget(options: tls.TlsOptions): Promise<number> {
   });
   return (server.address() as net.AddressInfo).port;
 }
+
+/** A scripted server that routes by mode, as ours does: it announces `route-modes`. */
+const modeAware = (m: RegisterMessage): ControlMessage => ({
+  type: 'registered',
+  serverId: 'raw-1',
+  hostnames: m.routes.map((r) => `${r}.proxy.localhost`),
+  capabilities: ['typed-stream-header', 'route-modes'],
+});
 
 async function agentWith(
   server: { url: string; caFile: string },
@@ -54,7 +63,7 @@ describe('an http route on the agent', () => {
   test('registers with its mode, and opens verified TLS to an https target: the stream carries plain bytes', async () => {
     const { key, cert } = await tlsCredentials(); // for localhost and 127.0.0.1, its own CA
     const port = await tlsEchoTarget({ key, cert });
-    const raw = await RawServer.start();
+    const raw = await RawServer.start(modeAware);
     const caDir = tempDir();
     const ca = writeFile(caDir, 'target-ca.pem', cert);
     await agentWith(raw, [
@@ -77,7 +86,7 @@ describe('an http route on the agent', () => {
     const { key, cert } = await tlsCredentials();
     const port = await tlsEchoTarget({ key, cert });
     const other = await createTestCa('another-ca');
-    const raw = await RawServer.start();
+    const raw = await RawServer.start(modeAware);
     const ca = writeFile(tempDir(), 'other-ca.pem', other.certPem);
     const { logs } = await agentWith(raw, [`dash=https://127.0.0.1:${port},ca=${ca},serverName=localhost`]);
     const session = await raw.nextSession();
@@ -95,7 +104,7 @@ describe('an http route on the agent', () => {
   test('with insecure it skips verification, and says so once at start', async () => {
     const { key, cert } = await tlsCredentials();
     const port = await tlsEchoTarget({ key, cert });
-    const raw = await RawServer.start();
+    const raw = await RawServer.start(modeAware);
     const { logs } = await agentWith(raw, [`dash=https://127.0.0.1:${port},insecure`]);
     expect(logs.find('https target not verified (insecure)')).toEqual([
       expect.objectContaining({ level: LEVEL.warn, route: 'dash' }),
@@ -107,12 +116,14 @@ describe('an http route on the agent', () => {
   });
 
   test('a server that does not run the http mode leaves the route out; the agent logs which, and its other routes work', async () => {
-    const s = await startInProcessServer();
-    const { logs } = await agentWith(
-      { url: `wss://127.0.0.1:${s.port}/connect`, caFile: s.caFile },
-      ['dash=http://127.0.0.1:1', 'db=127.0.0.1:1'],
-      await s.token('u1'),
-    );
+    // A server that knows route-modes but not `http` (a mode it leaves out) answers without it.
+    const raw = await RawServer.start((m) => ({
+      type: 'registered',
+      serverId: 'raw-1',
+      hostnames: m.routes.filter((r) => r !== 'cluster-u1-dash').map((r) => `${r}.proxy.localhost`),
+      capabilities: ['typed-stream-header', 'route-modes'],
+    }));
+    const { logs } = await agentWith(raw, ['dash=http://127.0.0.1:1', 'db=127.0.0.1:1']);
     const line = await pollUntil(
       () => logs.find('routes not published by this server')[0],
       5_000,
@@ -123,6 +134,33 @@ describe('an http route on the agent', () => {
       routes: ['cluster-u1-dash'],
       code: 'TUN_ERR_UNKNOWN_ROUTE',
     });
-    expect(s.server.registry.labels()).toEqual(['cluster-u1-db']);
+  });
+
+  test('an older server, which would route every label as passthrough, is given no stream for an http route', async () => {
+    const raw = await RawServer.start(); // answers `registered` without capabilities, all hostnames
+    const { logs } = await agentWith(raw, ['dash=http://127.0.0.1:1', 'db=127.0.0.1:1']);
+    const session = await raw.nextSession();
+    const line = await pollUntil(
+      () => logs.find('routes not published by this server')[0],
+      5_000,
+      'the warning',
+    );
+    expect(line).toMatchObject({ routes: ['cluster-u1-dash'] });
+    // It would send the user's TLS as if to a passthrough target: refused, never dialed.
+    const { reply } = await session.openRoute('cluster-u1-dash', Buffer.from('\x16\x03\x01'));
+    expect(reply).toMatchObject({ ok: false, code: 'TUN_ERR_UNKNOWN_ROUTE' });
+  });
+
+  test('the real server publishes it as an http route', async () => {
+    const s = await startInProcessServer();
+    await agentWith(
+      { url: `wss://127.0.0.1:${s.port}/connect`, caFile: s.caFile },
+      ['dash=http://127.0.0.1:1', 'db=127.0.0.1:1'],
+      await s.token('u1'),
+    );
+    await pollUntil(() => s.server.registry.size === 1, 5_000, 'the registration');
+    expect(s.server.registry.labels()).toEqual(['cluster-u1-dash', 'cluster-u1-db']);
+    expect(s.server.registry.modeOf('cluster-u1-dash')).toBe('http');
+    expect(s.server.registry.modeOf('cluster-u1-db')).toBe('passthrough');
   });
 });

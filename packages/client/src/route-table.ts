@@ -43,22 +43,26 @@ export class RouteTable {
   /**
    * Throws TUN_ERR_CONFIG when the cluster id or a route name cannot form a label, or a route's
    * CA file cannot be read (it is read here, on every dial, so a rotated CA is picked up).
+   * `built`: entries of another table, kept as they are (passthroughOnly).
    */
-  constructor(clusterId: string, routes: readonly RouteTarget[]) {
+  constructor(clusterId: string, routes: readonly RouteTarget[], built: readonly RouteEntry[] = []) {
     this.clusterId = clusterId;
-    const entries = routes.map((r): RouteEntry => {
-      const label = routeLabel(clusterId, r.name);
-      const address = formatHostPort(r);
-      return Object.freeze({
-        name: r.name,
-        label,
-        mode: r.scheme === undefined ? 'passthrough' : 'http',
-        host: r.host,
-        port: r.port,
-        tls: r.scheme === 'https' ? targetTls(r) : undefined,
-        target: r.scheme === undefined ? address : `${r.scheme}://${address}`,
-      });
-    });
+    const entries = [
+      ...built,
+      ...routes.map((r): RouteEntry => {
+        const label = routeLabel(clusterId, r.name);
+        const address = formatHostPort(r);
+        return Object.freeze({
+          name: r.name,
+          label,
+          mode: r.scheme === undefined ? 'passthrough' : 'http',
+          host: r.host,
+          port: r.port,
+          tls: r.scheme === 'https' ? targetTls(r) : undefined,
+          target: r.scheme === undefined ? address : `${r.scheme}://${address}`,
+        });
+      }),
+    ];
     this.byLabel = new Map(entries.map((e) => [e.label, e]));
   }
 
@@ -72,6 +76,18 @@ export class RouteTable {
     const modes: Record<string, string> = {};
     for (const e of this.byLabel.values()) if (e.mode !== 'passthrough') modes[e.label] = e.mode;
     return modes;
+  }
+
+  /**
+   * The routes a server without `route-modes` may be given: it would treat every label as
+   * passthrough and send an http route's users' TLS to a plain-HTTP target.
+   */
+  passthroughOnly(): RouteTable {
+    return new RouteTable(
+      this.clusterId,
+      [],
+      [...this.byLabel.values()].filter((e) => e.mode === 'passthrough'),
+    );
   }
 
   lookup(label: string): RouteEntry | undefined {

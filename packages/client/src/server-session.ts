@@ -8,6 +8,7 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import {
+  CAPABILITIES,
   CONTROL_PROTOCOL_VERSION,
   ControlChannel,
   SUPPORTED_CAPABILITIES,
@@ -53,6 +54,8 @@ export class ServerSession extends EventEmitter {
   private log: Logger;
   private registration: RegisteredMessage | undefined;
   private negotiated: ReadonlySet<Capability> = new Set();
+  /** The routes this server may be given streams for (all of them, unless it cannot route by mode). */
+  private served: RouteTable;
   private closePromise: Promise<void> | undefined;
   private activeStreams = 0;
   /** Set once the session is gone; why, if it failed. */
@@ -61,6 +64,7 @@ export class ServerSession extends EventEmitter {
   constructor(options: ServerSessionOptions) {
     super();
     this.options = options;
+    this.served = options.routes;
     this.log = options.logger;
     this.dialer =
       options.targetDialer ??
@@ -94,7 +98,9 @@ export class ServerSession extends EventEmitter {
   /** Labels this agent registered that the server left out of `registered` (a mode it does not run). */
   get unpublished(): string[] {
     const hostnames = this.registration?.hostnames ?? [];
-    return this.options.routes.labels.filter((label) => !hostnames.some((h) => h.startsWith(`${label}.`)));
+    return this.options.routes.labels.filter(
+      (label) => this.served.lookup(label) === undefined || !hostnames.some((h) => h.startsWith(`${label}.`)),
+    );
   }
 
   get hostnames(): readonly string[] {
@@ -159,6 +165,10 @@ export class ServerSession extends EventEmitter {
     this.registration = message;
     // Names this agent does not know are ignored: that is how newer servers work with it.
     this.negotiated = negotiateCapabilities(message.capabilities);
+    // A server that cannot route by mode would send passthrough TLS to http routes: serve it none.
+    this.served = this.negotiated.has(CAPABILITIES.routeModes)
+      ? this.options.routes
+      : this.options.routes.passthroughOnly();
     this.log = this.log.child({ serverId: message.serverId });
     this.session.on('stream', this.onStream);
     return message;
@@ -198,7 +208,7 @@ export class ServerSession extends EventEmitter {
   private readonly onStream = (stream: YamuxStream): void => {
     this.activeStreams += 1;
     void forwardStream(stream, {
-      routes: this.options.routes,
+      routes: this.served,
       logger: this.log,
       headerTimeoutMs: this.options.streamHeaderTimeoutMs,
       dialer: this.dialer,

@@ -66,6 +66,10 @@ export const ERROR_CODES = {
     retryable: false,
     summary: 'the agent does not know the stream type the server asked for',
   },
+  TUN_ERR_ACCESS_DENIED: {
+    retryable: false,
+    summary: 'an http route request without a valid session (or with a link for another route, or expired)',
+  },
   // Configuration.
   TUN_ERR_CONFIG: { retryable: false, summary: 'the configuration is invalid (all problems are listed)' },
 } as const;

@@ -10,7 +10,7 @@
 import { readFile } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
 import { Command, CommanderError } from 'commander';
-import { TunnelError, isTunnelError } from '@cluster-tunnel/protocol';
+import { TunnelError, isTunnelError, routeLabel } from '@cluster-tunnel/protocol';
 import {
   addConfigOptions,
   createLogger,
@@ -22,6 +22,8 @@ import {
 } from '@cluster-tunnel/config';
 import { SERVER_CONFIG_SCHEMA, resolveServerConfig, type ServerConfig } from './config.js';
 import { buildKubeconfig } from './kubeconfig.js';
+import { createLink } from './http-link.js';
+import { LOGIN_PATH } from './modes/http.js';
 import { SIGNING_KEY_FILES, createToken, loadOrCreateSigningKeyPair } from './token-issuer.js';
 import { writeAtomic } from './data-file.js';
 import { DEMO_TOKEN_FILE, TunnelServer } from './tunnel-server.js';
@@ -125,6 +127,40 @@ function buildProgram(io: ServerCliIo): Command {
     });
 
   program
+    .command('link')
+    .description('signed links to http routes (dashboards)')
+    .command('create')
+    .description("print a link that opens a session on one cluster's http route")
+    .requiredOption('--cluster <uid>', 'cluster id')
+    .requiredOption('--route <name>', 'the route name the agent serves (e.g. dashboard)')
+    .option('--user <name>', 'who the session is for (logged with every request)', 'user')
+    .option('--ttl <duration>', 'how long the link may be opened', '10m')
+    .option('--session-ttl <duration>', 'how long the session it opens lasts', '8h')
+    .option('--domain <domain>', "the tunnel server's domain", SERVER_CONFIG_SCHEMA.domain.default)
+    .option('--port <port>', 'the public port, when not 443', '443')
+    .option('--data-dir <dir>', 'server data directory holding the signing key', './.tunnel')
+    .option('--signing-key <file>', 'Ed25519 private key (PEM); default <data-dir>/token-signing.key')
+    .action(async (o: LinkCreateFlags) => {
+      const ttlMs = parseDurationMs(o.ttl);
+      const sessionTtlMs = parseDurationMs(o.sessionTtl);
+      if (!ttlMs || !sessionTtlMs) {
+        throw new TunnelError('TUN_ERR_CONFIG', '--ttl and --session-ttl take durations like 10m, 8h');
+      }
+      const port = Number(o.port);
+      if (!Number.isInteger(port) || port < 1 || port > 65535) {
+        throw new TunnelError('TUN_ERR_CONFIG', `--port: ${JSON.stringify(o.port)} is not a port`);
+      }
+      const domain = o.domain.toLowerCase().replace(/\.$/, '');
+      const hostname = `${routeLabel(o.cluster, o.route)}.${domain}`;
+      const privateKeyPem = o.signingKey
+        ? await readFile(resolve(io.cwd, o.signingKey), 'utf8')
+        : (await loadOrCreateSigningKeyPair(resolve(io.cwd, o.dataDir))).privateKeyPem;
+      const token = await createLink({ privateKeyPem, hostname, user: o.user, ttlMs, sessionTtlMs });
+      const authority = port === 443 ? hostname : `${hostname}:${port}`;
+      io.stdout.write(`https://${authority}${LOGIN_PATH}?token=${token}\n`);
+    });
+
+  program
     .command('kubeconfig')
     .description("print a kubeconfig that reaches a cluster's API server through the tunnel")
     .requiredOption('--cluster <uid>', 'cluster id')
@@ -213,6 +249,18 @@ async function printSteps(config: ServerConfig, server: TunnelServer, io: Server
 function aborted(signal: AbortSignal): Promise<void> {
   if (signal.aborted) return Promise.resolve();
   return new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+}
+
+interface LinkCreateFlags {
+  cluster: string;
+  route: string;
+  user: string;
+  ttl: string;
+  sessionTtl: string;
+  domain: string;
+  port: string;
+  dataDir: string;
+  signingKey?: string;
 }
 
 interface TokenCreateFlags {

@@ -165,6 +165,33 @@ export const SERVER_CONFIG_SCHEMA = {
     description:
       'raw TCP routes, label=host:port: the server listens there and forwards each connection to an agent holding the label',
   },
+  httpOpenRoutes: {
+    type: 'string-list',
+    flag: 'http-open-route',
+    env: 'TUNNEL_SERVER_HTTP_OPEN_ROUTES',
+    pattern: ROUTE_LABEL_PATTERN,
+    description:
+      'http route labels anyone may open without a link (access none; warned at start); every other http route needs a signed link',
+  },
+  httpIdleTimeoutMs: {
+    type: 'duration-ms',
+    flag: 'http-idle-timeout-ms',
+    env: 'TUNNEL_SERVER_HTTP_IDLE_TIMEOUT_MS',
+    default: '10m',
+    min: 1,
+    max: MAX_TIMER_MS,
+    description: 'an http route connection (or WebSocket) with no bytes either way for this long is closed',
+  },
+  httpResponseTimeoutMs: {
+    type: 'duration-ms',
+    flag: 'http-response-timeout-ms',
+    env: 'TUNNEL_SERVER_HTTP_RESPONSE_TIMEOUT_MS',
+    default: '60s',
+    min: 1,
+    max: MAX_TIMER_MS,
+    description:
+      'how long a dashboard may take to start its response (then 504); streaming after that is bounded only by idleness',
+  },
   adminListen: {
     type: 'host-port',
     flag: 'admin-listen',
@@ -242,6 +269,9 @@ export interface ServerConfig {
   readonly tlsKey: string | undefined;
   readonly handshakeTimeoutMs: number;
   readonly agentReplyTimeoutMs: number;
+  readonly httpOpenRoutes: readonly string[];
+  readonly httpIdleTimeoutMs: number;
+  readonly httpResponseTimeoutMs: number;
   readonly maxPendingConnections: number;
   /** 0: no per-address limit. */
   readonly maxPendingConnectionsPerAddress: number;

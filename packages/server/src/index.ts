@@ -18,3 +18,5 @@ export { createToken, loadOrCreateSigningKeyPair, SIGNING_KEY_FILES } from './to
 export { resolveServerConfig, SERVER_CONFIG_SCHEMA, type ServerConfig } from './config.js';
 export { buildKubeconfig, type KubeconfigOptions } from './kubeconfig.js';
 export { ClientHelloParser, parseClientHello, readClientHello } from './client-hello.js';
+export { createLink, LinkVerifier, type LinkSession } from './http-link.js';
+export { SESSION_COOKIE, LOGIN_PATH, LOGOUT_PATH } from './modes/http.js';

@@ -83,6 +83,7 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
   private readonly sockets = new Set<Socket>();
   private readonly refusalLog = new Map<string, number>();
   private endpoint: AgentEndpoint | undefined;
+  private secureContext: tls.SecureContext | undefined;
   private ownNameServer: OwnNameServer | undefined;
   private verifier: TokenVerifier | undefined;
   private admin: AdminServer | undefined;
@@ -109,6 +110,10 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
       log: this.log,
       forwarder,
       openRouteStream: (request) => this.openRouteStream(request),
+      serverSecureContext: () => {
+        if (!this.secureContext) throw new Error('the server certificate is not loaded yet');
+        return this.secureContext;
+      },
     };
     this.modes = Object.values(ROUTE_MODES).map((create) => create(context));
     const agentEvent = (type: 'registered' | 'left', a: RegisteredAgent): AgentEvent => ({
@@ -135,6 +140,7 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
   async start(): Promise<void> {
     const c = this.config;
     const secureContext = await this.loadServerCertificate();
+    this.secureContext = secureContext;
     this.verifier = await this.loadTokenVerifier();
     this.endpoint = new AgentEndpoint({
       serverId: c.serverId,

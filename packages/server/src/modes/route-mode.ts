@@ -6,6 +6,7 @@
  * each from that table with one RouteModeContext and never names a mode itself.
  */
 import type { Socket } from 'node:net';
+import type { SecureContext } from 'node:tls';
 import type { Logger } from '@cluster-tunnel/config';
 import type { AgentRegistry } from '../agent-registry.js';
 import type { ServerConfig } from '../config.js';
@@ -22,6 +23,8 @@ export interface RouteModeContext {
   openRouteStream(request: RouteStreamRequest): Promise<RouteStream>;
   /** Byte forwarding of a whole user connection, with its accounting (user-forwarder.ts). */
   readonly forwarder: UserForwarder;
+  /** The server certificate, for modes that end TLS themselves (loaded before any mode starts). */
+  serverSecureContext(): SecureContext;
 }
 
 export interface RouteMode {

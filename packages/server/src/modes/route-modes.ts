@@ -4,6 +4,7 @@
  * route label goes to the mode that claims it: the one its agents registered it with
  * (`routeModes`), passthrough when they named none. A mode with `accept` may be named by agents.
  */
+import { createHttpMode } from './http.js';
 import { createPassthroughMode } from './passthrough.js';
 import type { RouteModeFactory } from './route-mode.js';
 import { createTcpMode } from './tcp.js';
@@ -13,6 +14,8 @@ export const ROUTE_MODES = {
   tcp: createTcpMode,
   /** The public TLS port: the ClientHello's SNI names the route; TLS ends at the target. */
   passthrough: createPassthroughMode,
+  /** The public TLS port, for routes agents registered as `http`: TLS ends here, HTTP is forwarded. */
+  http: createHttpMode,
 } as const satisfies Record<string, RouteModeFactory>;
 
 export type RouteModeName = keyof typeof ROUTE_MODES;

@@ -1,0 +1,357 @@
+/**
+ * The `http` route mode (dashboards): on the public TLS port, the labels whose agents registered
+ * them as `http` (a URL target). TLS ends here, with the server certificate; node:http parses
+ * each request and, once its session is valid (a signed link's cookie, http-link.ts, or a route
+ * the operator opened with `httpOpenRoutes`), forwards it over a route stream to the agent, which
+ * dials the target (with TLS for an https target). WebSocket upgrades are forwarded as raw bytes
+ * after their head, subprotocols and all. Nothing is buffered: bodies stream both ways with
+ * backpressure. Hand-written on node:http: one request function and one keep-alive agent per
+ * route whose connections are tunnel streams, so no proxy library is needed.
+ */
+import http from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import tls from 'node:tls';
+import { readFile } from 'node:fs/promises';
+import { TunnelError, spliceBytes, type ErrorCode } from '@cluster-tunnel/protocol';
+import { LinkVerifier, type LinkSession } from '../http-link.js';
+import { requestPath } from '../request-path.js';
+import type { RouteMode, RouteModeContext } from './route-mode.js';
+
+/** The session cookie: the opened link itself, verified on every request. */
+export const SESSION_COOKIE = 'tunnel_session';
+/** Paths the mode answers itself on every http route. */
+export const LOGIN_PATH = '/.tunnel/login';
+export const LOGOUT_PATH = '/.tunnel/logout';
+const MAX_REQUEST_HEADER_BYTES = 16 * 1024;
+/** Request headers that concern one hop only (RFC 9110 §7.6.1), never forwarded. */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+]);
+
+export function createHttpMode(context: RouteModeContext): RouteMode {
+  const { config, log, registry, metrics } = context;
+  const open = new Set(config.httpOpenRoutes);
+  const routeOf = new WeakMap<Duplex, string>();
+  const agents = new Map<string, http.Agent>();
+  const sockets = new Set<Duplex>();
+  let verifier: LinkVerifier | undefined;
+  let requests = 0;
+
+  const server = http.createServer({ maxHeaderSize: MAX_REQUEST_HEADER_BYTES }, (req, res) => {
+    handle(req, res).catch((err: unknown) => {
+      log.error({ err }, 'http route request failed');
+      if (!res.headersSent) page(res, 502, 'TUN_ERR_PROTOCOL', 'The request could not be forwarded.');
+      else res.destroy();
+    });
+  });
+  // No fixed request timeout (long downloads, event streams): an idle timeout instead.
+  server.requestTimeout = 0;
+  server.headersTimeout = config.handshakeTimeoutMs;
+  server.keepAliveTimeout = config.httpIdleTimeoutMs;
+  server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    upgrade(req, socket, head).catch((err: unknown) => {
+      log.error({ err }, 'http route upgrade failed');
+      socket.destroy();
+    });
+  });
+  server.on('clientError', (_err: Error, socket: Duplex) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+    else socket.destroy();
+  });
+
+  const hostnameOf = (route: string): string => `${route}.${config.domain}`;
+
+  /** The route's keep-alive agent: each connection is a tunnel stream, reused across requests. */
+  const agentFor = (route: string, remoteAddress: string): http.Agent => {
+    let agent = agents.get(route);
+    if (!agent) {
+      agent = new http.Agent({ keepAlive: true, maxFreeSockets: 16, timeout: config.httpIdleTimeoutMs });
+      agent.createConnection = ((_options: unknown, done: (err: Error | null, s?: Duplex) => void) => {
+        context.openRouteStream({ route, remoteAddress }).then(
+          ({ stream }) => done(null, socketLike(stream)),
+          (err: unknown) => done(err as Error),
+        );
+        return undefined;
+      }) as unknown as http.Agent['createConnection'];
+      agents.set(route, agent);
+    }
+    return agent;
+  };
+
+  /** Who may see this route: a session for exactly this hostname, or an open route. */
+  async function session(req: http.IncomingMessage, route: string): Promise<LinkSession | 'open'> {
+    if (open.has(route)) return 'open';
+    const token = cookie(req.headers.cookie, SESSION_COOKIE);
+    if (token === undefined) throw new TunnelError('TUN_ERR_ACCESS_DENIED', 'no session: open a link');
+    return verifier!.verify(token, hostnameOf(route), false);
+  }
+
+  async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const route = routeOf.get(req.socket)!;
+    const path = requestPath(req);
+    if (path === undefined) return page(res, 400, 'TUN_ERR_PROTOCOL', 'Malformed request target.');
+    if (!hostMatches(req.headers.host, hostnameOf(route))) {
+      return page(res, 421, 'TUN_ERR_UNKNOWN_HOST', 'This connection serves another hostname.');
+    }
+    if (path === LOGIN_PATH) return login(req, res, route);
+    if (path === LOGOUT_PATH) {
+      res.setHeader('Set-Cookie', `${SESSION_COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0`);
+      return page(res, 200, undefined, 'Signed out of this route.');
+    }
+    let who: LinkSession | 'open';
+    try {
+      who = await session(req, route);
+    } catch (err) {
+      const e = err as TunnelError;
+      log.info({ route, remoteAddress: address(req), code: e.code, err: e.message }, 'http request refused');
+      return page(res, 401, 'TUN_ERR_ACCESS_DENIED', `Access denied: ${e.message}.`);
+    }
+    forward(req, res, route, who);
+  }
+
+  async function login(req: http.IncomingMessage, res: http.ServerResponse, route: string): Promise<void> {
+    const token = new URL(req.url ?? '/', 'https://x').searchParams.get('token') ?? '';
+    let granted: LinkSession;
+    try {
+      granted = await verifier!.verify(token, hostnameOf(route), true);
+    } catch (err) {
+      const e = err as TunnelError;
+      log.info({ route, remoteAddress: address(req), code: e.code, err: e.message }, 'http link refused');
+      return page(res, 401, 'TUN_ERR_ACCESS_DENIED', `This link cannot be used: ${e.message}.`);
+    }
+    const maxAgeS = Math.max(0, Math.floor((granted.sessionExpiresAt.getTime() - Date.now()) / 1000));
+    log.info({ route, user: granted.user, remoteAddress: address(req) }, 'http session started');
+    res.writeHead(303, {
+      'Set-Cookie': `${SESSION_COOKIE}=${token}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=${maxAgeS}`,
+      Location: '/',
+      'Cache-Control': 'no-store',
+    });
+    res.end();
+  }
+
+  function forward(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    route: string,
+    who: LinkSession | 'open',
+  ): void {
+    requests++;
+    const startedAt = Date.now();
+    const upstream = http.request({
+      agent: agentFor(route, address(req)),
+      method: req.method,
+      path: req.url,
+      headers: forwardedHeaders(req),
+      setHost: false,
+    });
+    // The target must start its answer in time; streaming after that has no limit but idleness.
+    const timer = setTimeout(
+      () => upstream.destroy(new TunnelError('TUN_ERR_TIMEOUT', 'no response headers')),
+      config.httpResponseTimeoutMs,
+    );
+    upstream.on('response', (answer) => {
+      clearTimeout(timer);
+      res.writeHead(answer.statusCode ?? 502, answer.statusMessage, stripHopByHop(answer.rawHeaders));
+      res.flushHeaders();
+      answer.pipe(res);
+      answer.on('error', () => res.destroy());
+    });
+    upstream.on('error', (err: Error) => {
+      clearTimeout(timer);
+      const code: ErrorCode = err instanceof TunnelError ? err.code : 'TUN_ERR_DIAL_FAILED';
+      log.info({ route, code, err: err.message }, 'http request failed');
+      if (res.headersSent) return void res.destroy();
+      if (code === 'TUN_ERR_TIMEOUT') page(res, 504, code, 'The dashboard did not answer in time.');
+      else if (code === 'TUN_ERR_NO_ROUTE') page(res, 502, code, 'No agent of this cluster is connected.');
+      else page(res, 502, code, 'The agent could not reach the dashboard.');
+    });
+    res.on('close', () => {
+      clearTimeout(timer);
+      if (!upstream.destroyed && !upstream.writableFinished) upstream.destroy();
+      metrics.connections.inc({ mode: 'http', outcome: res.statusCode < 500 ? 'forwarded' : 'failed' });
+      log.info(
+        {
+          mode: 'http',
+          route,
+          method: req.method,
+          path: requestPath(req),
+          status: res.statusCode,
+          user: who === 'open' ? undefined : who.user,
+          remoteAddress: address(req),
+          durationMs: Date.now() - startedAt,
+        },
+        'http request',
+      );
+    });
+    req.pipe(upstream);
+  }
+
+  async function upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const route = routeOf.get(socket)!;
+    socket.on('error', () => undefined);
+    try {
+      if (!hostMatches(req.headers.host, hostnameOf(route)))
+        throw new TunnelError('TUN_ERR_UNKNOWN_HOST', 'another hostname');
+      await session(req, route);
+    } catch (err) {
+      const e = err as TunnelError;
+      log.info({ route, remoteAddress: address(req), code: e.code }, 'http upgrade refused');
+      socket.end(`HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+      return;
+    }
+    let routed;
+    try {
+      routed = await context.openRouteStream({ route, remoteAddress: address(req) });
+    } catch (err) {
+      const code = err instanceof TunnelError ? err.code : 'TUN_ERR_DIAL_FAILED';
+      socket.end(
+        `HTTP/1.1 502 Bad Gateway\r\nX-Tunnel-Error: ${code}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`,
+      );
+      return;
+    }
+    // The request head as the target must see it (Upgrade and Connection kept), then raw bytes.
+    const headers = forwardedHeaders(req);
+    headers.connection = req.headers.connection ?? 'Upgrade';
+    headers.upgrade = req.headers.upgrade ?? 'websocket';
+    const lines = [`${req.method} ${req.url} HTTP/1.1`];
+    for (const [name, value] of Object.entries(headers)) {
+      for (const v of Array.isArray(value) ? value : [value])
+        if (v !== undefined) lines.push(`${name}: ${v}`);
+    }
+    routed.stream.write(`${lines.join('\r\n')}\r\n\r\n`);
+    if (head.length > 0) routed.stream.write(head);
+    spliceBytes(socket as Socket, routed.stream);
+    socket.on('close', () => routed.stream.destroy());
+    routed.stream.on('close', () => socket.destroy());
+    routed.stream.resume();
+    (socket as Socket).resume();
+  }
+
+  return {
+    name: 'http',
+    async start() {
+      const pems = await Promise.all(config.tokenPublicKey.map((f) => readFile(f, 'utf8')));
+      verifier = new LinkVerifier(pems);
+      for (const route of open) log.warn({ route }, 'http route open to anyone (httpOpenRoutes)');
+    },
+    claims: (route) => registry.modeOf(route) === 'http',
+    accept(socket, route, helloBytes) {
+      socket.unshift(helloBytes);
+      const secure = new tls.TLSSocket(socket, {
+        isServer: true,
+        secureContext: context.serverSecureContext(),
+        ALPNProtocols: ['http/1.1'],
+      });
+      secure.on('error', () => socket.destroy());
+      // Idle, not total: a console open for hours lives as long as bytes move.
+      secure.setTimeout(config.httpIdleTimeoutMs, () => secure.destroy());
+      routeOf.set(secure, route);
+      sockets.add(secure);
+      secure.once('close', () => sockets.delete(secure));
+      server.emit('connection', secure);
+    },
+    status: () => ({ connections: sockets.size, requests, openRoutes: [...open] }),
+    close: () => undefined,
+    destroy() {
+      for (const agent of agents.values()) agent.destroy();
+      for (const s of sockets) s.destroy();
+    },
+  };
+}
+
+/** A tunnel stream dressed as the socket node:http expects of an agent's connection. */
+function socketLike(stream: Duplex): Duplex {
+  const s = stream as Duplex & Record<string, unknown>;
+  const self = (): Duplex => stream;
+  s.setKeepAlive = self;
+  s.setNoDelay = self;
+  s.setTimeout = self;
+  s.ref = self;
+  s.unref = self;
+  // openRouteStream leaves it paused: the HTTP parser reads it from here.
+  stream.resume();
+  return stream;
+}
+
+function forwardedHeaders(req: http.IncomingMessage): http.OutgoingHttpHeaders {
+  const headers: http.OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(req.headers)) {
+    if (HOP_BY_HOP.has(name) || value === undefined) continue;
+    headers[name] = value;
+  }
+  // The session is for this server: the dashboard never sees it.
+  const cookies = withoutCookie(req.headers.cookie, SESSION_COOKIE);
+  if (cookies === undefined) delete headers.cookie;
+  else headers.cookie = cookies;
+  const client = req.socket.remoteAddress ?? '';
+  const prior = req.headers['x-forwarded-for'];
+  headers['x-forwarded-for'] = prior ? `${String(prior)}, ${client}` : client;
+  headers['x-forwarded-proto'] = 'https';
+  if (req.headers.host) headers['x-forwarded-host'] = req.headers.host;
+  return headers;
+}
+
+function stripHopByHop(raw: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase();
+    if (HOP_BY_HOP.has(name) && name !== 'transfer-encoding') continue;
+    if (name === 'transfer-encoding') continue; // node:http frames the body itself
+    out.push(raw[i]!, raw[i + 1]!);
+  }
+  return out;
+}
+
+function cookie(header: string | undefined, name: string): string | undefined {
+  for (const part of (header ?? '').split(';')) {
+    const eq = part.indexOf('=');
+    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+  }
+  return undefined;
+}
+
+function withoutCookie(header: string | undefined, name: string): string | undefined {
+  const kept = (header ?? '')
+    .split(';')
+    .map((p) => p.trim())
+    .filter((p) => p !== '' && !p.startsWith(`${name}=`));
+  return kept.length > 0 ? kept.join('; ') : undefined;
+}
+
+/** Host may carry the public port; the name must be the route's. */
+function hostMatches(host: string | undefined, hostname: string): boolean {
+  if (host === undefined) return false;
+  return host.toLowerCase().replace(/:\d+$/, '') === hostname;
+}
+
+function address(req: http.IncomingMessage): string {
+  return `${req.socket.remoteAddress}:${req.socket.remotePort}`;
+}
+
+/** A page a person understands, with the code, never a hung tab. */
+function page(res: http.ServerResponse, status: number, code: ErrorCode | undefined, text: string): void {
+  const body =
+    `<!doctype html><meta charset="utf-8"><title>${status} ${http.STATUS_CODES[status] ?? ''}</title>` +
+    `<h1>${status} ${http.STATUS_CODES[status] ?? ''}</h1><p>${escapeHtml(text)}</p>` +
+    (code ? `<p><code>${code}</code></p>` : '');
+  res.writeHead(status, {
+    'Content-Type': 'text/html; charset=utf-8',
+    'Content-Length': Buffer.byteLength(body),
+    'Cache-Control': 'no-store',
+    ...(code ? { 'X-Tunnel-Error': code } : {}),
+  });
+  res.end(body);
+}
+
+function escapeHtml(text: string): string {
+  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}

@@ -1,0 +1,95 @@
+/**
+ * A dashboard through an http route, driven as a person would, with real processes: the server,
+ * an agent whose route is `dash=http://…`, a link from `tunnel-server link create`, and curl
+ * following it with a cookie jar. Without the link: 401 on a page and on a WebSocket upgrade.
+ */
+import { execFile } from 'node:child_process';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { SERVER_BIN, createToken, startAgent, startServer, writeTokenFile } from '../helpers/tunnel.js';
+import { tempDir } from '../helpers/temp-dir.js';
+
+const execFileAsync = promisify(execFile);
+
+async function curl(args: string[]): Promise<{ code: number; stdout: string }> {
+  try {
+    const { stdout } = await execFileAsync('curl', ['-sS', '--max-time', '10', ...args]);
+    return { code: 0, stdout };
+  } catch (err) {
+    const e = err as { code: number; stdout: string };
+    return { code: e.code, stdout: e.stdout };
+  }
+}
+
+async function dashboard(): Promise<number> {
+  const server = http.createServer((req, res) => {
+    res.writeHead(200, { 'Content-Type': 'text/plain' }).end(`dashboard saw ${req.url}`);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  onTestFinished(() => {
+    server.closeAllConnections();
+    server.close();
+  });
+  return (server.address() as AddressInfo).port;
+}
+
+describe('a dashboard behind an http route', () => {
+  it('is closed without a link, and open in the session a link starts', async () => {
+    const server = await startServer();
+    const dir = tempDir();
+    await startAgent({
+      server,
+      tokenFile: await writeTokenFile(dir, await createToken(server.dataDir, 'u1')),
+      routes: [`dash=http://127.0.0.1:${await dashboard()}`],
+      agentId: 'agent-u1',
+    });
+    const host = 'cluster-u1-dash.proxy.localhost';
+    const base = [
+      '--resolve',
+      `${host}:${server.port}:127.0.0.1`,
+      '--cacert',
+      server.caFile,
+      '-o',
+      '-',
+      '-w',
+      '\n%{http_code}',
+    ];
+    const page = await curl([...base, `https://${host}:${server.port}/ui`]);
+    expect(page.stdout.split('\n').at(-1)).toBe('401');
+    expect(page.stdout).toContain('TUN_ERR_ACCESS_DENIED');
+    const upgrade = await curl([
+      ...base,
+      '-H',
+      'Connection: Upgrade',
+      '-H',
+      'Upgrade: websocket',
+      '-H',
+      'Sec-WebSocket-Version: 13',
+      '-H',
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
+      `https://${host}:${server.port}/console`,
+    ]);
+    expect(upgrade.stdout.split('\n').at(-1)).toBe('401');
+
+    const { stdout: link } = await execFileAsync(process.execPath, [
+      SERVER_BIN,
+      'link',
+      'create',
+      ...['--cluster', 'u1', '--route', 'dash', '--user', 'alice', '--port', String(server.port)],
+      ...['--data-dir', server.dataDir],
+    ]);
+    expect(link.trim()).toMatch(new RegExp(`^https://${host}:${server.port}/\\.tunnel/login\\?token=`));
+    const jar = join(dir, 'cookies.txt');
+    const opened = await curl([...base, '-L', '-c', jar, '-b', jar, link.trim()]);
+    expect(opened.stdout).toBe('dashboard saw /\n200');
+    const again = await curl([...base, '-b', jar, `https://${host}:${server.port}/ui`]);
+    expect(again.stdout).toBe('dashboard saw /ui\n200');
+    const line = await server.proc.waitForLog(
+      (l) => l.msg === 'http request' && l.path === '/ui' && l.status === 200,
+    );
+    expect(line).toMatchObject({ route: 'cluster-u1-dash', user: 'alice', method: 'GET' });
+  });
+});

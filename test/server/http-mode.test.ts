@@ -1,0 +1,231 @@
+/**
+ * The `http` route mode in-process: a real TunnelServer, a real agent whose route is a URL, and
+ * a fixture dashboard (a page, a header mirror, server-sent events, a large download, a
+ * WebSocket console with a subprotocol). A signed link opens a session; without one nothing
+ * reaches the agent. Real HTTPS clients on 127.0.0.1 (node:https and ws; curl in e2e).
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { describe, expect, onTestFinished, test } from 'vitest';
+import WebSocket, { WebSocketServer } from 'ws';
+import { LOGIN_PATH, createLink } from '@cluster-tunnel/server';
+import { startInProcessAgent, startInProcessServer, type InProcessServer } from '../helpers/in-process.js';
+import { freePort } from '../helpers/tunnel.js';
+
+const BIG = randomBytes(4 * 1024 * 1024);
+
+/** The fixture dashboard, plain HTTP on 127.0.0.1. */
+async function dashboard(): Promise<number> {
+  const server = http.createServer((req, res) => {
+    if (req.url === '/headers') {
+      res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(req.headers));
+    } else if (req.url === '/sse') {
+      res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
+      let n = 0;
+      const timer = setInterval(() => {
+        res.write(`data: event ${n}\n\n`);
+        if (++n === 3) {
+          clearInterval(timer);
+          res.end();
+        }
+      }, 150);
+      res.on('close', () => clearInterval(timer));
+    } else if (req.url === '/big') {
+      res
+        .writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': BIG.length })
+        .end(BIG);
+    } else {
+      res.writeHead(200, { 'Content-Type': 'text/html' }).end('<h1>dashboard home</h1>');
+    }
+  });
+  const wss = new WebSocketServer({
+    server,
+    handleProtocols: (protocols) => (protocols.has('binary') ? 'binary' : false),
+  });
+  wss.on('connection', (socket) =>
+    socket.on('message', (data, isBinary) => socket.send(data, { binary: isBinary })),
+  );
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  onTestFinished(() => {
+    wss.close();
+    server.closeAllConnections();
+    server.close();
+  });
+  return (server.address() as AddressInfo).port;
+}
+
+interface Answer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+  /** When each body chunk arrived (performance.now()). */
+  chunkTimes: number[];
+}
+
+function get(s: InProcessServer, route: string, path: string, cookie?: string): Promise<Answer> {
+  const host = `${route}.proxy.localhost`;
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      {
+        host: '127.0.0.1',
+        port: s.port,
+        servername: host,
+        ca: readFileSync(s.caFile),
+        path,
+        headers: { Host: `${host}:${s.port}`, ...(cookie ? { Cookie: cookie } : {}) },
+        agent: false,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        const chunkTimes: number[] = [];
+        res.on('data', (c: Buffer) => {
+          chunks.push(c);
+          chunkTimes.push(performance.now());
+        });
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            body: Buffer.concat(chunks),
+            chunkTimes,
+          }),
+        );
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function setup(routes: string[] = [], serverArgs: string[] = []) {
+  const s = await startInProcessServer(serverArgs);
+  const port = await dashboard();
+  await startInProcessAgent(s, { cluster: 'u1', routes: [`dash=http://127.0.0.1:${port}`, ...routes] });
+  const privateKeyPem = readFileSync(join(s.dataDir, 'token-signing.key'), 'utf8');
+  const link = (route: string, o: { ttlMs?: number; now?: () => number } = {}) =>
+    createLink({
+      privateKeyPem,
+      hostname: `${route}.proxy.localhost`,
+      user: 'alice',
+      ttlMs: o.ttlMs ?? 600_000,
+      sessionTtlMs: 8 * 3_600_000,
+      ...(o.now ? { now: o.now } : {}),
+    });
+  /** Opens a link as a browser would and returns the session cookie it sets. */
+  const login = async (route: string, token?: string): Promise<string> => {
+    const answer = await get(s, route, `${LOGIN_PATH}?token=${token ?? (await link(route))}`);
+    expect(answer.status).toBe(303);
+    const setCookie = answer.headers['set-cookie']?.[0] ?? '';
+    expect(setCookie).toMatch(/HttpOnly; Secure; SameSite=Lax/);
+    return setCookie.split(';')[0]!;
+  };
+  return { s, link, login };
+}
+
+describe('an http route', () => {
+  test('without a session every request is refused with 401 and never reaches the agent', async () => {
+    const { s } = await setup();
+    const answer = await get(s, 'cluster-u1-dash', '/');
+    expect(answer.status).toBe(401);
+    expect(answer.headers['x-tunnel-error']).toBe('TUN_ERR_ACCESS_DENIED');
+    expect(answer.body.toString()).toContain('TUN_ERR_ACCESS_DENIED');
+    expect(s.server.status().modes.http).toMatchObject({ requests: 0 });
+  });
+
+  test('a link opens a session: pages, forwarded headers, an 8 MiB-class download, events as they are sent', async () => {
+    const { s, login } = await setup();
+    const cookie = await login('cluster-u1-dash');
+    const home = await get(s, 'cluster-u1-dash', '/', cookie);
+    expect(home.status).toBe(200);
+    expect(home.body.toString()).toBe('<h1>dashboard home</h1>');
+
+    const mirrored = JSON.parse(
+      (await get(s, 'cluster-u1-dash', '/headers', `${cookie}; theme=dark`)).body.toString(),
+    ) as Record<string, string>;
+    expect(mirrored.host).toBe(`cluster-u1-dash.proxy.localhost:${s.port}`);
+    expect(mirrored['x-forwarded-proto']).toBe('https');
+    expect(mirrored['x-forwarded-host']).toBe(`cluster-u1-dash.proxy.localhost:${s.port}`);
+    expect(mirrored['x-forwarded-for']).toBe('127.0.0.1');
+    // The session is the tunnel's: the dashboard gets its own cookies only.
+    expect(mirrored.cookie).toBe('theme=dark');
+
+    const big = await get(s, 'cluster-u1-dash', '/big', cookie);
+    expect(createHash('sha256').update(big.body).digest('hex')).toBe(
+      createHash('sha256').update(BIG).digest('hex'),
+    );
+
+    const events = await get(s, 'cluster-u1-dash', '/sse', cookie);
+    expect(events.body.toString()).toBe('data: event 0\n\ndata: event 1\n\ndata: event 2\n\n');
+    // Sent 150 ms apart and received so: not buffered until the end.
+    expect(events.chunkTimes.at(-1)! - events.chunkTimes[0]!).toBeGreaterThanOrEqual(250);
+  });
+
+  test('a session for one route is refused on another; an expired link opens nothing', async () => {
+    const { s, login, link } = await setup([`other=http://127.0.0.1:${await dashboard()}`]);
+    const cookie = await login('cluster-u1-dash');
+    const elsewhere = await get(s, 'cluster-u1-other', '/', cookie);
+    expect(elsewhere.status).toBe(401);
+    const stale = await link('cluster-u1-other', { ttlMs: 60_000, now: () => Date.now() - 120_000 });
+    const refused = await get(s, 'cluster-u1-other', `${LOGIN_PATH}?token=${stale}`);
+    expect(refused.status).toBe(401);
+    expect(refused.body.toString()).toContain('link expired');
+    expect(refused.headers['set-cookie']).toBeUndefined();
+  });
+
+  test('a WebSocket console passes with its subprotocol and round-trips binary messages', async () => {
+    const { s, login } = await setup();
+    const cookie = await login('cluster-u1-dash');
+    const host = 'cluster-u1-dash.proxy.localhost';
+    // TLS options ws hands to tls.connect (its typings leave servername out).
+    const tlsTo = (headers: Record<string, string>) =>
+      ({ servername: host, ca: readFileSync(s.caFile), headers }) as WebSocket.ClientOptions;
+    const refused = await new Promise<number>((resolve) => {
+      const bare = new WebSocket(`wss://127.0.0.1:${s.port}/console`, ['binary'], tlsTo({ Host: host }));
+      bare.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+      bare.on('error', () => undefined);
+    });
+    expect(refused).toBe(401);
+    const ws = new WebSocket(
+      `wss://127.0.0.1:${s.port}/console`,
+      ['binary'],
+      tlsTo({ Host: host, Cookie: cookie }),
+    );
+    onTestFinished(() => ws.terminate());
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    expect(ws.protocol).toBe('binary');
+    const received: Buffer[] = [];
+    const all = new Promise<void>((resolve) => {
+      ws.on('message', (data: Buffer) => {
+        received.push(data);
+        if (received.length === 300) resolve();
+      });
+    });
+    const sent = Array.from({ length: 300 }, (_, i) => randomBytes(100 + i));
+    for (const m of sent) ws.send(m);
+    await all;
+    expect(received.map((b) => b.toString('hex'))).toEqual(sent.map((b) => b.toString('hex')));
+  });
+
+  test('failures are pages with their code: the target down is 502 TUN_ERR_DIAL_FAILED', async () => {
+    const { s, login } = await setup([`down=http://127.0.0.1:${await freePort()}`]);
+    const cookie = await login('cluster-u1-down');
+    const answer = await get(s, 'cluster-u1-down', '/', cookie);
+    expect(answer.status).toBe(502);
+    expect(answer.headers['x-tunnel-error']).toBe('TUN_ERR_DIAL_FAILED');
+    expect(answer.body.toString()).toContain('TUN_ERR_DIAL_FAILED');
+  });
+
+  test('a route the operator opened needs no session', async () => {
+    const { s } = await setup([], ['--http-open-route', 'cluster-u1-dash']);
+    expect((await get(s, 'cluster-u1-dash', '/')).status).toBe(200);
+    expect(s.server.status().modes.http).toMatchObject({ openRoutes: ['cluster-u1-dash'] });
+  });
+});

@@ -90,6 +90,12 @@ describe('a dashboard behind an http route', () => {
     const line = await server.proc.waitForLog(
       (l) => l.msg === 'http request' && l.path === '/ui' && l.status === 200,
     );
-    expect(line).toMatchObject({ route: 'cluster-u1-dash', user: 'alice', method: 'GET' });
+    expect(line).toMatchObject({
+      route: 'cluster-u1-dash',
+      user: 'alice',
+      method: 'GET',
+      bytesIn: 0,
+      bytesOut: 'dashboard saw /ui'.length,
+    });
   });
 });

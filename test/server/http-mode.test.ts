@@ -34,6 +34,9 @@ async function dashboard(): Promise<number> {
         }
       }, 150);
       res.on('close', () => clearInterval(timer));
+    } else if (req.url === '/slow') {
+      // Never answers: the server's response timeout must end the wait.
+      req.on('close', () => res.destroy());
     } else if (req.url === '/big') {
       res
         .writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': BIG.length })
@@ -221,6 +224,24 @@ describe('an http route', () => {
     expect(answer.status).toBe(502);
     expect(answer.headers['x-tunnel-error']).toBe('TUN_ERR_DIAL_FAILED');
     expect(answer.body.toString()).toContain('TUN_ERR_DIAL_FAILED');
+  });
+
+  test('a dashboard that does not answer in time is a 504 page with its code, never a hung tab', async () => {
+    const { s, login } = await setup([], ['--http-response-timeout-ms', '300ms']);
+    const cookie = await login('cluster-u1-dash');
+    const started = performance.now();
+    const answer = await get(s, 'cluster-u1-dash', '/slow', cookie);
+    expect(answer.status).toBe(504);
+    expect(answer.headers['x-tunnel-error']).toBe('TUN_ERR_TIMEOUT');
+    expect(performance.now() - started).toBeLessThan(10_000);
+  });
+
+  test('logout ends the session for that route', async () => {
+    const { s, login } = await setup();
+    const cookie = await login('cluster-u1-dash');
+    const out = await get(s, 'cluster-u1-dash', '/.tunnel/logout', cookie);
+    expect(out.status).toBe(200);
+    expect(out.headers['set-cookie']?.[0]).toMatch(/^tunnel_session=; .*Max-Age=0/);
   });
 
   test('a route the operator opened needs no session', async () => {

@@ -13,6 +13,8 @@ export const SYSTEM_PACKAGES = {
   tinyproxy: ['/usr/bin/tinyproxy', '/usr/sbin/tinyproxy'],
   /** A real client for refused names on the public port (test/e2e/routing.test.ts). */
   curl: ['/usr/bin/curl'],
+  /** A real browser for dashboards through http routes, driven by playwright-core. */
+  chromium: ['/usr/bin/chromium'],
 } as const satisfies Record<string, readonly string[]>;
 
 export function missingPackages(): string[] {

@@ -241,6 +241,9 @@ async function printSteps(config: ServerConfig, server: TunnelServer, io: Server
       `   npx tunnel-server kubeconfig --cluster demo --ca-file <apiserver-ca.pem> \\`,
       `     --server-url https://${host}:${port} --domain ${config.domain} > demo.kubeconfig`,
       '   kubectl --kubeconfig demo.kubeconfig get pods',
+      '4. Open a dashboard: give the agent an http route (e.g. --route dash=http://127.0.0.1:8080),',
+      '   then open the link this prints in a browser (*.localhost resolves to this machine):',
+      `   npx tunnel-server link create --cluster demo --route dash --port ${port} --domain ${config.domain}`,
       '',
     ].join('\n'),
   );

@@ -146,6 +146,11 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
   ): void {
     requests++;
     const startedAt = Date.now();
+    let bytesIn = 0;
+    let bytesOut = 0;
+    req.on('data', (chunk: Buffer) => {
+      bytesIn += chunk.length;
+    });
     const upstream = http.request({
       agent: agentFor(route, address(req)),
       method: req.method,
@@ -162,6 +167,9 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       clearTimeout(timer);
       res.writeHead(answer.statusCode ?? 502, answer.statusMessage, stripHopByHop(answer.rawHeaders));
       res.flushHeaders();
+      answer.on('data', (chunk: Buffer) => {
+        bytesOut += chunk.length;
+      });
       answer.pipe(res);
       answer.on('error', () => res.destroy());
     });
@@ -187,6 +195,8 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
           status: res.statusCode,
           user: who === 'open' ? undefined : who.user,
           remoteAddress: address(req),
+          bytesIn,
+          bytesOut,
           durationMs: Date.now() - startedAt,
         },
         'http request',

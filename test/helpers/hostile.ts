@@ -225,6 +225,16 @@ export function startAttacker(
   return { rounds, stop };
 }
 
+/**
+ * The most a bystander's median kubectl may take under attack: twice idle, and never less than
+ * idle plus 250 ms. Idle is about 50 ms, and a machine busy with other work moves a median by
+ * tens of milliseconds either way; an attack that hurts costs seconds (the stalls measured before
+ * the limits existed), so the floor keeps the check about the attack, not about jitter.
+ */
+export function latencyBoundMs(idle: KubectlLatency): number {
+  return Math.max(2 * idle.medianMs, idle.medianMs + 250);
+}
+
 export interface AttackEffect {
   idle: KubectlLatency;
   attack: KubectlLatency;

@@ -132,3 +132,33 @@ describe('routeModes in register', () => {
     );
   });
 });
+
+describe('hostHeaders in register', () => {
+  const register = (hostHeaders: unknown) =>
+    Buffer.from(
+      JSON.stringify({
+        type: 'register',
+        protocolVersion: 1,
+        agentId: 'a-1',
+        agentVersion: '0.1.0',
+        routes: ['cluster-u1-dash'],
+        hostHeaders,
+      }),
+    );
+
+  it('maps some of the routes to Host values', () => {
+    expect(decodeControlMessage(register({ 'cluster-u1-dash': 'dash.internal:8080' }))).toMatchObject({
+      hostHeaders: { 'cluster-u1-dash': 'dash.internal:8080' },
+    });
+  });
+
+  it.each([
+    ['a label it does not register', { 'cluster-u1-x': 'a' }],
+    ['a value with a space or CRLF', { 'cluster-u1-dash': 'a\r\nX-Evil: 1' }],
+    ['an empty value', { 'cluster-u1-dash': '' }],
+  ])('refuses %s', (_name, hostHeaders) => {
+    expect(() => decodeControlMessage(register(hostHeaders))).toThrow(
+      expect.objectContaining({ code: 'TUN_ERR_BAD_CONTROL_MESSAGE' }),
+    );
+  });
+});

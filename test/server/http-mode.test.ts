@@ -34,6 +34,19 @@ async function dashboard(): Promise<number> {
         }
       }, 150);
       res.on('close', () => clearInterval(timer));
+    } else if (req.url === '/sse-slow') {
+      // Headers at once, then four events over 1.2 s.
+      res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+      res.flushHeaders();
+      let n = 0;
+      const timer = setInterval(() => {
+        res.write(`data: ${n}\n\n`);
+        if (++n === 4) {
+          clearInterval(timer);
+          res.end();
+        }
+      }, 300);
+      res.on('close', () => clearInterval(timer));
     } else if (req.url === '/slow') {
       // Never answers: the server's response timeout must end the wait.
       req.on('close', () => res.destroy());
@@ -242,6 +255,26 @@ describe('an http route', () => {
     const out = await get(s, 'cluster-u1-dash', '/.tunnel/logout', cookie);
     expect(out.status).toBe(200);
     expect(out.headers['set-cookie']?.[0]).toMatch(/^tunnel_session=; .*Max-Age=0/);
+  });
+
+  test("hostHeader replaces Host for the target; the user's stays in X-Forwarded-Host", async () => {
+    const port = await dashboard();
+    const { s, login } = await setup([`named=http://127.0.0.1:${port},hostHeader=dash.internal`]);
+    const cookie = await login('cluster-u1-named');
+    const mirrored = JSON.parse(
+      (await get(s, 'cluster-u1-named', '/headers', cookie)).body.toString(),
+    ) as Record<string, string>;
+    expect(mirrored.host).toBe('dash.internal');
+    expect(mirrored['x-forwarded-host']).toBe(`cluster-u1-named.proxy.localhost:${s.port}`);
+  });
+
+  test('a streaming response outlives the response timeout once it has started: no fixed request timeout', async () => {
+    const { s, login } = await setup([], ['--http-response-timeout-ms', '800ms']);
+    const cookie = await login('cluster-u1-dash');
+    const events = await get(s, 'cluster-u1-dash', '/sse-slow', cookie);
+    expect(events.status).toBe(200);
+    expect(events.body.toString()).toBe('data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\n');
+    expect(events.chunkTimes.at(-1)! - events.chunkTimes[0]!).toBeGreaterThanOrEqual(800);
   });
 
   test('a route the operator opened needs no session', async () => {

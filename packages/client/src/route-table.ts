@@ -32,6 +32,8 @@ export interface RouteEntry {
   readonly port: number;
   /** Set for an `https://` target. */
   readonly tls: TargetTls | undefined;
+  /** For an http route: the Host the server sends the target instead of the user's. */
+  readonly hostHeader: string | undefined;
   /** `host:port`, or the target URL for an http route, for logs. */
   readonly target: string;
 }
@@ -59,6 +61,7 @@ export class RouteTable {
           host: r.host,
           port: r.port,
           tls: r.scheme === 'https' ? targetTls(r) : undefined,
+          hostHeader: r.hostHeader,
           target: r.scheme === undefined ? address : `${r.scheme}://${address}`,
         });
       }),
@@ -88,6 +91,13 @@ export class RouteTable {
       [],
       [...this.byLabel.values()].filter((e) => e.mode === 'passthrough'),
     );
+  }
+
+  /** `hostHeaders` for `register`: http routes with a `hostHeader` option. */
+  get hostHeaders(): Record<string, string> {
+    const headers: Record<string, string> = {};
+    for (const e of this.byLabel.values()) if (e.hostHeader !== undefined) headers[e.label] = e.hostHeader;
+    return headers;
   }
 
   lookup(label: string): RouteEntry | undefined {

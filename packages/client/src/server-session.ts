@@ -146,6 +146,7 @@ export class ServerSession extends EventEmitter {
       capabilities: [...SUPPORTED_CAPABILITIES],
       // Only when some route is not passthrough: an older server ignores the key anyway.
       ...(Object.keys(routes.modes).length > 0 ? { routeModes: routes.modes } : {}),
+      ...(Object.keys(routes.hostHeaders).length > 0 ? { hostHeaders: routes.hostHeaders } : {}),
     });
     let message;
     try {

@@ -341,7 +341,10 @@ export class AgentEndpoint {
       );
     }
     const served = labels.filter((l) => !unserved.includes(l));
-    const agent = new RegisteredAgent(identity, session, served, capabilities, routeModes);
+    const hostHeaders = new Map(
+      Object.entries(message.hostHeaders ?? {}).map(([label, host]) => [label.toLowerCase(), host] as const),
+    );
+    const agent = new RegisteredAgent(identity, session, served, capabilities, routeModes, hostHeaders);
     c.agent = agent;
     const log = this.o.log.child({ agentId: identity.agentId, clusterId: identity.clusterId });
     // The control stream lives as long as the session: the agent ending it is leaving.

@@ -57,6 +57,14 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
       ?.modeOf(label);
   }
 
+  /** The Host header the agents holding `label` asked its target to get (http routes). */
+  hostHeaderOf(label: string): string | undefined {
+    return this.byLabel
+      .get(label)
+      ?.find((a) => a.usable)
+      ?.hostHeaderOf(label);
+  }
+
   has(label: string): boolean {
     return this.candidates(label).length > 0;
   }

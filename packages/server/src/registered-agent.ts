@@ -38,7 +38,14 @@ export class RegisteredAgent {
     readonly capabilities: ReadonlySet<Capability>,
     /** Labels served by a mode other than passthrough, with that mode's name. */
     private readonly routeModes: ReadonlyMap<string, string> = new Map(),
+    /** Labels of http routes whose target wants another Host header, with that header. */
+    private readonly hostHeaders: ReadonlyMap<string, string> = new Map(),
   ) {}
+
+  /** The Host header `label`'s target is to get, if not the user's. */
+  hostHeaderOf(label: string): string | undefined {
+    return this.hostHeaders.get(label);
+  }
 
   /** The route mode that serves `label` on the public port. */
   modeOf(label: string): string {

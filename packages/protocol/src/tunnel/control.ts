@@ -41,6 +41,11 @@ export interface RegisterMessage {
    * ignore it (docs/PROTOCOL.md, "Route modes").
    */
   routeModes?: Record<string, string>;
+  /**
+   * Route label → the Host header the server sends an http route's target instead of the
+   * user's (the route option `hostHeader`); part of `route-modes`, ignored without it.
+   */
+  hostHeaders?: Record<string, string>;
 }
 export interface RegisteredMessage {
   type: 'registered';
@@ -79,14 +84,17 @@ const badCapabilities = (v: unknown): boolean =>
 /** What a route mode's name looks like on the wire (an agent may name modes we do not have). */
 export const ROUTE_MODE_PATTERN = /^[a-z][a-z0-9-]{0,31}$/;
 
-/** Optional: an object of own keys, each one of `routes`, each value a mode name. */
-const badRouteModes = (v: unknown, routes: readonly unknown[]): boolean =>
+/** What a Host header value may be: a host name or address, and a port. */
+export const HOST_HEADER_PATTERN = /^[A-Za-z0-9.:[\]-]{1,255}$/;
+
+/** Optional: an object of own keys, each one of `routes`, each value matching `value`. */
+const badLabelMap = (v: unknown, routes: readonly unknown[], value: RegExp): boolean =>
   v !== undefined &&
   (typeof v !== 'object' ||
     v === null ||
     Array.isArray(v) ||
     !Object.entries(v).every(
-      ([label, mode]) => routes.includes(label) && typeof mode === 'string' && ROUTE_MODE_PATTERN.test(mode),
+      ([label, x]) => routes.includes(label) && typeof x === 'string' && value.test(x),
     ));
 
 const CAPABILITIES_PROBLEM = `capabilities must be a list of at most ${MAX_CAPABILITIES} names matching ${CAPABILITY_PATTERN.source}`;
@@ -104,9 +112,11 @@ export const CONTROL_MESSAGES: Readonly<Record<ControlMessage['type'], Validator
             ? 'routes must be a list of at most 64 labels'
             : badCapabilities(m.capabilities)
               ? CAPABILITIES_PROBLEM
-              : badRouteModes(m.routeModes, m.routes)
+              : badLabelMap(m.routeModes, m.routes, ROUTE_MODE_PATTERN)
                 ? `routeModes must map some of the routes to mode names matching ${ROUTE_MODE_PATTERN.source}`
-                : undefined,
+                : badLabelMap(m.hostHeaders, m.routes, HOST_HEADER_PATTERN)
+                  ? `hostHeaders must map some of the routes to values matching ${HOST_HEADER_PATTERN.source}`
+                  : undefined,
   registered: (m) =>
     typeof m.serverId !== 'string' || !ID_PATTERN.test(m.serverId)
       ? `serverId must match ${ID_PATTERN.source}`

@@ -155,7 +155,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       agent: agentFor(route, address(req)),
       method: req.method,
       path: req.url,
-      headers: forwardedHeaders(req),
+      headers: forwardedHeaders(req, registry.hostHeaderOf(route)),
       setHost: false,
     });
     // The target must start its answer in time; streaming after that has no limit but idleness.
@@ -229,7 +229,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       return;
     }
     // The request head as the target must see it (Upgrade and Connection kept), then raw bytes.
-    const headers = forwardedHeaders(req);
+    const headers = forwardedHeaders(req, registry.hostHeaderOf(route));
     headers.connection = req.headers.connection ?? 'Upgrade';
     headers.upgrade = req.headers.upgrade ?? 'websocket';
     const lines = [`${req.method} ${req.url} HTTP/1.1`];
@@ -292,7 +292,11 @@ function socketLike(stream: Duplex): Duplex {
   return stream;
 }
 
-function forwardedHeaders(req: http.IncomingMessage): http.OutgoingHttpHeaders {
+/** The request's headers for the target: hop-by-hop ones and the session cookie removed, X-Forwarded-* added, Host kept unless the route sets one. */
+function forwardedHeaders(
+  req: http.IncomingMessage,
+  hostHeader: string | undefined,
+): http.OutgoingHttpHeaders {
   const headers: http.OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(req.headers)) {
     if (HOP_BY_HOP.has(name) || value === undefined) continue;
@@ -307,6 +311,7 @@ function forwardedHeaders(req: http.IncomingMessage): http.OutgoingHttpHeaders {
   headers['x-forwarded-for'] = prior ? `${String(prior)}, ${client}` : client;
   headers['x-forwarded-proto'] = 'https';
   if (req.headers.host) headers['x-forwarded-host'] = req.headers.host;
+  if (hostHeader !== undefined) headers.host = hostHeader;
   return headers;
 }
 

@@ -5,6 +5,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
+import { resolveClientConfig } from '../../packages/client/src/config.js';
 import { validateObject } from './k8s-schema.js';
 import type { K8sObject, PodTemplate } from './kustomize.js';
 import {
@@ -158,6 +159,35 @@ test('the agent-tls component adds its RBAC to an agent overlay and still valida
     { kind: 'ServiceAccount', name: 'tunnel-agent', namespace: sa?.metadata.namespace },
   ]);
   expect(findObject(objects, 'ClusterRole', binding?.roleRef.name)).toBeDefined();
+});
+
+test('the dashboard component adds an http route the agent accepts, and egress to the dashboard only', async () => {
+  const objects = renderComposed(
+    ['deploy/client/overlays/in-cluster'],
+    ['deploy/client/components/dashboard'],
+  );
+  expect(await schemaProblems(objects)).toEqual([]);
+  const t = workload(objects, 'tunnel-agent');
+  const args = t.spec.containers[0].args as string[];
+  const route = args.find((a) => a.startsWith('--route=dashboard='));
+  expect(route).toBeDefined();
+  const config = resolveClientConfig({
+    argv: [
+      ...args.filter((a) => a.startsWith('--route')),
+      '--server',
+      'wss://tunnel.example.com',
+      '--token',
+      't',
+    ],
+    env: {},
+    cwd: '/',
+  });
+  expect(config.route.find((r) => r.name === 'dashboard')).toMatchObject({ scheme: 'https', port: 443 });
+  const policy = findObject(objects, 'NetworkPolicy', 'tunnel-agent-egress-dashboard');
+  expect(policy?.spec.egress).toHaveLength(1);
+  expect(policy?.spec.egress[0].to[0].namespaceSelector.matchLabels).toEqual({
+    'kubernetes.io/metadata.name': 'kubernetes-dashboard',
+  });
 });
 
 describe.each(serverDirs)('server %s', (dir) => {

@@ -7,19 +7,15 @@
  * goes to test-output/dashboard.png.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { execFile } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { chromium } from 'playwright-core';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { WebSocketServer } from 'ws';
-import { SERVER_BIN, createToken, startAgent, startServer, writeTokenFile } from '../helpers/tunnel.js';
-import { tempDir } from '../helpers/temp-dir.js';
+import { createLink, startServerAndAgent } from '../helpers/tunnel.js';
 
-const execFileAsync = promisify(execFile);
 const CHROMIUM = '/usr/bin/chromium';
 const BIG = randomBytes(8 * 1024 * 1024);
 const OUTPUT = join(import.meta.dirname, '../../test-output');
@@ -100,27 +96,14 @@ interface PageResult {
 
 describe('a dashboard in a real browser', () => {
   it('opens with a link, and its console, event stream, download and headers work through the tunnel', async () => {
-    const server = await startServer();
-    const dir = tempDir();
-    await startAgent({
-      server,
-      tokenFile: await writeTokenFile(dir, await createToken(server.dataDir, 'u1')),
-      routes: [`dash=http://127.0.0.1:${await dashboard()}`],
-      agentId: 'agent-u1',
-    });
-    const { stdout: link } = await execFileAsync(process.execPath, [
-      SERVER_BIN,
-      'link',
-      'create',
-      ...['--cluster', 'u1', '--route', 'dash', '--user', 'alice', '--port', String(server.port)],
-      ...['--data-dir', server.dataDir],
-    ]);
+    const server = await startServerAndAgent('u1', [`dash=http://127.0.0.1:${await dashboard()}`]);
+    const link = await createLink(server, 'u1', 'dash', 'alice');
     // Chromium resolves *.localhost to loopback itself; the server certificate is the test CA's.
     const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
     onTestFinished(() => browser.close());
     const context = await browser.newContext({ ignoreHTTPSErrors: true });
     const page = await context.newPage();
-    const response = await page.goto(link.trim());
+    const response = await page.goto(link);
     expect(response?.status()).toBe(200);
     expect(new URL(page.url()).pathname).toBe('/');
     // Page expressions are strings: this file is compiled without the DOM types.

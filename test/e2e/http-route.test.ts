@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { SERVER_BIN, createToken, startAgent, startServer, writeTokenFile } from '../helpers/tunnel.js';
+import { createLink, startServerAndAgent } from '../helpers/tunnel.js';
 import { tempDir } from '../helpers/temp-dir.js';
 
 const execFileAsync = promisify(execFile);
@@ -38,14 +38,7 @@ async function dashboard(): Promise<number> {
 
 describe('a dashboard behind an http route', () => {
   it('is closed without a link, and open in the session a link starts', async () => {
-    const server = await startServer();
-    const dir = tempDir();
-    await startAgent({
-      server,
-      tokenFile: await writeTokenFile(dir, await createToken(server.dataDir, 'u1')),
-      routes: [`dash=http://127.0.0.1:${await dashboard()}`],
-      agentId: 'agent-u1',
-    });
+    const server = await startServerAndAgent('u1', [`dash=http://127.0.0.1:${await dashboard()}`]);
     const host = 'cluster-u1-dash.proxy.localhost';
     const base = [
       '--resolve',
@@ -74,16 +67,10 @@ describe('a dashboard behind an http route', () => {
     ]);
     expect(upgrade.stdout.split('\n').at(-1)).toBe('401');
 
-    const { stdout: link } = await execFileAsync(process.execPath, [
-      SERVER_BIN,
-      'link',
-      'create',
-      ...['--cluster', 'u1', '--route', 'dash', '--user', 'alice', '--port', String(server.port)],
-      ...['--data-dir', server.dataDir],
-    ]);
-    expect(link.trim()).toMatch(new RegExp(`^https://${host}:${server.port}/\\.tunnel/login\\?token=`));
-    const jar = join(dir, 'cookies.txt');
-    const opened = await curl([...base, '-L', '-c', jar, '-b', jar, link.trim()]);
+    const link = await createLink(server, 'u1', 'dash', 'alice');
+    expect(link).toMatch(new RegExp(`^https://${host}:${server.port}/\\.tunnel/login\\?token=`));
+    const jar = join(tempDir(), 'cookies.txt');
+    const opened = await curl([...base, '-L', '-c', jar, '-b', jar, link]);
     expect(opened.stdout).toBe('dashboard saw /\n200');
     const again = await curl([...base, '-b', jar, `https://${host}:${server.port}/ui`]);
     expect(again.stdout).toBe('dashboard saw /ui\n200');

@@ -179,6 +179,31 @@ export async function createToken(dataDir: string, cluster: string, ttl = '1h'):
   return stdout.trim();
 }
 
+/** A link to an http route, made with the real CLI (`tunnel-server link create`). */
+export async function createLink(
+  server: ServerHandle,
+  cluster: string,
+  route: string,
+  user: string,
+): Promise<string> {
+  const { stdout } = await execFileAsync(process.execPath, [
+    SERVER_BIN,
+    'link',
+    'create',
+    ...['--cluster', cluster, '--route', route, '--user', user, '--port', String(server.port)],
+    ...['--data-dir', server.dataDir],
+  ]);
+  return stdout.trim();
+}
+
+/** A server process and an agent process of `cluster` serving `routes` (`name=target`). */
+export async function startServerAndAgent(cluster: string, routes: string[]): Promise<ServerHandle> {
+  const server = await startServer();
+  const tokenFile = await writeTokenFile(tempDir(), await createToken(server.dataDir, cluster));
+  await startAgent({ server, tokenFile, routes, agentId: `agent-${cluster}` });
+  return server;
+}
+
 export async function writeTokenFile(dir: string, token: string, name = 'agent.token'): Promise<string> {
   const file = join(dir, name);
   await writeFile(file, `${token}\n`, { mode: 0o600 });

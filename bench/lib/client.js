@@ -32,12 +32,12 @@ function contextFor(ca) {
 }
 
 /** Opens a TLS connection through `port`; resolves once the handshake with the upstream is done. */
-export function connectTls(port, ca, timeoutMs = 10_000) {
+export function connectTls(port, ca, timeoutMs = 10_000, servername = ROUTE_HOST) {
   return new Promise((resolve, reject) => {
     const socket = tls.connect({
       host: '127.0.0.1',
       port,
-      servername: ROUTE_HOST,
+      servername,
       secureContext: contextFor(ca),
       noDelay: true,
     });
@@ -238,6 +238,16 @@ export class HttpConn {
     return new HttpConn(await connectTls(port, ca));
   }
 
+  /**
+   * A TLS connection to an http route of the tunnel (`host` is its hostname, `cookie` the
+   * session cookie a link set): the same small request, with that Host and Cookie.
+   */
+  static async openRoute(port, ca, host, cookie) {
+    const conn = new HttpConn(await connectTls(port, ca, 10_000, host));
+    conn.requestBytes = Buffer.from(`GET /small HTTP/1.1\r\nHost: ${host}\r\nCookie: ${cookie}\r\n\r\n`);
+    return conn;
+  }
+
   /** A plain TCP connection that has already had one request answered (see connectRaw). */
   static async openRaw(port, timeoutMs) {
     return new HttpConn(await connectRaw(port, timeoutMs));
@@ -245,6 +255,7 @@ export class HttpConn {
 
   constructor(socket) {
     this.socket = socket;
+    this.requestBytes = SMALL_REQUEST;
     this.pending = null;
     this.reader = null;
     socket.on('data', (chunk) => this.reader?.(chunk));
@@ -280,7 +291,7 @@ export class HttpConn {
           if (left <= 0) done();
         },
       );
-      this.socket.write(SMALL_REQUEST);
+      this.socket.write(this.requestBytes);
     });
   }
 

@@ -155,6 +155,26 @@ export async function startTunnelServer({
   throw new Error('unreachable');
 }
 
+/** A session cookie for an http route of the bench cluster, from `tunnel-server link create`. */
+export async function createSessionCookie(server, route) {
+  const { stdout } = await execFileAsync(process.execPath, [
+    serverBin(server.root),
+    'link',
+    'create',
+    ...[
+      '--cluster',
+      CLUSTER_ID,
+      '--route',
+      route,
+      '--port',
+      String(server.port),
+      '--data-dir',
+      server.dataDir,
+    ],
+  ]);
+  return `tunnel_session=${new URL(stdout.trim()).searchParams.get('token')}`;
+}
+
 /** Mints an agent token with the real CLI. */
 export async function createTokenFile(server, clusterId = CLUSTER_ID) {
   const { stdout } = await execFileAsync(process.execPath, [
@@ -186,8 +206,14 @@ export async function startAgent({
   viaPort,
   profileDir,
   nodeFlags = [],
+  // More `name=target` routes (an http route's URL target, say), and their labels to wait for.
+  extraRoutes = [],
 }) {
-  const labels = [ROUTE_LABEL, ...(rawUpstreamPort ? [RAW_ROUTE_LABEL] : [])];
+  const labels = [
+    ROUTE_LABEL,
+    ...(rawUpstreamPort ? [RAW_ROUTE_LABEL] : []),
+    ...extraRoutes.map((r) => `cluster-${CLUSTER_ID}-${r.slice(0, r.indexOf('='))}`),
+  ];
   const tokenFile = await createTokenFile(server);
   const before = (await getJson(`http://127.0.0.1:${server.adminPort}/status`)).agents.length;
   const child = startChild(`${name}-agent`, process.execPath, [
@@ -203,6 +229,7 @@ export async function startAgent({
     '--route',
     `apiserver=127.0.0.1:${upstreamPort}`,
     ...(rawUpstreamPort ? ['--route', `${RAW_ROUTE_NAME}=127.0.0.1:${rawUpstreamPort}`] : []),
+    ...extraRoutes.flatMap((r) => ['--route', r]),
     '--health-listen',
     'off',
     '--log-level',

@@ -14,6 +14,8 @@ import { loadSigningKey } from './token-issuer.js';
 export const LINK_USE = 'http-link';
 /** Longer than any link we sign by far; refuse before parsing anything bigger. */
 const MAX_LINK_CHARS = 2048;
+/** Verified sessions kept (the cache is dropped whole when full: a flood of fresh cookies costs checks, not memory). */
+const MAX_VERIFIED_SESSIONS = 4096;
 /** Users are names in logs and audit lines: a safe alphabet. */
 export const LINK_USER_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
 
@@ -57,6 +59,12 @@ export async function createLink(o: CreateLinkOptions): Promise<string> {
 /** Verifies links and session cookies with the trusted public keys (kid → key). */
 export class LinkVerifier {
   private readonly keys = new Map<string, KeyObject>();
+  /**
+   * Sessions already verified, by token and hostname: a browser sends the same cookie with every
+   * request, and a signature check per request would cost more than the request. Bounded; an
+   * entry is used only until its session expires.
+   */
+  private readonly verified = new Map<string, LinkSession>();
 
   constructor(publicKeyPems: readonly string[]) {
     for (const pem of publicKeyPems) {
@@ -71,6 +79,13 @@ export class LinkVerifier {
    */
   async verify(token: string, hostname: string, asLink: boolean, nowMs = Date.now()): Promise<LinkSession> {
     const denied = (why: string): TunnelError => new TunnelError('TUN_ERR_ACCESS_DENIED', why);
+    const cacheKey = `${hostname} ${token}`;
+    const known = asLink ? undefined : this.verified.get(cacheKey);
+    if (known !== undefined) {
+      if (known.sessionExpiresAt.getTime() > nowMs) return known;
+      this.verified.delete(cacheKey);
+      throw denied('session expired');
+    }
     if (token.length > MAX_LINK_CHARS) throw denied('link too long');
     let kid: string | undefined;
     try {
@@ -95,11 +110,14 @@ export class LinkVerifier {
     const nowS = nowMs / 1000;
     if (asLink && exp <= nowS) throw denied('link expired');
     if (sessionExp <= nowS) throw denied('session expired');
-    return {
+    const session = {
       user: sub,
       hostname,
       sessionExpiresAt: new Date(sessionExp * 1000),
       linkExpiresAt: new Date(exp * 1000),
     };
+    if (this.verified.size >= MAX_VERIFIED_SESSIONS) this.verified.clear();
+    this.verified.set(cacheKey, session);
+    return session;
   }
 }

@@ -8,7 +8,13 @@
  */
 import { Command, CommanderError } from 'commander';
 import { isTunnelError } from '@cluster-tunnel/protocol';
-import { addConfigOptions, createLogger, redactConfig, type CliIo } from '@cluster-tunnel/config';
+import {
+  addConfigOptions,
+  createLogger,
+  redactConfig,
+  type CliIo,
+  whenAborted,
+} from '@cluster-tunnel/config';
 import { CLIENT_CONFIG_SCHEMA, resolveClientConfig } from './config.js';
 import type { ClientConfig } from './config.js';
 import { AGENT_VERSION, TunnelAgent } from './tunnel-agent.js';
@@ -79,13 +85,8 @@ export async function runCli(io: ClientCliIo): Promise<number> {
     return EXIT_START_FAILED;
   }
   io.onStarted?.(agent);
-  await aborted(io.shutdown);
+  await whenAborted(io.shutdown);
   logger.info({ signal: String(io.shutdown.reason) }, 'shutdown requested');
   await agent.close();
   return EXIT_OK;
-}
-
-function aborted(signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
 }

@@ -19,6 +19,12 @@ export interface CliIo {
   logDestination?: NodeJS.WritableStream;
 }
 
+/** Resolves once `signal` is aborted (at once if it already is): a command waits for its shutdown. */
+export function whenAborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+}
+
 /** How long a finished command may leave stray handles before the process exits anyway. */
 const EXIT_GRACE_MS = 2_000;
 

@@ -50,19 +50,20 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
    * it. Agents of one cluster run one configuration; should they differ, the first one counts.
    */
   modeOf(label: string): string | undefined {
-    // Not through candidates(): asking must not take a turn of the rotation.
-    return this.byLabel
-      .get(label)
-      ?.find((a) => a.usable)
-      ?.modeOf(label);
+    return this.firstUsable(label)?.modeOf(label);
   }
 
   /** The Host header the agents holding `label` asked its target to get (http routes). */
   hostHeaderOf(label: string): string | undefined {
-    return this.byLabel
-      .get(label)
-      ?.find((a) => a.usable)
-      ?.hostHeaderOf(label);
+    return this.firstUsable(label)?.hostHeaderOf(label);
+  }
+
+  /**
+   * What a label's agents registered is read off the first usable one; not through
+   * candidates(): asking must not take a turn of the rotation.
+   */
+  private firstUsable(label: string): RegisteredAgent | undefined {
+    return this.byLabel.get(label)?.find((a) => a.usable);
   }
 
   has(label: string): boolean {

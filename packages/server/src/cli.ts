@@ -19,6 +19,7 @@ import {
   parseHostPort,
   redactConfig,
   type CliIo,
+  whenAborted,
 } from '@cluster-tunnel/config';
 import { SERVER_CONFIG_SCHEMA, resolveServerConfig, type ServerConfig } from './config.js';
 import { buildKubeconfig } from './kubeconfig.js';
@@ -91,7 +92,7 @@ function buildProgram(io: ServerCliIo): Command {
     }
     if (printNextSteps) await printSteps(config, server, io);
     io.onStarted?.(server);
-    await aborted(io.shutdown);
+    await whenAborted(io.shutdown);
     log.info({ signal: String(io.shutdown.reason), drainTimeoutMs: config.drainTimeoutMs }, 'draining');
     await server.close();
     log.info('stopped');
@@ -247,11 +248,6 @@ async function printSteps(config: ServerConfig, server: TunnelServer, io: Server
       '',
     ].join('\n'),
   );
-}
-
-function aborted(signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
 }
 
 interface LinkCreateFlags {

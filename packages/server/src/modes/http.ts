@@ -319,8 +319,8 @@ function stripHopByHop(raw: readonly string[]): string[] {
   const out: string[] = [];
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
-    if (HOP_BY_HOP.has(name) && name !== 'transfer-encoding') continue;
-    if (name === 'transfer-encoding') continue; // node:http frames the body itself
+    // Transfer-Encoding among them: node:http frames the body itself.
+    if (HOP_BY_HOP.has(name)) continue;
     out.push(raw[i]!, raw[i + 1]!);
   }
   return out;

@@ -6,18 +6,15 @@
  * spread out as sent, a large download checked by digest, and a header mirror. A screenshot
  * goes to test-output/dashboard.png.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { WebSocketServer } from 'ws';
 import { createLink, startServerAndAgent } from '../helpers/tunnel.js';
+import { DASHBOARD_BIG, startDashboard } from '../helpers/dashboard.js';
 
 const CHROMIUM = '/usr/bin/chromium';
-const BIG = randomBytes(8 * 1024 * 1024);
 const OUTPUT = join(import.meta.dirname, '../../test-output');
 
 /** The page's script: the console, the event stream, the download and the header mirror. */
@@ -56,37 +53,6 @@ const PAGE = `<!doctype html><meta charset="utf-8"><title>fixture dashboard</tit
 })();
 </script>`;
 
-async function dashboard(): Promise<number> {
-  const server = http.createServer((req, res) => {
-    if (req.url === '/sse') {
-      res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
-      let n = 0;
-      const timer = setInterval(() => {
-        res.write(`data: ${n}\n\n`);
-        if (++n === 3) clearInterval(timer);
-      }, 200);
-      res.on('close', () => clearInterval(timer));
-    } else if (req.url === '/big') {
-      res
-        .writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': BIG.length })
-        .end(BIG);
-    } else if (req.url === '/headers') {
-      res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(req.headers));
-    } else {
-      res.writeHead(200, { 'Content-Type': 'text/html' }).end(PAGE);
-    }
-  });
-  const wss = new WebSocketServer({ server, handleProtocols: (p) => (p.has('binary') ? 'binary' : false) });
-  wss.on('connection', (s) => s.on('message', (data, binary) => s.send(data, { binary })));
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  onTestFinished(() => {
-    wss.close();
-    server.closeAllConnections();
-    server.close();
-  });
-  return (server.address() as AddressInfo).port;
-}
-
 interface PageResult {
   console: { protocol: string; echoed: number; same: boolean };
   events: number[];
@@ -96,7 +62,7 @@ interface PageResult {
 
 describe('a dashboard in a real browser', () => {
   it('opens with a link, and its console, event stream, download and headers work through the tunnel', async () => {
-    const server = await startServerAndAgent('u1', [`dash=http://127.0.0.1:${await dashboard()}`]);
+    const server = await startServerAndAgent('u1', [`dash=http://127.0.0.1:${await startDashboard(PAGE)}`]);
     const link = await createLink(server, 'u1', 'dash', 'alice');
     // Chromium resolves *.localhost to loopback itself; the server certificate is the test CA's.
     const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
@@ -115,7 +81,7 @@ describe('a dashboard in a real browser', () => {
     // Sent 200 ms apart and shown so: not buffered until the stream ends.
     expect(result.events).toHaveLength(3);
     expect(result.events[2]! - result.events[0]!).toBeGreaterThanOrEqual(300);
-    expect(result.bigSha256).toBe(createHash('sha256').update(BIG).digest('hex'));
+    expect(result.bigSha256).toBe(createHash('sha256').update(DASHBOARD_BIG).digest('hex'));
     expect(result.headers['x-forwarded-proto']).toBe('https');
     expect(result.headers['x-forwarded-host']).toBe(`cluster-u1-dash.proxy.localhost:${server.port}`);
     expect(result.headers.cookie).toBeUndefined();

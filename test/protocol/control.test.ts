@@ -99,18 +99,21 @@ describe('capabilities in register and registered', () => {
   });
 });
 
+/** A `register` for two routes with `extra` fields, as the bytes of its JSON body. */
+const registerWith = (extra: Record<string, unknown>): Buffer =>
+  Buffer.from(
+    JSON.stringify({
+      type: 'register',
+      protocolVersion: 1,
+      agentId: 'a-1',
+      agentVersion: '0.1.0',
+      routes: ['cluster-u1', 'cluster-u1-dash'],
+      ...extra,
+    }),
+  );
+
 describe('routeModes in register', () => {
-  const register = (extra: Record<string, unknown>) =>
-    Buffer.from(
-      JSON.stringify({
-        type: 'register',
-        protocolVersion: 1,
-        agentId: 'a-1',
-        agentVersion: '0.1.0',
-        routes: ['cluster-u1', 'cluster-u1-dash'],
-        ...extra,
-      }),
-    );
+  const register = registerWith;
 
   it('maps some of the routes to mode names, or is left out', () => {
     expect(decodeControlMessage(register({ routeModes: { 'cluster-u1-dash': 'http' } }))).toMatchObject({
@@ -134,17 +137,7 @@ describe('routeModes in register', () => {
 });
 
 describe('hostHeaders in register', () => {
-  const register = (hostHeaders: unknown) =>
-    Buffer.from(
-      JSON.stringify({
-        type: 'register',
-        protocolVersion: 1,
-        agentId: 'a-1',
-        agentVersion: '0.1.0',
-        routes: ['cluster-u1-dash'],
-        hostHeaders,
-      }),
-    );
+  const register = (hostHeaders: unknown) => registerWith({ hostHeaders });
 
   it('maps some of the routes to Host values', () => {
     expect(decodeControlMessage(register({ 'cluster-u1-dash': 'dash.internal:8080' }))).toMatchObject({

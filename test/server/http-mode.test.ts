@@ -6,73 +6,15 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import http from 'node:http';
+import type http from 'node:http';
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
-import WebSocket, { WebSocketServer } from 'ws';
+import WebSocket from 'ws';
 import { LOGIN_PATH, createLink } from '@cluster-tunnel/server';
+import { DASHBOARD_BIG, startDashboard } from '../helpers/dashboard.js';
 import { startInProcessAgent, startInProcessServer, type InProcessServer } from '../helpers/in-process.js';
 import { freePort } from '../helpers/tunnel.js';
-
-const BIG = randomBytes(4 * 1024 * 1024);
-
-/** The fixture dashboard, plain HTTP on 127.0.0.1. */
-async function dashboard(): Promise<number> {
-  const server = http.createServer((req, res) => {
-    if (req.url === '/headers') {
-      res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(req.headers));
-    } else if (req.url === '/sse') {
-      res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
-      let n = 0;
-      const timer = setInterval(() => {
-        res.write(`data: event ${n}\n\n`);
-        if (++n === 3) {
-          clearInterval(timer);
-          res.end();
-        }
-      }, 150);
-      res.on('close', () => clearInterval(timer));
-    } else if (req.url === '/sse-slow') {
-      // Headers at once, then four events over 1.2 s.
-      res.writeHead(200, { 'Content-Type': 'text/event-stream' });
-      res.flushHeaders();
-      let n = 0;
-      const timer = setInterval(() => {
-        res.write(`data: ${n}\n\n`);
-        if (++n === 4) {
-          clearInterval(timer);
-          res.end();
-        }
-      }, 300);
-      res.on('close', () => clearInterval(timer));
-    } else if (req.url === '/slow') {
-      // Never answers: the server's response timeout must end the wait.
-      req.on('close', () => res.destroy());
-    } else if (req.url === '/big') {
-      res
-        .writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': BIG.length })
-        .end(BIG);
-    } else {
-      res.writeHead(200, { 'Content-Type': 'text/html' }).end('<h1>dashboard home</h1>');
-    }
-  });
-  const wss = new WebSocketServer({
-    server,
-    handleProtocols: (protocols) => (protocols.has('binary') ? 'binary' : false),
-  });
-  wss.on('connection', (socket) =>
-    socket.on('message', (data, isBinary) => socket.send(data, { binary: isBinary })),
-  );
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  onTestFinished(() => {
-    wss.close();
-    server.closeAllConnections();
-    server.close();
-  });
-  return (server.address() as AddressInfo).port;
-}
 
 interface Answer {
   status: number;
@@ -120,7 +62,7 @@ function get(s: InProcessServer, route: string, path: string, cookie?: string): 
 
 async function setup(routes: string[] = [], serverArgs: string[] = []) {
   const s = await startInProcessServer(serverArgs);
-  const port = await dashboard();
+  const port = await startDashboard();
   await startInProcessAgent(s, { cluster: 'u1', routes: [`dash=http://127.0.0.1:${port}`, ...routes] });
   const privateKeyPem = readFileSync(join(s.dataDir, 'token-signing.key'), 'utf8');
   const link = (route: string, o: { ttlMs?: number; now?: () => number } = {}) =>
@@ -172,7 +114,7 @@ describe('an http route', () => {
 
     const big = await get(s, 'cluster-u1-dash', '/big', cookie);
     expect(createHash('sha256').update(big.body).digest('hex')).toBe(
-      createHash('sha256').update(BIG).digest('hex'),
+      createHash('sha256').update(DASHBOARD_BIG).digest('hex'),
     );
 
     const events = await get(s, 'cluster-u1-dash', '/sse', cookie);
@@ -182,7 +124,7 @@ describe('an http route', () => {
   });
 
   test('a session for one route is refused on another; an expired link opens nothing', async () => {
-    const { s, login, link } = await setup([`other=http://127.0.0.1:${await dashboard()}`]);
+    const { s, login, link } = await setup([`other=http://127.0.0.1:${await startDashboard()}`]);
     const cookie = await login('cluster-u1-dash');
     const elsewhere = await get(s, 'cluster-u1-other', '/', cookie);
     expect(elsewhere.status).toBe(401);
@@ -258,7 +200,7 @@ describe('an http route', () => {
   });
 
   test("hostHeader replaces Host for the target; the user's stays in X-Forwarded-Host", async () => {
-    const port = await dashboard();
+    const port = await startDashboard();
     const { s, login } = await setup([`named=http://127.0.0.1:${port},hostHeader=dash.internal`]);
     const cookie = await login('cluster-u1-named');
     const mirrored = JSON.parse(

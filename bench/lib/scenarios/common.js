@@ -1,6 +1,6 @@
 /**
  * Pieces several scenarios share: the two kinds of figures (TLS passthrough and raw TCP), the
- * processes of a path, one bulk transfer, table helpers.
+ * processes of a path, one bulk transfer, request loops, table helpers.
  */
 import { closeSocket, connectPath, download, upload } from '../client.js';
 import { GiB, fmt, fmtSummary, quantile, sleep, summary } from '../harness.js';
@@ -140,4 +140,30 @@ export async function closedLoop(conns, seconds) {
   const err2 = err ?? (await failed);
   if (err2) throw err2;
   return { rps: lat.length / elapsed, p50: quantile(lat, 0.5), p99: quantile(lat, 0.99) };
+}
+
+/**
+ * One HttpConn from `open`, warmed with up to 200 requests, then `count` requests in a row:
+ * the latency of each, as { p50, p99 } in ms (concurrency 1).
+ */
+export async function sequentialRequests(open, count) {
+  const conn = await open();
+  try {
+    for (let i = 0; i < Math.min(200, count); i++) await conn.request();
+    const lat = new Float64Array(count);
+    for (let i = 0; i < count; i++) lat[i] = await conn.request();
+    return { p50: quantile(lat, 0.5), p99: quantile(lat, 0.99) };
+  } finally {
+    conn.close();
+  }
+}
+
+/** `connections` HttpConns from `open` in a closed loop for `seconds` (closedLoop's figures). */
+export async function concurrentRequests(open, connections, seconds) {
+  const conns = await Promise.all(Array.from({ length: connections }, () => open()));
+  try {
+    return await closedLoop(conns, seconds);
+  } finally {
+    for (const c of conns) c.close();
+  }
 }

@@ -4,43 +4,14 @@
  * ≥ 0.5× direct requests/s at concurrency 50; p99 reported.
  */
 import { HttpConn } from '../client.js';
-import {
-  diffSummary,
-  fmtSummary,
-  interleave,
-  quantile,
-  ratioSummary,
-  series,
-  summary,
-  target,
-} from '../harness.js';
-import { closedLoop, errorsOf } from './common.js';
+import { diffSummary, fmtSummary, interleave, ratioSummary, series, summary, target } from '../harness.js';
+import { concurrentRequests, errorsOf, sequentialRequests } from './common.js';
 
 export const id = 'S3';
 export const title = 'S3 small HTTP requests over keep-alive';
 
-async function sequential(ctx, path, count) {
-  const conn = await HttpConn.open(path.port, ctx.ca);
-  try {
-    for (let i = 0; i < Math.min(200, count); i++) await conn.request();
-    const lat = new Float64Array(count);
-    for (let i = 0; i < count; i++) lat[i] = await conn.request();
-    return { p50: quantile(lat, 0.5), p99: quantile(lat, 0.99) };
-  } finally {
-    conn.close();
-  }
-}
-
-async function concurrent(ctx, path, connections, seconds) {
-  const conns = await Promise.all(
-    Array.from({ length: connections }, () => HttpConn.open(path.port, ctx.ca)),
-  );
-  try {
-    return await closedLoop(conns, seconds);
-  } finally {
-    for (const c of conns) c.close();
-  }
-}
+/** A keep-alive HTTP connection through `path`. */
+const opener = (ctx, path) => () => HttpConn.open(path.port, ctx.ca);
 
 export async function run(ctx) {
   const names = ctx.pathNames;
@@ -49,13 +20,25 @@ export async function run(ctx) {
   const out = { id, title, perPath: {}, tables: [], targets: [], chart: [], notes: [] };
 
   ctx.log(`${id} concurrency 1: ${count} requests on one connection`);
-  const c1 = await interleave(ctx, names, ctx.opts.reps, (p) => sequential(ctx, ctx.paths[p], count), {
-    warmup: (p) => sequential(ctx, ctx.paths[p], ctx.opts.quick ? 200 : 500),
-  });
+  const c1 = await interleave(
+    ctx,
+    names,
+    ctx.opts.reps,
+    (p) => sequentialRequests(opener(ctx, ctx.paths[p]), count),
+    {
+      warmup: (p) => sequentialRequests(opener(ctx, ctx.paths[p]), ctx.opts.quick ? 200 : 500),
+    },
+  );
   ctx.log(`${id} concurrency 50: ${seconds} s closed loop on 50 connections`);
-  const c50 = await interleave(ctx, names, ctx.opts.reps, (p) => concurrent(ctx, ctx.paths[p], 50, seconds), {
-    warmup: (p) => concurrent(ctx, ctx.paths[p], 50, ctx.opts.quick ? 0.25 : 0.5),
-  });
+  const c50 = await interleave(
+    ctx,
+    names,
+    ctx.opts.reps,
+    (p) => concurrentRequests(opener(ctx, ctx.paths[p]), 50, seconds),
+    {
+      warmup: (p) => concurrentRequests(opener(ctx, ctx.paths[p]), 50, ctx.opts.quick ? 0.25 : 0.5),
+    },
+  );
 
   const rows = [];
   const direct = { p50: series(c1.direct ?? [], 'p50'), rps: series(c50.direct ?? [], 'rps') };

@@ -6,10 +6,11 @@
  * Reported: added p50 at concurrency 1, requests/s at concurrency 50 and their ratio to direct.
  * No target yet: the first figures set one.
  */
+import { readFileSync } from 'node:fs';
 import { HttpConn } from '../client.js';
-import { diffSummary, fmtSummary, interleave, quantile, ratioSummary, series, summary } from '../harness.js';
+import { diffSummary, fmtSummary, interleave, ratioSummary, series, summary } from '../harness.js';
 import { CLUSTER_ID, createSessionCookie, startAgent, startTunnelServer } from '../tunnel.js';
-import { closedLoop, errorsOf } from './common.js';
+import { concurrentRequests, errorsOf, sequentialRequests } from './common.js';
 
 export const id = 'S8';
 export const title = 'S8 small HTTP requests through an http route';
@@ -18,27 +19,6 @@ export const hasRaw = true;
 
 const ROUTE = 'web';
 const HOST = `cluster-${CLUSTER_ID}-${ROUTE}.proxy.localhost`;
-
-async function sequential(open, count) {
-  const conn = await open();
-  try {
-    for (let i = 0; i < Math.min(200, count); i++) await conn.request();
-    const lat = new Float64Array(count);
-    for (let i = 0; i < count; i++) lat[i] = await conn.request();
-    return { p50: quantile(lat, 0.5), p99: quantile(lat, 0.99) };
-  } finally {
-    conn.close();
-  }
-}
-
-async function concurrent(open, connections, seconds) {
-  const conns = await Promise.all(Array.from({ length: connections }, () => open()));
-  try {
-    return await closedLoop(conns, seconds);
-  } finally {
-    for (const c of conns) c.close();
-  }
-}
 
 export async function run(ctx) {
   const out = { id, title, perPath: {}, tables: [], targets: [], chart: [], notes: [] };
@@ -56,7 +36,7 @@ export async function run(ctx) {
   try {
     const cookie = await createSessionCookie(server, ROUTE);
     // The server's certificate is its own CA's: this bench trusts it for the route hostname.
-    const ca = await import('node:fs').then((fs) => fs.readFileSync(server.caFile, 'utf8'));
+    const ca = readFileSync(server.caFile, 'utf8');
     const openers = {
       direct: () => HttpConn.openRaw(ctx.rawUpstream.port),
       'http-route': () => HttpConn.openRoute(server.port, ca, HOST, cookie),
@@ -65,13 +45,19 @@ export async function run(ctx) {
     const count = ctx.opts.quick ? 500 : 5000;
     const seconds = ctx.opts.quick ? 0.75 : 2;
     ctx.log(`${id} concurrency 1: ${count} requests on one connection`);
-    const c1 = await interleave(ctx, names, ctx.opts.reps, (p) => sequential(openers[p], count), {
-      warmup: (p) => sequential(openers[p], 200),
+    const c1 = await interleave(ctx, names, ctx.opts.reps, (p) => sequentialRequests(openers[p], count), {
+      warmup: (p) => sequentialRequests(openers[p], 200),
     });
     ctx.log(`${id} concurrency 50: ${seconds} s closed loop on 50 connections`);
-    const c50 = await interleave(ctx, names, ctx.opts.reps, (p) => concurrent(openers[p], 50, seconds), {
-      warmup: (p) => concurrent(openers[p], 50, 0.25),
-    });
+    const c50 = await interleave(
+      ctx,
+      names,
+      ctx.opts.reps,
+      (p) => concurrentRequests(openers[p], 50, seconds),
+      {
+        warmup: (p) => concurrentRequests(openers[p], 50, 0.25),
+      },
+    );
     const directP50 = series(c1.direct, 'p50');
     const directRps = series(c50.direct, 'rps');
     const rows = [];

@@ -191,6 +191,33 @@ describe('an http route', () => {
     expect(performance.now() - started).toBeLessThan(10_000);
   });
 
+  test('request headers over 16 KiB get 431 with their code, as on the own name', async () => {
+    const { s } = await setup();
+    const host = 'cluster-u1-dash.proxy.localhost';
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = https.request(
+        {
+          host: '127.0.0.1',
+          port: s.port,
+          servername: host,
+          ca: readFileSync(s.caFile),
+          path: '/',
+          headers: { Host: host, 'X-Padding': 'x'.repeat(20 * 1024) },
+          agent: false,
+        },
+        (res) => {
+          let body = '';
+          res.on('data', (c: Buffer) => (body += c.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+    expect(answer.status).toBe(431);
+    expect(answer.body).toContain('TUN_ERR_LIMIT_EXCEEDED');
+  });
+
   test('logout ends the session for that route', async () => {
     const { s, login } = await setup();
     const cookie = await login('cluster-u1-dash');

@@ -103,10 +103,6 @@ export class RouteTable {
   lookup(label: string): RouteEntry | undefined {
     return this.byLabel.get(label);
   }
-
-  entries(): RouteEntry[] {
-    return [...this.byLabel.values()];
-  }
 }
 
 function targetTls(r: RouteTarget): TargetTls {

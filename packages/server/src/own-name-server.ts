@@ -12,10 +12,8 @@ import tls from 'node:tls';
 import type { Logger } from '@cluster-tunnel/config';
 import type { AgentEndpoint } from './agent-endpoint.js';
 import type { PendingConnection } from './pending-connections.js';
+import { MAX_REQUEST_HEADER_BYTES, answerBadRequest } from './bad-request.js';
 import { requestPath } from './request-path.js';
-
-/** Request headers of the own-name endpoints (agent upgrade, probes); larger ones get 431. */
-export const MAX_REQUEST_HEADER_BYTES = 16 * 1024;
 
 export interface OwnNameServerOptions {
   secureContext: tls.SecureContext;
@@ -87,27 +85,9 @@ export class OwnNameServer {
     );
   }
 
-  /**
-   * A request node:http could not parse: an HTTP answer with a coded body where the socket can
-   * still take one (431 for headers over MAX_REQUEST_HEADER_BYTES), then the connection closes.
-   */
   private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
-    const code = status === 431 ? 'TUN_ERR_LIMIT_EXCEEDED' : 'TUN_ERR_PROTOCOL';
+    const status = answerBadRequest(err, socket);
     this.o.log.debug({ err: err.message, httpCode: err.code, status }, 'bad request on own endpoint');
-    if (err.code === 'ECONNRESET' || !socket.writable) {
-      socket.destroy();
-      return;
-    }
-    const body = JSON.stringify({
-      code,
-      message:
-        status === 431 ? `request headers over ${MAX_REQUEST_HEADER_BYTES} bytes` : 'malformed HTTP request',
-    });
-    socket.end(
-      `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: application/json\r\n` +
-        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-    );
   }
 
   private onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {

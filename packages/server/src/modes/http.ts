@@ -15,6 +15,7 @@ import tls from 'node:tls';
 import { readFile } from 'node:fs/promises';
 import { TunnelError, spliceBytes, type ErrorCode } from '@cluster-tunnel/protocol';
 import { LinkVerifier, type LinkSession } from '../http-link.js';
+import { MAX_REQUEST_HEADER_BYTES, answerBadRequest } from '../bad-request.js';
 import { requestPath } from '../request-path.js';
 import type { RouteMode, RouteModeContext } from './route-mode.js';
 
@@ -23,7 +24,6 @@ export const SESSION_COOKIE = 'tunnel_session';
 /** Paths the mode answers itself on every http route. */
 export const LOGIN_PATH = '/.tunnel/login';
 export const LOGOUT_PATH = '/.tunnel/logout';
-const MAX_REQUEST_HEADER_BYTES = 16 * 1024;
 /** Request headers that concern one hop only (RFC 9110 §7.6.1), never forwarded. */
 const HOP_BY_HOP = new Set([
   'connection',
@@ -63,9 +63,8 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       socket.destroy();
     });
   });
-  server.on('clientError', (_err: Error, socket: Duplex) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
-    else socket.destroy();
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    answerBadRequest(err, socket);
   });
 
   const hostnameOf = (route: string): string => `${route}.${config.domain}`;

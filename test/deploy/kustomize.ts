@@ -1,11 +1,12 @@
 // Renders deploy/ with the kustomize built into the real kubectl and picks the rendered objects
 // apart: kustomizations on disk, pod templates, named ports, policies that select a pod.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { parse, parseAllDocuments } from 'yaml';
 import { findKubectl } from '../helpers/kubectl.js';
+import { createTempDir } from '../helpers/temp-dir.js';
 
 export const REPO_DIR = join(import.meta.dirname, '..', '..');
 export const DEPLOY_DIR = join(REPO_DIR, 'deploy');
@@ -70,7 +71,8 @@ export function render(dir: string): K8sObject[] {
  * relative to the temp directory).
  */
 export function renderComposed(resources: string[], components: string[]): K8sObject[] {
-  const dir = mkdtempSync(join(tmpdir(), 'tunnel-kustomize-'));
+  const temp = createTempDir('tunnel-kustomize-');
+  const dir = temp.path;
   try {
     const rel = (d: string): string => relative(dir, join(REPO_DIR, d));
     const lines = [
@@ -84,7 +86,7 @@ export function renderComposed(resources: string[], components: string[]): K8sOb
     writeFileSync(join(dir, 'kustomization.yaml'), `${lines.join('\n')}\n`);
     return render(relative(REPO_DIR, dir));
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    temp.remove();
   }
 }
 

@@ -103,7 +103,7 @@ describe('agent authentication on the WebSocket upgrade', () => {
 
   it('refuses forged tokens: a foreign key and a tampered payload', async () => {
     const server = await startServer();
-    const foreignDir = await tempDir();
+    const foreignDir = tempDir();
     const foreign = await loadOrCreateSigningKeyPair(foreignDir);
     const byForeignKey = await signToken({
       privateKeyPem: foreign.privateKeyPem,
@@ -123,7 +123,7 @@ describe('agent authentication on the WebSocket upgrade', () => {
   });
 
   it('refuses a revoked token with 403 TUN_ERR_TOKEN_REVOKED, noticing the file change while running', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     const revokedFile = join(dir, 'revoked');
     await writeFile(revokedFile, '# revoked token ids\n');
     const server = await startServer({ args: ['--revoked-file', revokedFile] });
@@ -145,7 +145,7 @@ describe('agent authentication on the WebSocket upgrade', () => {
 
   it('the real agent logs a refused token as an operator error and keeps retrying slowly', async () => {
     const server = await startServer();
-    const dir = await tempDir();
+    const dir = tempDir();
     const expired = await signToken({
       privateKeyPem: await signingKey(server),
       clusterId: 'u1',

@@ -59,7 +59,7 @@ describe('server replicas behind a load balancer', () => {
     const replicaArgs = (id: string) => ['--server-id', id, '--server-count', '2'];
     const a = await startServer({ args: replicaArgs('server-a') });
     // Same CA, server certificate and signing key: the second replica runs on a copy of the data dir.
-    const bDataDir = join(await tempDir('tunnel-server-b-'), 'data');
+    const bDataDir = join(tempDir('tunnel-server-b-'), 'data');
     await cp(a.dataDir, bDataDir, { recursive: true });
     const b = await startServer({ dataDir: bDataDir, args: replicaArgs('server-b') });
     const lb = await startLoadBalancer([a.port, b.port]);
@@ -67,7 +67,7 @@ describe('server replicas behind a load balancer', () => {
     const api = await startFakeApiServer({ hostnames: ['cluster-u1.proxy.localhost'] });
     onTestFinished(() => api.close());
     api.addPod({ name: 'u1-web-1' });
-    const dir = await tempDir();
+    const dir = tempDir();
     const tokenFile = await writeTokenFile(dir, await createToken(a.dataDir, 'u1'));
     const agent = await startAgent(
       {
@@ -87,7 +87,7 @@ describe('server replicas behind a load balancer', () => {
     // One kubeconfig per replica, each pointing straight at that replica's port.
     const user = await api.issueClientCert('alice-u1', ['system:masters']);
     const kubeconfigFor = async (port: number) =>
-      tunnelKubeconfig(await tempDir(), {
+      tunnelKubeconfig(tempDir(), {
         cluster: 'u1',
         port,
         caPem: api.caCertPem,

@@ -55,7 +55,7 @@ describe('egress through an HTTP CONNECT proxy', () => {
   it('the agent dials the server through tinyproxy, with credentials in the proxy URL', async () => {
     const tinyproxy = ['/usr/bin/tinyproxy', '/usr/sbin/tinyproxy'].find((p) => existsSync(p));
     if (!tinyproxy) throw new Error('tinyproxy is not installed (test/setup/system-packages.ts installs it)');
-    const dir = await tempDir();
+    const dir = tempDir();
     const port = await freePort();
     const logFile = join(dir, 'tinyproxy.log');
     const conf = join(dir, 'tinyproxy.conf');

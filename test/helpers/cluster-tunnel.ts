@@ -3,7 +3,7 @@
  * the route hostname), an agent of that cluster registered with a tunnel server, and a kubeconfig
  * printed by `tunnel-server kubeconfig`.
  */
-import { onTestFinished } from 'vitest';
+import { defer } from './cleanup.js';
 import { startFakeApiServer, type FakeApiServer } from './fake-apiserver.js';
 import {
   createToken,
@@ -30,9 +30,9 @@ export async function setupClusterTunnel(
   o: { uid?: string; server?: ServerHandle; agentEnv?: Record<string, string>; agentArgs?: string[] } = {},
 ): Promise<ClusterTunnel> {
   const uid = o.uid ?? 'u1';
-  const dir = await tempDir();
+  const dir = tempDir();
   const api = await startFakeApiServer({ hostnames: [`cluster-${uid}.proxy.localhost`] });
-  onTestFinished(() => api.close());
+  defer(() => api.close());
   api.addPod({ name: `${uid}-web-1` });
   api.addPod({ name: `${uid}-web-2` });
   const server = o.server ?? (await startServer());

@@ -20,7 +20,7 @@ import {
   type ControlMessage,
   type RegisterMessage,
 } from '@cluster-tunnel/protocol';
-import { onTestFinished } from 'vitest';
+import { defer } from './cleanup.js';
 import { runKubectl } from './kubectl.js';
 import { pollUntil } from './streams.js';
 import type { ServerHandle } from './tunnel.js';
@@ -39,7 +39,7 @@ export async function dialRaw(server: AgentTarget, token: string): Promise<Duple
   });
   const ws = createWebSocketDuplex(dialed.socket, { role: 'client', head: dialed.head });
   ws.on('error', () => undefined);
-  onTestFinished(() => {
+  defer(() => {
     ws.destroy();
   });
   return ws;
@@ -81,7 +81,7 @@ export async function registerRaw(
   const ws = await dialRaw(server, token);
   const session = new YamuxSession(ws, { role: 'client', keepaliveIntervalMs: 0 });
   session.on('error', () => undefined);
-  onTestFinished(() => session.destroy());
+  defer(() => session.destroy());
   const control = new ControlChannel(session.open());
   const answer = control.next(5_000);
   control.send({
@@ -221,7 +221,7 @@ export function startAttacker(
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await exited;
   };
-  onTestFinished(stop);
+  defer(stop);
   return { rounds, stop };
 }
 

@@ -7,7 +7,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { onTestFinished } from 'vitest';
+import { defer } from './cleanup.js';
 import { createLogger, type Logger } from '@cluster-tunnel/config';
 import { TunnelAgent, resolveClientConfig } from '@cluster-tunnel/client';
 import {
@@ -58,7 +58,7 @@ export async function startInProcessServer(args: readonly string[] = []): Promis
     events.push(e);
     for (const w of waiters) w();
   });
-  onTestFinished(() => server.destroy());
+  defer(() => server.destroy());
   await server.start();
   const privateKeyPem = await readFile(join(dataDir, SIGNING_KEY_FILES.privateKey), 'utf8');
   return {
@@ -123,7 +123,7 @@ export async function startInProcessAgent(
     hostname: agentId,
   });
   const agent = new TunnelAgent(config, { logger: quietLogger('tunnel-client') });
-  onTestFinished(() => agent.destroy());
+  defer(() => agent.destroy());
   const registered = new Promise<void>((resolve) => agent.once('registered', () => resolve()));
   await agent.start();
   await withDeadline(registered, 10_000, `agent ${agentId} registered`);

@@ -2,11 +2,11 @@
  * An L4 load balancer for tests: a TCP listener on 127.0.0.1 port 0 that relays each new
  * connection, bytes untouched (TLS passes through), to one upstream port, chosen by `pick`
  * (round robin by default). An upstream that refuses closes the client's connection, as a
- * balancer with a dead endpoint does. Cleanup is registered with onTestFinished.
+ * balancer with a dead endpoint does. Cleanup is registered with defer (cleanup.ts).
  */
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { onTestFinished } from 'vitest';
+import { defer } from './cleanup.js';
 
 export interface LoadBalancer {
   readonly port: number;
@@ -46,7 +46,7 @@ export async function startLoadBalancer(upstreams: number[]): Promise<LoadBalanc
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   lb.port = (server.address() as AddressInfo).port;
-  onTestFinished(async () => {
+  defer(async () => {
     for (const s of sockets) s.destroy();
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });

@@ -10,11 +10,10 @@
  * a registration, that asks for a route the agent does not serve, a hostile server, and pages a
  * middlebox answers an upgrade with (a proxy's HTML 403, a balancer's 503).
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import {
@@ -30,7 +29,8 @@ import {
   type StreamReply,
   type YamuxStream,
 } from '@cluster-tunnel/protocol';
-import { onTestFinished } from 'vitest';
+import { defer } from './cleanup.js';
+import { tempDir } from './temp-dir.js';
 import { tlsCredentials } from './transports.js';
 
 /** The user address scripted streams carry in their header. */
@@ -101,7 +101,7 @@ export class RawServer {
 
   private constructor(
     private readonly server: https.Server,
-    private readonly dir: string,
+    dir: string,
     private readonly options: RawServerOptions,
   ) {
     this.url = `wss://127.0.0.1:${(server.address() as AddressInfo).port}/connect`;
@@ -124,12 +124,12 @@ export class RawServer {
     options: RawServerOptions | ((register: RegisterMessage) => ControlMessage) = {},
   ): Promise<RawServer> {
     const { key, cert } = await tlsCredentials();
-    const dir = mkdtempSync(join(tmpdir(), 'raw-server-'));
+    const dir = tempDir('raw-server-');
     writeFileSync(join(dir, 'ca.pem'), cert);
     const server = https.createServer({ key, cert });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const raw = new RawServer(server, dir, typeof options === 'function' ? { answer: options } : options);
-    onTestFinished(() => raw.close());
+    defer(() => raw.close());
     return raw;
   }
 
@@ -159,7 +159,6 @@ export class RawServer {
     for (const s of this.sessions) s.session.destroy();
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
-    rmSync(this.dir, { recursive: true, force: true });
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {

@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Duplex, Readable } from 'node:stream';
-import { onTestFinished } from 'vitest';
+import { defer } from './cleanup.js';
 import { pipePair } from './transports.js';
 
 /** The hex SHA-256 of `buf`: compares large payloads without printing them when they differ. */
@@ -114,7 +114,7 @@ export function readAtLeast(stream: Readable, n: number): Promise<Buffer> {
 /** An in-memory pipePair() whose two ends are destroyed when the current test finishes. */
 export function pipePairForTest(): { a: Duplex; b: Duplex } {
   const pair = pipePair();
-  onTestFinished(() => {
+  defer(() => {
     pair.a.destroy();
     pair.b.destroy();
   });

@@ -3,11 +3,10 @@
  * run over each (`describe.each(transports)`). Everything listens on 127.0.0.1 port 0.
  */
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import tls from 'node:tls';
@@ -19,6 +18,7 @@ import { dial } from '../../packages/client/src/server-dialer.js';
 import type { TunnelError } from '../../packages/protocol/src/errors.js';
 import { createWebSocketDuplex } from '../../packages/protocol/src/websocket/duplex.js';
 import { checkUpgradeRequest, upgradeResponseHead } from '../../packages/protocol/src/websocket/handshake.js';
+import { createTempDir } from './temp-dir.js';
 
 export interface TransportPair {
   a: Duplex;
@@ -180,10 +180,10 @@ let caFile: string | undefined;
 export async function tlsCaFile(): Promise<string> {
   if (caFile === undefined) {
     const { cert } = await tlsCredentials();
-    const dir = mkdtempSync(join(tmpdir(), 'transports-ca-'));
-    const file = join(dir, 'ca.pem');
+    const dir = createTempDir('transports-ca-');
+    const file = join(dir.path, 'ca.pem');
     writeFileSync(file, cert);
-    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+    process.once('exit', () => dir.remove());
     caFile = file;
   }
   return caFile;

@@ -8,7 +8,7 @@ import net from 'node:net';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
-import { onTestFinished } from 'vitest';
+import { defer } from './cleanup.js';
 import { tempDir } from './temp-dir.js';
 
 const execFileAsync = promisify(execFile);
@@ -99,7 +99,7 @@ function startCli(
     env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env },
   });
   const proc = new CliProcess(name, child);
-  onTestFinished(async () => {
+  defer(async () => {
     await proc.stop(2_000);
   });
   return proc;
@@ -130,7 +130,7 @@ export interface ServerHandle {
 export async function startServer(
   options: { dataDir?: string; port?: number; args?: string[]; env?: Record<string, string> } = {},
 ): Promise<ServerHandle> {
-  const dataDir = options.dataDir ?? (await tempDir('tunnel-server-'));
+  const dataDir = options.dataDir ?? tempDir('tunnel-server-');
   const proc = startCli(
     'tunnel-server',
     SERVER_BIN,

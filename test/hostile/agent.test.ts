@@ -113,7 +113,7 @@ describe('protocol violations', () => {
 describe('a session lives only as long as its token', () => {
   it('ends a live session at the token expiry: the agent hears TUN_ERR_TOKEN_EXPIRED, then its redial is refused', async () => {
     const server = await startServer({ args: ['--token-clock-tolerance-ms', '0'] });
-    const dir = await tempDir();
+    const dir = tempDir();
     const tokenFile = await writeTokenFile(dir, await createToken(server.dataDir, 'u1', '3s'));
     const agent = await startAgent({ server, tokenFile, routes: ['apiserver=127.0.0.1:1'] });
     const ended = await server.proc.waitForLog((l) => l.msg === 'agent session ended', 10_000);
@@ -128,7 +128,7 @@ describe('a session lives only as long as its token', () => {
   });
 
   it('ends a live session within a second of its token id appearing in the revocation file', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     const revokedFile = join(dir, 'revoked');
     await writeFile(revokedFile, '# revoked token ids\n');
     const server = await startServer({ args: ['--revoked-file', revokedFile] });

@@ -226,7 +226,7 @@ describe('connections that never finish their handshake', () => {
     expect(held.every((s) => !s.destroyed)).toBe(true);
 
     // Another address is unaffected: a real agent registers from 127.0.0.1.
-    const dir = await tempDir();
+    const dir = tempDir();
     const tokenFile = await writeTokenFile(dir, await createToken(server.dataDir, 'u1'));
     await startAgent({ server, tokenFile, routes: ['apiserver=127.0.0.1:1'] });
 

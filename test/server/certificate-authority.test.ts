@@ -37,7 +37,7 @@ async function connectVerified(port: number, options: tls.ConnectionOptions): Pr
 
 describe('CertificateAuthority', () => {
   it('creates a CA and server certificate on first start, with private keys readable only by the owner', async () => {
-    const dataDir = await tempDir();
+    const dataDir = tempDir();
     const ca = await CertificateAuthority.loadOrCreate({ dataDir, domain: 'proxy.localhost' });
     for (const file of [CA_FILES.caKey, CA_FILES.serverKey]) {
       expect((await stat(join(dataDir, file))).mode & 0o777).toBe(0o600);
@@ -56,7 +56,7 @@ describe('CertificateAuthority', () => {
   });
 
   it('loads the same CA and server certificate on the next start', async () => {
-    const dataDir = await tempDir();
+    const dataDir = tempDir();
     const first = await CertificateAuthority.loadOrCreate({ dataDir, domain: 'proxy.localhost' });
     const second = await CertificateAuthority.loadOrCreate({ dataDir, domain: 'proxy.localhost' });
     expect(second.caCertPem).toBe(first.caCertPem);
@@ -66,7 +66,7 @@ describe('CertificateAuthority', () => {
 
   it('serves a certificate that a client trusting only the CA verifies for route names, the domain and 127.0.0.1', async () => {
     const ca = await CertificateAuthority.loadOrCreate({
-      dataDir: await tempDir(),
+      dataDir: tempDir(),
       domain: 'proxy.localhost',
     });
     const port = await startTlsServer({ key: ca.serverKeyPem, cert: ca.serverCertPem });
@@ -86,7 +86,7 @@ describe('CertificateAuthority', () => {
   });
 
   it('reissues the server certificate, under the same CA, when the domain changes', async () => {
-    const dataDir = await tempDir();
+    const dataDir = tempDir();
     const first = await CertificateAuthority.loadOrCreate({ dataDir, domain: 'proxy.localhost' });
     const second = await CertificateAuthority.loadOrCreate({ dataDir, domain: 'Tunnel.Example.Com' });
     expect(second.caCertPem).toBe(first.caCertPem);
@@ -101,7 +101,7 @@ describe('CertificateAuthority', () => {
   });
 
   it('reissues a server certificate that is about to expire', async () => {
-    const dataDir = await tempDir();
+    const dataDir = tempDir();
     const startMs = Date.now();
     const first = await CertificateAuthority.loadOrCreate({
       dataDir,
@@ -118,7 +118,7 @@ describe('CertificateAuthority', () => {
   });
 
   it('refuses to replace a CA certificate whose key is missing', async () => {
-    const dataDir = await tempDir();
+    const dataDir = tempDir();
     await CertificateAuthority.loadOrCreate({ dataDir, domain: 'proxy.localhost' });
     await unlink(join(dataDir, CA_FILES.caKey));
     await expect(
@@ -129,8 +129,8 @@ describe('CertificateAuthority', () => {
   });
 
   it('refuses a CA key that does not belong to the CA certificate', async () => {
-    const dataDir = await tempDir();
-    const otherDir = await tempDir();
+    const dataDir = tempDir();
+    const otherDir = tempDir();
     await CertificateAuthority.loadOrCreate({ dataDir, domain: 'proxy.localhost' });
     await CertificateAuthority.loadOrCreate({ dataDir: otherDir, domain: 'proxy.localhost' });
     await writeFile(join(dataDir, CA_FILES.caKey), await readFile(join(otherDir, CA_FILES.caKey)));
@@ -143,7 +143,7 @@ describe('CertificateAuthority', () => {
 
   it('rejects an invalid domain', async () => {
     await expect(
-      CertificateAuthority.loadOrCreate({ dataDir: await tempDir(), domain: 'bad_domain/x' }),
+      CertificateAuthority.loadOrCreate({ dataDir: tempDir(), domain: 'bad_domain/x' }),
     ).rejects.toMatchObject({
       code: 'TUN_ERR_CONFIG',
     });

@@ -4,25 +4,19 @@
  * create` mints a token the server accepts, and `start` runs until the shutdown signal, then
  * drains and exits 0.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { EXIT_OK, EXIT_USAGE, TokenVerifier, runCli, type TunnelServer } from '@cluster-tunnel/server';
 import { withDeadline } from '../helpers/streams.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 function capture(): { stream: PassThrough; text: () => string } {
   const stream = new PassThrough();
   const chunks: Buffer[] = [];
   stream.on('data', (c: Buffer) => chunks.push(c));
   return { stream, text: () => Buffer.concat(chunks).toString('utf8') };
-}
-
-async function cwd(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'tunnel-server-cli-'));
-  onTestFinished(() => rm(dir, { recursive: true, force: true }));
-  return dir;
 }
 
 async function run(
@@ -53,7 +47,7 @@ async function run(
 
 describe('tunnel-server (in-process)', () => {
   it('prints its help and version, exit 0', async () => {
-    const dir = await cwd();
+    const dir = tempDir('tunnel-server-cli-');
     const help = await run(['--help'], dir);
     expect(help.code).toBe(EXIT_OK);
     expect(help.stdout).toMatch(/Usage: tunnel-server/);
@@ -63,7 +57,7 @@ describe('tunnel-server (in-process)', () => {
   });
 
   it('reports every configuration problem at once and exits 2', async () => {
-    const dir = await cwd();
+    const dir = tempDir('tunnel-server-cli-');
     const result = await run(['start', '--listen', 'nowhere', '--server-count', '0', '--check-config'], dir);
     expect(result.code).toBe(EXIT_USAGE);
     expect(result.stderr).toMatch(/2 configuration problems/);
@@ -72,13 +66,13 @@ describe('tunnel-server (in-process)', () => {
   });
 
   it('an unknown flag is a usage error, exit 2', async () => {
-    const result = await run(['start', '--no-such-flag'], await cwd());
+    const result = await run(['start', '--no-such-flag'], tempDir('tunnel-server-cli-'));
     expect(result.code).toBe(EXIT_USAGE);
     expect(result.stderr).toMatch(/unknown option '--no-such-flag'/);
   });
 
   it('token create signs with the data directory key, which start then verifies', async () => {
-    const dir = await cwd();
+    const dir = tempDir('tunnel-server-cli-');
     const created = await run(['token', 'create', '--cluster', 'u1', '--ttl', '1h'], dir);
     expect(created.code).toBe(EXIT_OK);
     const token = created.stdout.trim();
@@ -94,7 +88,7 @@ describe('tunnel-server (in-process)', () => {
   });
 
   it('start listens until the shutdown signal, then drains and exits 0', async () => {
-    const dir = await cwd();
+    const dir = tempDir('tunnel-server-cli-');
     const shutdown = new AbortController();
     let onStarted: (server: TunnelServer) => void = () => undefined;
     const listening = new Promise<TunnelServer>((resolve) => {

@@ -14,7 +14,7 @@ const mode = async (path: string): Promise<number> => (await stat(path)).mode & 
 
 describe('the data directory', () => {
   it('is tightened to 0700 with 0600 keys and token at start, with a warning naming what changed', async () => {
-    const dataDir = join(await tempDir(), 'data');
+    const dataDir = join(tempDir(), 'data');
     const first = await startServer({ dataDir });
     await first.proc.stop();
     // An operator's copy, a restore from backup, a umask of 022: all readable by others.

@@ -69,7 +69,7 @@ function unsignedToken(
 
 describe('loadOrCreateSigningKeyPair', () => {
   it('writes a private key readable only by the owner and its public key, once', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     const first = await loadOrCreateSigningKeyPair(dir);
     expect(first.created).toBe(true);
     expect((await stat(join(dir, SIGNING_KEY_FILES.privateKey))).mode & 0o777).toBe(0o600);
@@ -79,7 +79,7 @@ describe('loadOrCreateSigningKeyPair', () => {
   });
 
   it('derives a missing public key file from the private key', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     const first = await loadOrCreateSigningKeyPair(dir);
     await unlink(join(dir, SIGNING_KEY_FILES.publicKey));
     const second = await loadOrCreateSigningKeyPair(dir);
@@ -88,7 +88,7 @@ describe('loadOrCreateSigningKeyPair', () => {
   });
 
   it('refuses to replace a private key that is missing while its public key exists', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     await loadOrCreateSigningKeyPair(dir);
     await unlink(join(dir, SIGNING_KEY_FILES.privateKey));
     await expect(loadOrCreateSigningKeyPair(dir)).rejects.toMatchObject({ code: 'TUN_ERR_CONFIG' });
@@ -519,7 +519,7 @@ describe('tunnel-server token create', () => {
   }
 
   it('mints for proxy.localhost and 8760h by default, which a server capped at 8760h accepts', async () => {
-    const dataDir = await tempDir();
+    const dataDir = tempDir();
     const token = await tokenCreate('--cluster', 'u1', '--data-dir', dataDir);
     const claims = decodeJwt(token);
     expect(claims.aud).toBe('proxy.localhost');
@@ -530,7 +530,7 @@ describe('tunnel-server token create', () => {
   });
 
   it("takes --domain, spelled as the server's config spells it, as the audience, and says so in --help", async () => {
-    const dataDir = await tempDir();
+    const dataDir = tempDir();
     const token = await tokenCreate(
       '--cluster',
       'u1',
@@ -548,7 +548,7 @@ describe('tunnel-server token create', () => {
   });
 
   it('refuses a --domain that is not a DNS name with the configuration exit code', async () => {
-    const dataDir = await tempDir();
+    const dataDir = tempDir();
     await expect(
       tokenCreate('--cluster', 'u1', '--domain', 'not a domain', '--data-dir', dataDir),
     ).rejects.toMatchObject({ code: 2, stderr: expect.stringContaining('--domain') });
@@ -580,7 +580,7 @@ describe('TokenVerifier revocation watch', () => {
   }
 
   it('calls back with the whole set at once, then when the file is written, rewritten, appended to, replaced by rename and removed', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     const revocationFile = join(dir, 'revoked-tokens');
     const { privateKeyPem, publicKeyPem } = keyPair();
     const token = await createToken({ privateKeyPem, clusterId: 'u1', audience: AUDIENCE, ttlMs: HOUR_MS });
@@ -623,7 +623,7 @@ describe('TokenVerifier revocation watch', () => {
   });
 
   it('stays quiet when the file changes but the set of token ids does not', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     const revocationFile = join(dir, 'revoked-tokens');
     await writeFile(revocationFile, 'aaa\n');
     const w = watched(revocationFile);
@@ -636,7 +636,7 @@ describe('TokenVerifier revocation watch', () => {
   });
 
   it('stops on close(), even with a check in flight, and arms no further check', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     const revocationFile = join(dir, 'revoked-tokens');
     const w = watched(revocationFile);
     await w.changed(1);
@@ -653,7 +653,7 @@ describe('TokenVerifier revocation watch', () => {
   });
 
   it('clears the armed check on close()', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     const w = watched(join(dir, 'revoked-tokens'));
     await w.changed(1);
     await w.settled();
@@ -662,7 +662,7 @@ describe('TokenVerifier revocation watch', () => {
   });
 
   it('reports a file that cannot be read once per run of failures, keeps the last set, and verify() fails closed', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     const revocationFile = join(dir, 'revoked-tokens');
     const { privateKeyPem, publicKeyPem } = keyPair();
     const token = await createToken({ privateKeyPem, clusterId: 'u1', audience: AUDIENCE, ttlMs: HOUR_MS });
@@ -704,7 +704,7 @@ describe('TokenVerifier revocation watch', () => {
   });
 
   it('tells a second watcher the current set without waiting for a change', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     const revocationFile = join(dir, 'revoked-tokens');
     await writeFile(revocationFile, 'aaa\n');
     const w = watched(revocationFile);
@@ -716,7 +716,7 @@ describe('TokenVerifier revocation watch', () => {
   });
 
   it('sees a revocation within a second with the default interval and real timers', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     const revocationFile = join(dir, 'revoked-tokens');
     const tokenVerifier = verifier({ publicKeyPems: [keyPair().publicKeyPem], revocationFile });
     const changes: string[][] = [];
@@ -732,7 +732,7 @@ describe('TokenVerifier revocation watch', () => {
 
 describe('TokenVerifier revocation', () => {
   it('notices a revocation file that appears, is rewritten in place, and is replaced by rename', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     const revocationFile = join(dir, 'revoked-tokens');
     const { privateKeyPem, publicKeyPem } = keyPair();
     const first = await createToken({ privateKeyPem, clusterId: 'u1', audience: AUDIENCE, ttlMs: HOUR_MS });
@@ -771,7 +771,7 @@ describe('TokenVerifier revocation', () => {
   });
 
   it('sees a same-size in-place rewrite within about a second with the default interval', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     const revocationFile = join(dir, 'revoked-tokens');
     const { privateKeyPem, publicKeyPem } = keyPair();
     const token = await createToken({ privateKeyPem, clusterId: 'u1', audience: AUDIENCE, ttlMs: HOUR_MS });
@@ -789,7 +789,7 @@ describe('TokenVerifier revocation', () => {
   });
 
   it('checks revocation only after the signature, and fails closed when the file cannot be read', async () => {
-    const dir = await tempDir();
+    const dir = tempDir();
     const { privateKeyPem, publicKeyPem } = keyPair();
     const token = await createToken({ privateKeyPem, clusterId: 'u1', audience: AUDIENCE, ttlMs: HOUR_MS });
     const forged = await signRaw(decodeProtectedHeader(token), decodeJwt(token), keyPair().privateKeyPem);

@@ -5,8 +5,7 @@
 // against the pod: probe ports, Service ports, writable data directory, Secret-backed files, grace
 // period against the drain timeout, egress rules against the server or the proxy.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { redactConfig } from '@cluster-tunnel/config';
@@ -33,6 +32,7 @@ import type { ContainerView, VolumeKind } from './pod-sandbox.js';
 import { buildContainerView, podPathOf } from './pod-sandbox.js';
 import type { EgressRule } from './pod-rules.js';
 import { egressRules } from './pod-rules.js';
+import { createTempDir } from '../helpers/temp-dir.js';
 
 type Cli = 'tunnel-server' | 'tunnel-client';
 
@@ -50,6 +50,8 @@ interface CliInfo {
   pkg: string;
   /** The installed entry (package.json bin: a committed file that loads dist), relative to the repository. */
   dist: string;
+  /** What the entry loads: the build, which `npm test` makes first. */
+  build: string;
   schema: ConfigSchema;
   /** Variables the CLI reads besides its schema's. */
   extraEnv: readonly string[];
@@ -59,12 +61,14 @@ const CLIS: Record<Cli, CliInfo> = {
   'tunnel-server': {
     pkg: 'packages/server',
     dist: declaredBin('packages/server', 'tunnel-server'),
+    build: 'packages/server/dist/bin.js',
     schema: SERVER_CONFIG_SCHEMA,
     extraEnv: [],
   },
   'tunnel-client': {
     pkg: 'packages/client',
     dist: declaredBin('packages/client', 'tunnel-client'),
+    build: 'packages/client/dist/bin.js',
     schema: CLIENT_CONFIG_SCHEMA,
     extraEnv: [...PROXY_ENV, ...NO_PROXY_ENV],
   },
@@ -89,10 +93,11 @@ const COMPARED_KEYS: Record<Cli, string[]> = {
   'tunnel-client': ['server', 'tokenFile', 'caFile', 'route', 'agentId', 'healthListen', 'drainTimeoutMs'],
 };
 
-const roots: string[] = [];
-afterAll(() => {
-  for (const r of roots) rmSync(r, { recursive: true, force: true });
-});
+// The pods' sandboxes are made while the cases are generated, before any test runs: one
+// directory holds them all, removed after the file's last test.
+const sandboxes = createTempDir('tunnel-pods-');
+afterAll(() => sandboxes.remove());
+let sandboxCount = 0;
 
 interface Subject {
   dir: string;
@@ -118,8 +123,8 @@ function subjects(dir: string): Subject[] {
         throw new Error(
           `${template.name}/${container.name}: command ${container.command} is not a CLI of the image`,
         );
-      const root = mkdtempSync(join(tmpdir(), 'tunnel-pod-'));
-      roots.push(root);
+      const root = join(sandboxes.path, String(sandboxCount++));
+      mkdirSync(root);
       out.push({
         dir,
         objects,
@@ -196,149 +201,154 @@ test('every container in deploy/ runs one of the CLIs the image carries', () => 
 
 /** Every container that runs a CLI, in every kustomization: each is a case of its own. */
 const allSubjects = kustomizationDirs.flatMap((dir) => subjects(dir));
-const named = (list: Subject[]) =>
-  list.map((s) => ({ name: `${s.dir}: ${s.template.name}/${s.container.name}`, s }));
 const servers = allSubjects.filter((s) => s.cli === 'tunnel-server');
 const agents = allSubjects.filter((s) => s.cli === 'tunnel-client');
+// The bases leave the egress rule for the server or the proxy to their overlays.
+const hasEgressRule = (s: Subject): boolean => s.cli === 'tunnel-client' && !s.dir.endsWith('/base');
 
-test('deploy/ has servers and agents to check', () => {
+test('deploy/ has servers, agents and agent overlays with egress rules to check', () => {
   expect(servers.length).toBeGreaterThan(0);
   expect(agents.length).toBeGreaterThan(0);
+  expect(agents.filter(hasEgressRule).length).toBeGreaterThan(0);
 });
 
-describe.each(named(allSubjects))('$name', ({ s }) => {
-  test('sets only environment variables the CLI reads', () => {
-    const known = new Set([
-      ...Object.values(CLIS[s.cli].schema).map((spec) => spec.env),
-      ...CLIS[s.cli].extraEnv,
-    ]);
-    expect(s.view.manifestEnvNames.filter((n) => !known.has(n))).toEqual([]);
-  });
+// Only the cases a subject has something for are generated: server checks for servers, agent
+// checks for agents, the egress check for agents outside the bases.
+for (const s of allSubjects)
+  describe(`${s.dir}: ${s.template.name}/${s.container.name}`, () => {
+    const where = (p: string | undefined) => `${p === undefined ? 'unset' : podPathOf(s.view, p)}`;
 
-  test('passes flags and env that the config resolver from the sources accepts', () => {
-    expect(() => resolveOrExplain(s)).not.toThrow();
-  });
+    test('sets only environment variables the CLI reads', () => {
+      const known = new Set([
+        ...Object.values(CLIS[s.cli].schema).map((spec) => spec.env),
+        ...CLIS[s.cli].extraEnv,
+      ]);
+      expect(s.view.manifestEnvNames.filter((n) => !known.has(n))).toEqual([]);
+    });
 
-  test('passes flags and env that the built CLI --check-config accepts, resolving them alike', () => {
-    // npm test builds first: a missing build is a failure, never a skip.
-    expect(existsSync(join(REPO_DIR, CLIS[s.cli].dist)), `${CLIS[s.cli].dist}: run npm run build`).toBe(true);
-    const result = spawnSync(
-      process.execPath,
-      [join(REPO_DIR, CLIS[s.cli].dist), ...s.view.argv, '--check-config'],
-      {
-        cwd: s.view.cwd,
-        // The pod's environment, plus what the image's ENV sets.
-        env: { ...s.view.env, NODE_ENV: 'production', PATH: process.env.PATH ?? '' },
-        encoding: 'utf8',
-        timeout: 30_000,
-      },
-    );
-    expect(result.status, result.stderr).toBe(0);
-    const printed = JSON.parse(result.stdout) as Record<string, unknown>;
-    const expected = JSON.parse(JSON.stringify(redactConfig(resolve(s), CLIS[s.cli].schema))) as Record<
-      string,
-      unknown
-    >;
-    // JSON has no undefined: a CLI may print an unset key as null or leave it out.
-    const pick = (o: Record<string, unknown>) =>
-      Object.fromEntries(COMPARED_KEYS[s.cli].map((k) => [k, o[k] ?? null]));
-    expect(pick(printed)).toEqual(pick(expected));
-  });
+    test('passes flags and env that the config resolver from the sources accepts', () => {
+      expect(() => resolveOrExplain(s)).not.toThrow();
+    });
 
-  test('the health port is on all interfaces and is the one both probes use', () => {
-    const config = resolveOrExplain(s);
-    const health = 'adminListen' in config ? config.adminListen : config.healthListen;
-    expect(isWildcard(health), `health listener ${JSON.stringify(health)}`).toBe(true);
-    expect(probePorts(s.container)).toEqual([health?.port, health?.port]);
-  });
-
-  test('the grace period outlasts the preStop sleep plus the drain timeout', () => {
-    expect(resolveOrExplain(s).drainTimeoutMs).toBeLessThan(drainBudgetMs(s));
-  });
-
-  test('its id comes from the pod name, so replicas never share one', () => {
-    const config = resolveOrExplain(s);
-    expect('serverId' in config ? config.serverId : config.agentId).toBe(s.view.podName);
-  });
-});
-
-describe.each(named(servers))('$name', ({ s }) => {
-  const where = (p: string | undefined) => `${p === undefined ? 'unset' : podPathOf(s.view, p)}`;
-
-  test('listens on all interfaces, on the port its Services target', () => {
-    const server = resolveOrExplain(s) as ServerConfig;
-    expect(isWildcard(server.listen)).toBe(true);
-    const services = s.objects.filter(
-      (o) => o.kind === 'Service' && selectorMatches(o.spec.selector, s.template.labels),
-    );
-    const targets = services.flatMap((svc) =>
-      svc.spec.ports.map((p: K8sObject) => resolvePort(s.container, p.targetPort)),
-    );
-    expect(targets.length).toBeGreaterThan(0);
-    expect(new Set(targets)).toEqual(new Set([server.listen.port]));
-  });
-
-  test("tells agents its Deployment's replica count, so they hold a session to every replica", () => {
-    const server = resolveOrExplain(s) as ServerConfig;
-    expect(server.serverCount).toBe(s.template.owner.spec?.replicas ?? 1);
-  });
-
-  test('files come from the right volumes: secrets from Secrets, state on a writable emptyDir', () => {
-    const server = resolveOrExplain(s) as ServerConfig;
-    expect(mountKind(s, server.configFile), where(server.configFile)).toBe('configMap');
-    expect(mountKind(s, server.dataDir), where(server.dataDir)).toBe('emptyDir');
-    expect(s.view.mountOf(server.dataDir)?.readOnly, where(server.dataDir)).toBe(false);
-    // Production TLS: a certificate from a Secret, not the self-signed default.
-    expect(mountKind(s, server.tlsCert), where(server.tlsCert)).toBe('secret');
-    expect(mountKind(s, server.tlsKey), where(server.tlsKey)).toBe('secret');
-    for (const key of server.tokenPublicKey) expect(mountKind(s, key), where(key)).toBe('secret');
-    if (server.revokedFile !== undefined)
-      expect(mountKind(s, server.revokedFile), where(server.revokedFile)).not.toBe('none');
-    expect(server.domain).not.toBe('proxy.localhost');
-  });
-});
-
-describe.each(named(agents))('$name', ({ s }) => {
-  const where = (p: string | undefined) => `${p === undefined ? 'unset' : podPathOf(s.view, p)}`;
-
-  test('files come from the right volumes: the token from a Secret, never a literal', () => {
-    const agent = resolveOrExplain(s) as ClientConfig;
-    expect(agent.token, 'a literal token in the manifest').toBeUndefined();
-    expect(mountKind(s, agent.tokenFile), where(agent.tokenFile)).toBe('secret');
-    if (agent.caFile !== undefined) expect(mountKind(s, agent.caFile), where(agent.caFile)).not.toBe('none');
-    expect(new URL(agent.server).protocol).toBe('wss:');
-    expect(agent.route.map((r) => r.name)).toContain('apiserver');
-  });
-});
-
-// The bases leave the rule for the server or the proxy to their overlays.
-describe.each(named(agents.filter((s) => !s.dir.endsWith('/base'))))('$name', ({ s }) => {
-  test('the agent may reach the server, or the proxy it resolves, and no other port beyond DNS and the API server', () => {
-    const agent = resolveOrExplain(s) as ClientConfig;
-    const { rules } = egressRules(s.objects, s.template);
-    const via = new URL(agent.proxyUrl ?? agent.server);
-    const viaPort = Number(via.port || (via.protocol === 'http:' ? 80 : 443));
-    // The API server's rule is the one that opens 6443 (kubeadm's port); the server's or the
-    // proxy's must be another rule, or the overlay added nothing.
-    const opens = (r: EgressRule, port: number) =>
-      r.ports.some((p) => p.port === port && p.protocol === 'TCP');
-    const viaRules = rules.filter((r) => opens(r, viaPort) && !opens(r, 6443));
-    expect(viaRules.length, `an egress rule to ${via.host}`).toBeGreaterThan(0);
-    const stray = rules.flatMap((r) => r.ports).filter((p) => ![53, 443, 6443, viaPort].includes(p.port));
-    expect(stray).toEqual([]);
-    if (s.dir.includes('behind-proxy')) {
-      expect(agent.proxyUrl, 'behind-proxy sets HTTPS_PROXY').toBeDefined();
-      // NO_PROXY must not send the server around the proxy.
-      const host = new URL(agent.server).hostname;
-      const bypassed = agent.noProxy.some(
-        (e) => e === '*' || host === e.replace(/^\./, '') || host.endsWith(e.startsWith('.') ? e : `.${e}`),
+    test(`passes flags and env that the built ${s.cli} --check-config accepts, resolving them alike`, () => {
+      // npm test builds first: a missing build is a failure, never a skip.
+      expect(existsSync(join(REPO_DIR, CLIS[s.cli].build)), `${CLIS[s.cli].build}: run npm run build`).toBe(
+        true,
       );
-      expect(bypassed, `NO_PROXY ${agent.noProxy.join(',')} covers ${host}`).toBe(false);
-    } else {
-      expect(agent.proxyUrl).toBeUndefined();
+      const result = spawnSync(
+        process.execPath,
+        [join(REPO_DIR, CLIS[s.cli].dist), ...s.view.argv, '--check-config'],
+        {
+          cwd: s.view.cwd,
+          // The pod's environment, plus what the image's ENV sets.
+          env: { ...s.view.env, NODE_ENV: 'production', PATH: process.env.PATH ?? '' },
+          encoding: 'utf8',
+          timeout: 30_000,
+        },
+      );
+      expect(result.status, result.stderr).toBe(0);
+      const printed = JSON.parse(result.stdout) as Record<string, unknown>;
+      const expected = JSON.parse(JSON.stringify(redactConfig(resolve(s), CLIS[s.cli].schema))) as Record<
+        string,
+        unknown
+      >;
+      // JSON has no undefined: a CLI may print an unset key as null or leave it out.
+      const pick = (o: Record<string, unknown>) =>
+        Object.fromEntries(COMPARED_KEYS[s.cli].map((k) => [k, o[k] ?? null]));
+      expect(pick(printed)).toEqual(pick(expected));
+    });
+
+    test('the health port is on all interfaces and is the one both probes use', () => {
+      const config = resolveOrExplain(s);
+      const health = 'adminListen' in config ? config.adminListen : config.healthListen;
+      expect(isWildcard(health), `health listener ${JSON.stringify(health)}`).toBe(true);
+      expect(probePorts(s.container)).toEqual([health?.port, health?.port]);
+    });
+
+    test('the grace period outlasts the preStop sleep plus the drain timeout', () => {
+      expect(resolveOrExplain(s).drainTimeoutMs).toBeLessThan(drainBudgetMs(s));
+    });
+
+    test('its id comes from the pod name, so replicas never share one', () => {
+      const config = resolveOrExplain(s);
+      expect('serverId' in config ? config.serverId : config.agentId).toBe(s.view.podName);
+    });
+
+    if (s.cli === 'tunnel-server') {
+      test('listens on all interfaces, on the port its Services target', () => {
+        const server = resolveOrExplain(s) as ServerConfig;
+        expect(isWildcard(server.listen)).toBe(true);
+        const services = s.objects.filter(
+          (o) => o.kind === 'Service' && selectorMatches(o.spec.selector, s.template.labels),
+        );
+        const targets = services.flatMap((svc) =>
+          svc.spec.ports.map((p: K8sObject) => resolvePort(s.container, p.targetPort)),
+        );
+        expect(targets.length).toBeGreaterThan(0);
+        expect(new Set(targets)).toEqual(new Set([server.listen.port]));
+      });
+
+      test("tells agents its Deployment's replica count, so they hold a session to every replica", () => {
+        const server = resolveOrExplain(s) as ServerConfig;
+        expect(server.serverCount).toBe(s.template.owner.spec?.replicas ?? 1);
+      });
+
+      test('files come from the right volumes: secrets from Secrets, state on a writable emptyDir', () => {
+        const server = resolveOrExplain(s) as ServerConfig;
+        expect(mountKind(s, server.configFile), where(server.configFile)).toBe('configMap');
+        expect(mountKind(s, server.dataDir), where(server.dataDir)).toBe('emptyDir');
+        expect(s.view.mountOf(server.dataDir)?.readOnly, where(server.dataDir)).toBe(false);
+        // Production TLS: a certificate from a Secret, not the self-signed default.
+        expect(mountKind(s, server.tlsCert), where(server.tlsCert)).toBe('secret');
+        expect(mountKind(s, server.tlsKey), where(server.tlsKey)).toBe('secret');
+        for (const key of server.tokenPublicKey) expect(mountKind(s, key), where(key)).toBe('secret');
+        if (server.revokedFile !== undefined)
+          expect(mountKind(s, server.revokedFile), where(server.revokedFile)).not.toBe('none');
+        expect(server.domain).not.toBe('proxy.localhost');
+      });
+    }
+
+    if (s.cli === 'tunnel-client') {
+      test('files come from the right volumes: the token from a Secret, never a literal', () => {
+        const agent = resolveOrExplain(s) as ClientConfig;
+        expect(agent.token, 'a literal token in the manifest').toBeUndefined();
+        expect(mountKind(s, agent.tokenFile), where(agent.tokenFile)).toBe('secret');
+        if (agent.caFile !== undefined)
+          expect(mountKind(s, agent.caFile), where(agent.caFile)).not.toBe('none');
+        expect(new URL(agent.server).protocol).toBe('wss:');
+        expect(agent.route.map((r) => r.name)).toContain('apiserver');
+      });
+    }
+
+    if (hasEgressRule(s)) {
+      test('the agent may reach the server, or the proxy it resolves, and no other port beyond DNS and the API server', () => {
+        const agent = resolveOrExplain(s) as ClientConfig;
+        const { rules } = egressRules(s.objects, s.template);
+        const via = new URL(agent.proxyUrl ?? agent.server);
+        const viaPort = Number(via.port || (via.protocol === 'http:' ? 80 : 443));
+        // The API server's rule is the one that opens 6443 (kubeadm's port); the server's or the
+        // proxy's must be another rule, or the overlay added nothing.
+        const opens = (r: EgressRule, port: number) =>
+          r.ports.some((p) => p.port === port && p.protocol === 'TCP');
+        const viaRules = rules.filter((r) => opens(r, viaPort) && !opens(r, 6443));
+        expect(viaRules.length, `an egress rule to ${via.host}`).toBeGreaterThan(0);
+        const stray = rules.flatMap((r) => r.ports).filter((p) => ![53, 443, 6443, viaPort].includes(p.port));
+        expect(stray).toEqual([]);
+        if (s.dir.includes('behind-proxy')) {
+          expect(agent.proxyUrl, 'behind-proxy sets HTTPS_PROXY').toBeDefined();
+          // NO_PROXY must not send the server around the proxy.
+          const host = new URL(agent.server).hostname;
+          const bypassed = agent.noProxy.some(
+            (e) =>
+              e === '*' || host === e.replace(/^\./, '') || host.endsWith(e.startsWith('.') ? e : `.${e}`),
+          );
+          expect(bypassed, `NO_PROXY ${agent.noProxy.join(',')} covers ${host}`).toBe(false);
+        } else {
+          expect(agent.proxyUrl).toBeUndefined();
+        }
+      });
     }
   });
-});
 
 test('the sandbox maps mounts and rewrites paths in flags, env lists and mounted YAML', () => {
   const s = subjects('deploy/server/base').find((x) => x.cli === 'tunnel-server') as Subject;

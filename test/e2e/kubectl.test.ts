@@ -1,44 +1,34 @@
-// The fake kube-apiserver fixture, driven directly (no tunnel) by the real kubectl, so that the
-// tunnel tests can trust it: whatever fails through the tunnel is the tunnel's fault. Only what
-// the tunnel suites do not already drive is here (authentication, certificate checks, exit codes,
-// refusals, close()); watch, logs -f, exec -i and the 8 MiB read run once, through the tunnel
-// (kubectl-passthrough.test.ts).
+/**
+ * The real kubectl against the fake kube-apiserver (test/helpers/fake-apiserver.ts), first
+ * directly, then through a passthrough route.
+ *
+ * Directly, the fixture proves itself, so that whatever fails through the tunnel is the tunnel's
+ * fault: identities, certificate checks, 401s, exit codes, refusals, close().
+ *
+ * Through the tunnel (the Spectro Proxy "Palette-deployed" mode, end to end): the real
+ * tunnel-server and tunnel-client processes, an API server whose certificate carries the route
+ * hostname, and a kubeconfig printed by `tunnel-server kubeconfig`. TLS runs from kubectl to the
+ * API server; the tunnel never decrypts it (the API server sees kubectl's client certificate).
+ * List, watch, logs -f, exec -i and an 8 MiB read each run once, here. One tunnel serves them all:
+ * each test uses its own namespace, pod or object, so their order does not matter.
+ */
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, onTestFinished, test } from 'vitest';
+import { sharedFixture } from '../helpers/cleanup.js';
+import { setupClusterTunnel } from '../helpers/cluster-tunnel.js';
 import { startFakeApiServer } from '../helpers/fake-apiserver.js';
 import type { FakeApiServer } from '../helpers/fake-apiserver.js';
 import { findKubectl, runKubectl, spawnKubectl, writeKubeconfig } from '../helpers/kubectl.js';
 import type { KubeconfigOptions, KubectlProcess } from '../helpers/kubectl.js';
 import { createTestCa } from '../helpers/pki.js';
-import { pollUntil, withDeadline } from '../helpers/streams.js';
+import { pollUntil, sha256, withDeadline } from '../helpers/streams.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 const routeHostname = 'cluster-u1.proxy.localhost';
 const bearerToken = 'fake-token-0123456789';
 const runTimeoutMs = 20_000;
-const streamTimeoutMs = 10_000;
-
-interface Fixture {
-  server: FakeApiServer;
-  dir: string;
-  /** alice (system:masters) by client certificate. */
-  kubeconfig: string;
-  kubeconfigWith(name: string, options: Omit<KubeconfigOptions, 'server' | 'caPem'>): Promise<string>;
-}
-
-async function setup(): Promise<Fixture> {
-  const dir = await mkdtemp(join(tmpdir(), 'fake-apiserver-'));
-  onTestFinished(() => rm(dir, { recursive: true, force: true }));
-  const server = await startFakeApiServer({ hostnames: [routeHostname], bearerToken });
-  onTestFinished(() => server.close());
-  const alice = await server.issueClientCert('alice', ['system:masters']);
-  const kubeconfigWith: Fixture['kubeconfigWith'] = (name, options) =>
-    writeKubeconfig(join(dir, name), { server: server.url, caPem: server.caCertPem, ...options });
-  const kubeconfig = await kubeconfigWith('alice', { certPem: alice.certPem, keyPem: alice.keyPem });
-  return { server, dir, kubeconfig, kubeconfigWith };
-}
+const streamTimeoutMs = 20_000;
 
 function spawnTracked(args: string[], kubeconfig: string): KubectlProcess {
   const proc = spawnKubectl(args, { kubeconfig });
@@ -60,20 +50,41 @@ beforeAll(() => {
   }
 });
 
-describe('fake kube-apiserver with the real kubectl', () => {
-  test('a missing kubectl is a loud error naming where it looked, never a skip', () => {
-    expect(() => findKubectl(['/nonexistent/bin'])).toThrow(
-      /kubectl not found \(looked in \/nonexistent\/bin\)/,
-    );
-  });
+test('a missing kubectl is a loud error naming where it looked, never a skip', () => {
+  expect(() => findKubectl(['/nonexistent/bin'])).toThrow(
+    /kubectl not found \(looked in \/nonexistent\/bin\)/,
+  );
+});
 
-  test('kubectl get pods lists the pods by name', async () => {
-    const { server, kubeconfig } = await setup();
+describe('kubectl against the fake kube-apiserver directly', () => {
+  interface Fixture {
+    server: FakeApiServer;
+    /** alice (system:masters) by client certificate. */
+    kubeconfig: string;
+    kubeconfigWith(name: string, options: Omit<KubeconfigOptions, 'server' | 'caPem'>): Promise<string>;
+  }
+
+  /** A fake API server of its own for one test: what a test asserts about it is its doing alone. */
+  async function setup(): Promise<Fixture> {
+    const dir = tempDir('fake-apiserver-');
+    const server = await startFakeApiServer({ hostnames: [routeHostname], bearerToken });
+    onTestFinished(() => server.close());
+    const alice = await server.issueClientCert('alice', ['system:masters']);
+    const kubeconfigWith: Fixture['kubeconfigWith'] = (name, options) =>
+      writeKubeconfig(join(dir, name), { server: server.url, caPem: server.caCertPem, ...options });
+    const kubeconfig = await kubeconfigWith('alice', { certPem: alice.certPem, keyPem: alice.keyPem });
+    return { server, kubeconfig, kubeconfigWith };
+  }
+
+  test("get pods lists the namespace's pods by name; the client certificate's CN and a bearer token are the identities", async () => {
+    const { server, kubeconfig, kubeconfigWith } = await setup();
     server.addPod({ name: 'web-1' });
     server.addPod({ name: 'web-2', phase: 'Pending' });
     server.addPod({ name: 'elsewhere', namespace: 'kube-system' });
+    const withToken = await kubeconfigWith('token', { token: bearerToken });
 
     const result = await runKubectl(['get', 'pods'], { kubeconfig, timeoutMs: runTimeoutMs });
+    const byToken = await runKubectl(['get', 'pods'], { kubeconfig: withToken, timeoutMs: runTimeoutMs });
 
     expect(result.stderr).toBe('');
     expect(result.code).toBe(0);
@@ -84,19 +95,7 @@ describe('fake kube-apiserver with the real kubectl', () => {
       .map((line) => line.split(/\s+/)[0]);
     expect(names).toEqual(['web-1', 'web-2']);
     expect(result.stdout).toMatch(/^NAME\s+READY\s+STATUS/);
-  });
-
-  test('the client certificate CN reaches the apiserver as the identity, and so does a bearer token', async () => {
-    const { server, kubeconfig, kubeconfigWith } = await setup();
-    const withToken = await kubeconfigWith('token', { token: bearerToken });
-
-    expect((await runKubectl(['get', 'pods'], { kubeconfig, timeoutMs: runTimeoutMs })).code).toBe(0);
-    expect((await runKubectl(['get', 'pods'], { kubeconfig: withToken, timeoutMs: runTimeoutMs })).code).toBe(
-      0,
-    );
-
-    expect(server.seenIdentities).toContain('alice');
-    expect(server.seenIdentities).toContain(`token:${bearerToken}`);
+    expect(byToken.code).toBe(0);
     expect(new Set(server.seenIdentities)).toEqual(new Set(['alice', `token:${bearerToken}`]));
   });
 
@@ -216,5 +215,88 @@ describe('fake kube-apiserver with the real kubectl', () => {
     );
     expect(exits.every((e) => e.signal === null)).toBe(true);
     expect(exec.stdout()).toBe('ping\n');
+  });
+});
+
+describe('kubectl through a passthrough route', () => {
+  // Cluster u1's API server holds pods u1-web-1 and u1-web-2 in the default namespace.
+  const tunnel = sharedFixture(() => setupClusterTunnel());
+
+  test('lists pods, and the API server sees the kubeconfig client certificate (TLS end to end)', async () => {
+    const t = tunnel();
+    const logsBefore = t.server.proc.logs.length;
+    const result = await runKubectl(['get', 'pods', '-o', 'name'], {
+      kubeconfig: t.kubeconfig,
+      timeoutMs: runTimeoutMs,
+    });
+    expect(result.stderr).toBe('');
+    expect(result.stdout.split('\n').filter(Boolean)).toEqual(['pod/u1-web-1', 'pod/u1-web-2']);
+    expect(t.api.seenIdentities).toContain('alice-u1');
+    // The server logged this user connection with its byte counts.
+    const closed = await t.server.proc.waitForLog(
+      (l) => l.msg === 'user connection closed' && l.route === 'cluster-u1',
+      15_000,
+      logsBefore,
+    );
+    expect(closed.bytesIn).toBeGreaterThan(0);
+    expect(closed.bytesOut).toBeGreaterThan(0);
+  });
+
+  test('streams a watch: a pod added while kubectl watches appears, and the watch stays open', async () => {
+    const t = tunnel();
+    t.api.addPod({ name: 'watched-1', namespace: 'watched' });
+    const watch = spawnTracked(['get', 'pods', '-n', 'watched', '--watch', '-o', 'name'], t.kubeconfig);
+    await watch.waitForOutput(/watched-1/, streamTimeoutMs);
+    // The watch request follows the list; add the pod only once the API server holds it open.
+    await pollUntil(
+      () =>
+        t.api.seenRequests.some((r) => r.includes('/namespaces/watched/pods?') && r.includes('watch=true')),
+      streamTimeoutMs,
+      'the watch request',
+    );
+    t.api.addPod({ name: 'late-arrival', namespace: 'watched' });
+    await watch.waitForOutput(/late-arrival/, streamTimeoutMs);
+    expect(watch.stdout().split('\n').filter(Boolean)).toEqual(['pod/watched-1', 'pod/late-arrival']);
+    expect(watch.child.exitCode).toBe(null);
+  });
+
+  test('follows logs: existing lines, then lines appended while it follows', async () => {
+    const t = tunnel();
+    t.api.setLog('u1-web-2', ['first line', 'second line']);
+    const logs = spawnTracked(['logs', '-f', 'u1-web-2'], t.kubeconfig);
+    await logs.waitForOutput(/second line/, streamTimeoutMs);
+    t.api.appendLog('u1-web-2', 'appended later');
+    await logs.waitForOutput(/appended later/, streamTimeoutMs);
+    expect(logs.stdout()).toBe('first line\nsecond line\nappended later\n');
+  });
+
+  test('execs with stdin echoed back over the WebSocket exec protocol', async () => {
+    const t = tunnel();
+    const input = Buffer.alloc(300_000, 'tunnel-exec ').toString();
+    const result = await runKubectl(['exec', '-i', 'u1-web-1', '--', 'cat'], {
+      kubeconfig: t.kubeconfig,
+      input,
+      timeoutMs: runTimeoutMs,
+    });
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    expect(result.stdout.length).toBe(input.length);
+    expect(result.stdout === input).toBe(true);
+    expect(
+      t.api.seenRequests.some((r) => r.includes('/pods/u1-web-1/exec?') && r.endsWith('(upgrade)')),
+    ).toBe(true);
+  });
+
+  test('returns an 8 MiB object byte-identical', async () => {
+    const t = tunnel();
+    const big = t.api.bigObject(8 * 1024 * 1024);
+    const result = await runKubectl(['get', '--raw', big.path], {
+      kubeconfig: t.kubeconfig,
+      timeoutMs: runTimeoutMs,
+    });
+    expect(result.code).toBe(0);
+    expect(result.stdoutBytes.length).toBe(big.sizeBytes);
+    expect(sha256(result.stdoutBytes)).toBe(big.sha256);
+    expect(JSON.parse(result.stdout)).toMatchObject({ kind: 'ConfigMap', metadata: { name: 'big' } });
   });
 });

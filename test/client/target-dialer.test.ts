@@ -9,7 +9,7 @@ import type { RouteEntry } from '../../packages/client/src/route-table.js';
 import { TargetDialer } from '../../packages/client/src/target-dialer.js';
 import type { TargetDialerOptions } from '../../packages/client/src/target-dialer.js';
 import { ManualClock } from '../helpers/manual-clock.js';
-import { delay, flushIo, pollUntil } from '../helpers/streams.js';
+import { flushIo, pollUntil } from '../helpers/streams.js';
 import { captureLogs, readBytes } from './fixtures.js';
 
 /**
@@ -65,6 +65,15 @@ async function roundTrip(socket: net.Socket, text: string): Promise<void> {
   const echoed = readBytes(socket, text.length);
   socket.write(text);
   expect((await echoed).toString()).toBe(text);
+}
+
+/**
+ * The sockets of the dialer's spares: a private field, read only to know when a greeting has
+ * reached one (no event says so).
+ */
+function idleSpareSockets(d: TargetDialer): net.Socket[] {
+  const spares = (d as unknown as { spares: Map<string, Array<{ socket: net.Socket }>> }).spares;
+  return [...spares.values()].flat().map((s) => s.socket);
 }
 
 /**
@@ -196,8 +205,13 @@ describe('TargetDialer', () => {
     expect((await readBytes(first.socket, 10)).toString()).toBe('220 hello\n');
     first.socket.destroy();
     await pollUntil(() => d.spareCount === 1, 5_000, 'the spare');
-    // Setup, not a proof: give the greeting time to reach the idle spare before it is handed out.
-    await delay(50);
+    // The greeting reaches the idle spare before it is handed out: the dialer, not the kernel,
+    // must keep it for the user.
+    await pollUntil(
+      () => idleSpareSockets(d)[0]?.readableLength === 10,
+      5_000,
+      'the greeting in the idle spare',
+    );
     const next = await d.dial(route);
     expect(next.spare).toBe(true);
     onTestFinished(() => {

@@ -33,12 +33,14 @@ export interface Dockerfile {
 function splitFlags(rest: string): { flags: Record<string, string>; args: string } {
   const flags: Record<string, string> = {};
   let args = rest;
-  for (;;) {
+  // Each flag takes at least three characters: at most rest.length / 3 of them.
+  for (let n = 0; n <= rest.length; n++) {
     const m = /^--([a-z-]+)(?:=(\S*))?\s*/.exec(args);
     if (m === null) return { flags, args };
     flags[m[1] as string] = m[2] ?? 'true';
     args = args.slice(m[0].length);
   }
+  return { flags, args };
 }
 
 export function parseInstructions(text: string): Instruction[] {

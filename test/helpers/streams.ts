@@ -12,36 +12,41 @@ export function sha256(buf: Buffer): string {
   return createHash('sha256').update(buf).digest('hex');
 }
 
-/** Settles as `promise` does, or rejects with "timed out after `ms` ms: `what`" if it takes longer. */
-export function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+/**
+ * The one deadline: settles as `promise` does, or rejects with "timed out after `ms` ms: `what`"
+ * if it takes longer. `what` may be a function, to describe the state at the deadline (the last
+ * log lines, the output so far). A waiter that registered listeners removes them in `.finally`.
+ */
+export function withDeadline<T>(promise: Promise<T>, ms: number, what: string | (() => string)): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+    timer = setTimeout(() => {
+      reject(new Error(`timed out after ${ms} ms: ${typeof what === 'function' ? what() : what}`));
+    }, ms);
   });
   return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
 }
 
 /**
  * The one poll helper: resolves with the first truthy value `probe` returns (it may be async),
- * checking every 5 ms; rejects after `timeoutMs` naming `what`.
+ * checking every `intervalMs` (5 ms; more for a probe that costs the peer something, such as a
+ * new connection); rejects after `timeoutMs` naming `what`.
  */
 export async function pollUntil<T>(
   probe: () => T | Promise<T>,
   timeoutMs = 10_000,
   what = 'condition',
+  intervalMs = 5,
 ): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
-  for (;;) {
+  // Bounded by the deadline; the count only guards against a clock that stands still.
+  for (let attempt = 0; attempt <= timeoutMs; attempt++) {
     const value = await probe();
     if (value) return value as NonNullable<T>;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await delay(5);
+    if (Date.now() > deadline) break;
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
   }
-}
-
-/** Resolves after `ms` milliseconds. */
-export function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
 }
 
 /** Lets `turns` turns of the event loop pass, so queued I/O callbacks, nextTicks and microtasks run. */

@@ -20,7 +20,15 @@ import {
 import { ManualClock } from '../helpers/manual-clock.js';
 import { memoryInUseBytes } from '../helpers/memory.js';
 import { closeOf } from '../helpers/sessions.js';
-import { flushIo, pipePairForTest, pollUntil, readAtLeast, readToEnd, sha256 } from '../helpers/streams.js';
+import {
+  flushIo,
+  pipePairForTest,
+  pollUntil,
+  readAtLeast,
+  readToEnd,
+  sha256,
+  withDeadline,
+} from '../helpers/streams.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -29,6 +37,28 @@ const READ_BYTES = 64 * KiB;
 
 function dataFrame(streamId: number, flags: number, payload: Buffer): Buffer {
   return Buffer.concat([encodeHeader(FrameType.Data, flags, streamId, payload.length), payload]);
+}
+
+/**
+ * Pings the session from a raw peer that receives only 12-byte frames (no Data) and resolves once
+ * the answer arrives: by then the session has handled every frame written before the ping.
+ */
+function pingAnswered(peer: Duplex, id: number): Promise<void> {
+  const answer = encodeHeader(FrameType.Ping, Flag.ACK, 0, id);
+  const chunks: Buffer[] = [];
+  let onData: (chunk: Buffer) => void = () => undefined;
+  const answered = new Promise<void>((resolve) => {
+    onData = (chunk) => {
+      chunks.push(chunk);
+      const all = Buffer.concat(chunks);
+      for (let at = 0; at + 12 <= all.length; at += 12) {
+        if (all.subarray(at, at + 12).equals(answer)) resolve();
+      }
+    };
+  });
+  peer.on('data', onData);
+  peer.write(encodeHeader(FrameType.Ping, Flag.SYN, 0, id));
+  return withDeadline(answered, 5_000, `the answer to ping ${id}`).finally(() => peer.off('data', onData));
 }
 
 /** `count` frames from `make`, written in reads of at most 64 KiB, as a TCP peer would deliver them. */
@@ -146,8 +176,10 @@ describe('rates of things a peer may do now and then', () => {
     writeInReads(peer, 40, (i) => encodeHeader(FrameType.Ping, Flag.SYN, 0, i));
     await answered;
     clock.advance(1_000); // ten more
+    const answeredAgain = readAtLeast(peer, 10 * 12);
+    peer.resume(); // the first read paused it
     writeInReads(peer, 10, (i) => encodeHeader(FrameType.Ping, Flag.SYN, 0, 100 + i));
-    await flushIo();
+    await withDeadline(answeredAgain, 5_000, 'the ten answers'); // the ten were handled
     expect(session.isClosed).toBe(false);
     peer.write(encodeHeader(FrameType.Ping, Flag.SYN, 0, 999));
     const err = await closed;
@@ -173,7 +205,7 @@ describe('rates of things a peer may do now and then', () => {
     // Stream 3 opens while 1 is open: refused, the first of the 400 the burst allows.
     peer.write(encodeHeader(FrameType.WindowUpdate, Flag.SYN, 3, 0));
     writeInReads(peer, 399, frame);
-    await flushIo();
+    await pingAnswered(peer, 1); // a ping is no empty frame: it only shows the 399 were handled
     expect(session.isClosed).toBe(false); // 4 × 100 is the burst
     peer.write(frame(399));
     const err = await closed;

@@ -26,7 +26,7 @@ import {
   webSocketAccept,
 } from '../../packages/protocol/src/websocket/handshake.js';
 import { seededRandom } from '../helpers/random.js';
-import { delay, pipePairForTest, pollUntil, readAtLeast, readToEndWithForAwait } from '../helpers/streams.js';
+import { pipePairForTest, pollUntil, readAtLeast, readToEndWithForAwait } from '../helpers/streams.js';
 import {
   dialWebSocket,
   ourWebSocketServer,
@@ -344,19 +344,32 @@ describe('createWebSocketDuplex over wss', () => {
     let attemptedBytes = 0;
     let ackedBytes = 0;
     let maxBufferedBytes = 0;
-    let stalled = false;
-    // Nobody reads b. Write until a drain does not come; bounded at 128 MiB.
-    for (let i = 0; i < 2048 && !stalled; i++) {
-      attemptedBytes += chunk.length;
-      const more = a.write(chunk, () => {
-        ackedBytes += chunk.length;
-      });
+    const sample = (): void => {
       maxBufferedBytes = Math.max(maxBufferedBytes, clientSocket.writableLength);
-      if (!more) {
-        stalled = await Promise.race([once(a, 'drain').then(() => false), delay(300).then(() => true)]);
+    };
+    // Nobody reads b. Write as the writer allows: until write() says wait, and again on each
+    // drain. Bounded at 128 MiB.
+    function pump(): void {
+      while (attemptedBytes < 128 * MiB) {
+        attemptedBytes += chunk.length;
+        const more = a.write(chunk, () => {
+          ackedBytes += chunk.length;
+          sample();
+        });
+        sample();
+        if (!more) return;
       }
     }
-    expect(stalled).toBe(true);
+    a.on('drain', pump);
+    pump();
+    // The reader stops reading its socket, the socket fills, and the writer is left waiting for
+    // a drain: the state this test is about, reached without assuming how long it takes.
+    await pollUntil(
+      () => serverSocket.isPaused() && clientSocket.writableLength > 0 && a.writableNeedDrain,
+      10_000,
+      'the writer to wait behind a reader that stopped reading',
+    );
+    a.off('drain', pump);
     expect(ackedBytes).toBeLessThan(attemptedBytes); // a write's callback is pending
     expect(ackedBytes).toBeLessThan(32 * MiB); // socket buffers, not the whole stream
     expect(maxBufferedBytes).toBeLessThanOrEqual(highWaterMarkBytes + chunk.length + 64);
@@ -579,7 +592,12 @@ describe('createWebSocketDuplex over wss', () => {
       );
     });
     const upgraded = await dialWebSocket(url);
-    await delay(20); // the dialer's caller may wrap the socket a little later
+    // The dialer's caller may wrap the socket later: wrap only once the frame has arrived.
+    await pollUntil(
+      () => upgraded.head.length + upgraded.socket.readableLength >= 2 + 11,
+      5_000,
+      'the frame at the client, before the wrap',
+    );
     const ours = wrap(upgraded, 'client');
     expect((await readAtLeast(ours, 11)).toString()).toBe('first bytes');
   });
@@ -753,8 +771,9 @@ describe('createWebSocketDuplex over wss', () => {
   it('handed a socket that is already gone, fails with TUN_ERR_TRANSPORT_CLOSED', async () => {
     const upgraded = await wsPeerPair('client');
     onTestFinished(() => upgraded.close());
+    const gone = once(upgraded.ours.socket, 'close');
     upgraded.ours.socket.destroy();
-    await delay(10);
+    await gone;
     const ours = wrap(upgraded.ours, 'client');
     const [err] = (await once(ours, 'error')) as [Error];
     expect(isTunnelError(err, 'TUN_ERR_TRANSPORT_CLOSED')).toBe(true);

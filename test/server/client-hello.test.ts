@@ -2,7 +2,6 @@ import { once } from 'node:events';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import tls from 'node:tls';
-import { setTimeout as sleep } from 'node:timers/promises';
 import fc from 'fast-check';
 import { generate } from 'selfsigned';
 import { beforeAll, describe, expect, it, onTestFinished, vi } from 'vitest';
@@ -15,6 +14,7 @@ import {
 } from '../../packages/server/src/client-hello.js';
 import type { ClientHello, ReadClientHelloOptions } from '../../packages/server/src/client-hello.js';
 import { captureClientHello } from '../../bench/lib/client-hello-capture.js';
+import { withDeadline } from '../helpers/streams.js';
 
 const HOST = '127.0.0.1';
 const LISTENER_EVENTS = ['data', 'end', 'close', 'error'] as const;
@@ -49,6 +49,41 @@ async function startRawServer(onSocket: (socket: net.Socket) => void): Promise<n
   });
   onTestFinished(() => sockets.forEach((socket) => socket.destroy()));
   return listen(server);
+}
+
+/**
+ * Counts what the server side of a connection receives (`attach` it to the socket): `bytes`,
+ * `segments` (reads), and `until(n)`, which resolves once `n` bytes have arrived.
+ */
+function receivedCounter() {
+  let bytes = 0;
+  let segments = 0;
+  const waiters = new Set<() => void>();
+  return {
+    get segments(): number {
+      return segments;
+    },
+    attach(socket: net.Socket): void {
+      socket.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+        segments++;
+        for (const waiter of waiters) waiter();
+      });
+    },
+    until(n: number): Promise<void> {
+      let waiter: () => void = () => undefined;
+      const arrived = new Promise<void>((resolve) => {
+        waiter = () => {
+          if (bytes >= n) resolve();
+        };
+        waiter();
+        waiters.add(waiter);
+      });
+      return withDeadline(arrived, 5_000, () => `${n} bytes at the server (got ${bytes})`).finally(() =>
+        waiters.delete(waiter),
+      );
+    },
+  };
 }
 
 /** Runs readClientHello on the next connection to a fresh server; `onSocket` sees the socket first. */
@@ -172,19 +207,20 @@ describe('readClientHello', () => {
       servername: 'cluster-u2.proxy.localhost',
       ALPNProtocols: ['h2'],
     });
-    let segments = 0;
+    const received = receivedCounter();
     const { port, result } = await serverReading({ handshakeTimeoutMs: 20_000 }, (socket) =>
-      socket.on('data', () => segments++),
+      received.attach(socket),
     );
     const client = rawClient(port);
     await once(client, 'connect');
-    for (const byte of captured) {
+    // Each byte is written once the one before it has arrived: one byte per read.
+    for (const [i, byte] of captured.entries()) {
       client.write(Buffer.from([byte]));
-      await sleep(0);
+      await received.until(i + 1);
     }
     const hello = await result;
     expect(hello).toEqual({ serverName: 'cluster-u2.proxy.localhost', alpn: ['h2'], bytes: captured });
-    expect(segments).toBeGreaterThan(10); // the hello really arrived in many pieces
+    expect(received.segments).toBe(captured.length); // the hello really arrived byte by byte
   });
 
   it('assembles a ClientHello fragmented across several TLS records', async () => {
@@ -193,10 +229,14 @@ describe('readClientHello', () => {
       ALPNProtocols: ['http/1.1'],
     });
     const fragmented = reframe(captured, [7, 1, 50, 3]);
-    const { port, result } = await serverReading({ handshakeTimeoutMs: 5_000 });
+    const received = receivedCounter();
+    const { port, result } = await serverReading({ handshakeTimeoutMs: 5_000 }, (socket) =>
+      received.attach(socket),
+    );
     const client = rawClient(port);
     client.write(fragmented.subarray(0, 100));
-    await sleep(20);
+    // The rest only once the first part has arrived: two reads at the server.
+    await received.until(100);
     client.write(fragmented.subarray(100));
     const hello = await result;
     expect(hello).toEqual({
@@ -369,7 +409,8 @@ describe('parseClientHello', () => {
           const parser = new ClientHelloParser(DEFAULT_MAX_CLIENT_HELLO_BYTES);
           let received = 0;
           let i = 0;
-          for (;;) {
+          // Each step reads at least one more byte: the whole hello is in after wire.length steps.
+          for (let step = 0; step <= wire.length; step++) {
             const from = received;
             received = Math.min(wire.length, received + (segmentBytes[i++ % segmentBytes.length] ?? 1));
             if (records > MAX_CLIENT_HELLO_RECORDS) {
@@ -394,6 +435,7 @@ describe('parseClientHello', () => {
             }
             expect(parsed.neededBytes).toBeGreaterThan(received);
           }
+          expect.unreachable(`no complete parse after all ${wire.length} bytes`);
         },
       ),
       { numRuns: 300 },

@@ -6,6 +6,7 @@ import { accessSync, constants } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { delimiter, dirname, join } from 'node:path';
 import { stringify } from 'yaml';
+import { withDeadline } from './streams.js';
 
 export interface KubeconfigOptions {
   server: string;
@@ -127,41 +128,27 @@ export function spawnKubectl(args: string[], options: KubectlOptions): KubectlPr
   void exited.then(() => (done = true));
 
   function waitForOutput(pattern: RegExp, timeoutMs: number): Promise<string> {
-    return new Promise((resolve, reject) => {
-      const check = (): boolean => {
+    const output = (): string => `\nstdout: ${stdout()}\nstderr: ${stderr()}`;
+    let check: () => void = () => undefined;
+    let onExit: () => void = () => undefined;
+    const matched = new Promise<string>((resolve, reject) => {
+      check = () => {
         const text = stdout() + stderr();
-        if (!pattern.test(text)) return false;
-        cleanup();
-        resolve(text);
-        return true;
+        if (pattern.test(text)) resolve(text);
       };
-      const onExit = (): void => {
-        if (check()) return;
-        cleanup();
-        reject(
-          new Error(
-            `kubectl exited before output matched ${pattern}\nstdout: ${stdout()}\nstderr: ${stderr()}`,
-          ),
-        );
+      onExit = () => {
+        check();
+        reject(new Error(`kubectl exited before output matched ${pattern}${output()}`));
       };
-      const timer = setTimeout(() => {
-        cleanup();
-        reject(
-          new Error(
-            `no output matching ${pattern} within ${timeoutMs} ms\nstdout: ${stdout()}\nstderr: ${stderr()}`,
-          ),
-        );
-      }, timeoutMs);
-      const cleanup = (): void => {
-        clearTimeout(timer);
-        child.stdout?.off('data', check);
-        child.stderr?.off('data', check);
-        child.off('close', onExit);
-      };
-      if (check()) return;
+      check();
       child.stdout?.on('data', check);
       child.stderr?.on('data', check);
       child.once('close', onExit);
+    });
+    return withDeadline(matched, timeoutMs, () => `output matching ${pattern}${output()}`).finally(() => {
+      child.stdout?.off('data', check);
+      child.stderr?.off('data', check);
+      child.off('close', onExit);
     });
   }
 

@@ -30,6 +30,7 @@ import {
   type YamuxStream,
 } from '@cluster-tunnel/protocol';
 import { defer } from './cleanup.js';
+import { withDeadline } from './streams.js';
 import { tempDir } from './temp-dir.js';
 import { tlsCredentials } from './transports.js';
 
@@ -137,16 +138,13 @@ export class RawServer {
   nextSession(timeoutMs = 5_000): Promise<RawServerSession> {
     const ready = this.untaken.shift();
     if (ready) return Promise.resolve(ready);
-    return new Promise((resolve, reject) => {
-      const waiter = (s: RawServerSession): void => {
-        clearTimeout(timer);
-        resolve(s);
-      };
-      const timer = setTimeout(() => {
-        this.waiters = this.waiters.filter((w) => w !== waiter);
-        reject(new Error(`no agent registered within ${timeoutMs} ms`));
-      }, timeoutMs);
+    let waiter: (s: RawServerSession) => void = () => undefined;
+    const next = new Promise<RawServerSession>((resolve) => {
+      waiter = resolve;
       this.waiters.push(waiter);
+    });
+    return withDeadline(next, timeoutMs, 'an agent to register').finally(() => {
+      this.waiters = this.waiters.filter((w) => w !== waiter);
     });
   }
 

@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { defer } from './cleanup.js';
+import { withDeadline } from './streams.js';
 import { tempDir } from './temp-dir.js';
 
 const execFileAsync = promisify(execFile);
@@ -49,30 +50,25 @@ export class CliProcess {
 
   /** Resolves with the first log line (past or future) matching; fails after `timeoutMs`. */
   waitForLog(match: (l: LogLine) => boolean, timeoutMs = 15_000, after = 0): Promise<LogLine> {
-    return new Promise((resolve, reject) => {
-      const check = (): boolean => {
-        const found = this.logs.slice(after).find(match);
-        if (!found) return false;
-        clearTimeout(timer);
-        this.waiters = this.waiters.filter((w) => w !== waiter);
-        resolve(found);
-        return true;
+    const seen = this.logs.slice(after).find(match);
+    if (seen) return Promise.resolve(seen);
+    let waiter: () => void = () => undefined;
+    const found = new Promise<LogLine>((resolve) => {
+      waiter = () => {
+        const line = this.logs.slice(after).find(match);
+        if (line) resolve(line);
       };
-      const waiter = (): void => void check();
-      const timer = setTimeout(() => {
-        this.waiters = this.waiters.filter((w) => w !== waiter);
-        reject(
-          new Error(
-            `${this.name}: no matching log line within ${timeoutMs} ms; last lines:\n` +
-              this.logs
-                .slice(-15)
-                .map((l) => JSON.stringify(l))
-                .join('\n') +
-              `\n${this.stderr.slice(-10).join('\n')}`,
-          ),
-        );
-      }, timeoutMs);
-      if (!check()) this.waiters.push(waiter);
+      this.waiters.push(waiter);
+    });
+    const lastLines = (): string =>
+      `${this.name}: no matching log line; last lines:\n` +
+      this.logs
+        .slice(-15)
+        .map((l) => JSON.stringify(l))
+        .join('\n') +
+      `\n${this.stderr.slice(-10).join('\n')}`;
+    return withDeadline(found, timeoutMs, lastLines).finally(() => {
+      this.waiters = this.waiters.filter((w) => w !== waiter);
     });
   }
 

@@ -20,7 +20,7 @@ export default defineConfig({
     // Real sockets, TLS and child processes: give slow machines room, but never hang CI.
     testTimeout: 60_000,
     hookTimeout: 30_000,
-    // Debian packages the tests drive (tinyproxy, curl), installed once when missing.
+    // Debian packages the tests drive (tinyproxy-bin, curl, chromium), installed once when missing.
     globalSetup: ['test/setup/system-packages.ts'],
     pool: 'forks',
     // A test that asserts nothing fails: it cannot pass by returning early.

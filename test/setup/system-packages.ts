@@ -10,41 +10,55 @@ import { existsSync } from 'node:fs';
 /** Debian package → the binaries that prove it is installed (any one of them). */
 export const SYSTEM_PACKAGES = {
   /** An HTTP CONNECT egress proxy for the agent (test/e2e/resilience.test.ts). */
-  tinyproxy: ['/usr/bin/tinyproxy', '/usr/sbin/tinyproxy'],
-  /** A real client for refused names on the public port (test/e2e/routing.test.ts). */
+  // The executable only: the tinyproxy package would also start a system proxy service.
+  'tinyproxy-bin': ['/usr/bin/tinyproxy', '/usr/sbin/tinyproxy'],
+  /** A real client for http routes and refused names (test/e2e/http-route.test.ts, routing, hostile). */
   curl: ['/usr/bin/curl'],
   /** A real browser for dashboards through http routes, driven by playwright-core. */
   chromium: ['/usr/bin/chromium'],
 } as const satisfies Record<string, readonly string[]>;
 
-export function missingPackages(): string[] {
-  return Object.entries(SYSTEM_PACKAGES)
+/** The packages of `packages` none of whose binaries exists. */
+export function missingPackages(packages: Record<string, readonly string[]> = SYSTEM_PACKAGES): string[] {
+  return Object.entries(packages)
     .filter(([, paths]) => !paths.some((p) => existsSync(p)))
     .map(([name]) => name);
 }
 
-function run(command: string, args: string[]): boolean {
+/** Runs an apt-get command as root (through `sudo -n` when not root); true when it succeeded. */
+function aptGet(args: string[]): boolean {
   const asRoot = process.getuid?.() === 0;
-  const result = spawnSync(asRoot ? command : 'sudo', asRoot ? args : ['-n', command, ...args], {
+  const result = spawnSync(asRoot ? 'apt-get' : 'sudo', asRoot ? args : ['-n', 'apt-get', ...args], {
     stdio: ['ignore', 'ignore', 'inherit'],
     env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
-    timeout: 300_000,
+    // A browser is a large download on a slow mirror; a stuck apt must still end the run.
+    timeout: 900_000,
   });
   return result.status === 0;
 }
 
-export default function setup(): void {
-  const missing = missingPackages();
+/**
+ * Installs whichever of `packages` is missing; throws, naming the packages and the command to
+ * run by hand, when they cannot be installed.
+ */
+export function installMissing(packages: Record<string, readonly string[]> = SYSTEM_PACKAGES): void {
+  const missing = missingPackages(packages);
   if (missing.length === 0) return;
   const install = ['install', '-y', '-qq', '--no-install-recommends', ...missing];
-  process.stderr.write(`test setup: installing Debian packages the tests need: ${missing.join(' ')}\n`);
-  // Package lists may be absent on a fresh machine: update once, then try again.
-  const installed = run('apt-get', install) || (run('apt-get', ['update', '-qq']) && run('apt-get', install));
-  const still = missingPackages();
+  process.stderr.write(
+    `test setup: ${missing.join(', ')} missing; running apt-get install -y --no-install-recommends ${missing.join(' ')}\n`,
+  );
+  // A fresh machine may have no package lists yet: update, then try once more.
+  const installed = aptGet(install) || (aptGet(['update', '-qq']) && aptGet(install));
+  const still = missingPackages(packages);
   if (!installed || still.length > 0) {
     throw new Error(
-      `the tests need the Debian packages ${still.join(', ')}; install them with: ` +
-        `sudo apt-get install -y ${still.join(' ')}`,
+      `the tests need the Debian packages ${still.join(', ')}, which could not be installed; run: ` +
+        `sudo apt-get update && sudo apt-get install -y --no-install-recommends ${still.join(' ')}`,
     );
   }
+}
+
+export default function setup(): void {
+  installMissing();
 }

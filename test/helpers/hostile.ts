@@ -150,10 +150,18 @@ export async function peakRssDuring(server: ServerHandle, work: Promise<unknown>
   const finished = work.finally(() => {
     done = true;
   });
-  for (let i = 0; i < 600 && !done; i++) {
-    await Promise.race([finished, new Promise((r) => setTimeout(r, 100))]);
-    peak = Math.max(peak, await serverMetric(server, 'process_resident_memory_bytes'));
-  }
+  finished.catch(() => undefined); // awaited below, after sampling
+  // A sample, then the check: the last sample is taken after the work has ended.
+  await pollUntil(
+    async () => {
+      const wasDone = done;
+      peak = Math.max(peak, await serverMetric(server, 'process_resident_memory_bytes'));
+      return wasDone;
+    },
+    60_000,
+    'the work whose memory is sampled',
+    100,
+  );
   await finished;
   return peak;
 }

@@ -1,6 +1,6 @@
 // The configuration layer of both CLIs: precedence, all-at-once problems, secrets, value formats,
 // routes, freezing, --help and docs/CONFIG.md kept in step with the schemas.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { describe, expect, test } from 'vitest';
@@ -669,5 +669,104 @@ describe('http routes (URL targets with options)', () => {
     expect(() =>
       resolveServerConfig({ argv: ['--tcp-route', 'cluster-u1-db=http://db.svc:80'], env: {}, cwd: '/' }),
     ).toThrow(expect.objectContaining({ code: 'TUN_ERR_CONFIG' }));
+  });
+});
+
+describe('http route access', () => {
+  test('a default for every http route, overridden per route in flags, env and a YAML map', () => {
+    const dir = tempDir();
+    const htpasswd = write(dir, 'team.htpasswd', '');
+    write(dir, 'ops.htpasswd', '');
+    expect(resolveServerConfig({ cwd: dir, env: {} })).toMatchObject({
+      httpAccess: 'link',
+      httpHtpasswdFile: undefined,
+      httpRouteAccess: [],
+    });
+    const byFlag = resolveServerConfig({
+      cwd: dir,
+      env: {},
+      argv: [
+        '--http-access',
+        'basic',
+        '--http-htpasswd-file',
+        'team.htpasswd',
+        '--http-route-access',
+        'cluster-u1-docs=none',
+        '--http-route-access',
+        'cluster-u1-vm=basic:ops.htpasswd',
+        '--http-route-access',
+        'cluster-u1-dash=link',
+      ],
+    });
+    expect(byFlag).toMatchObject({ httpAccess: 'basic', httpHtpasswdFile: htpasswd });
+    expect(byFlag.httpRouteAccess).toEqual([
+      { name: 'cluster-u1-docs', access: 'none' },
+      { name: 'cluster-u1-vm', access: 'basic', htpasswdFile: join(dir, 'ops.htpasswd') },
+      { name: 'cluster-u1-dash', access: 'link' },
+    ]);
+    const byEnv = resolveServerConfig({
+      cwd: dir,
+      env: { TUNNEL_SERVER_HTTP_ROUTE_ACCESS: 'cluster-u1-docs=none, cluster-u1-vm=basic:ops.htpasswd' },
+    });
+    expect(byEnv.httpRouteAccess.map((r) => r.access)).toEqual(['none', 'basic']);
+    const sub = join(dir, 'conf');
+    mkdirSync(sub);
+    write(sub, 'vm.htpasswd', '');
+    const file = write(
+      sub,
+      'server.yaml',
+      'httpRouteAccess:\n  cluster-u1-vm: basic:vm.htpasswd\n  cluster-u1-docs: none\n',
+    );
+    const byFile = resolveServerConfig({ cwd: dir, env: {}, argv: ['--config', file] });
+    // A file named in the YAML file resolves against that file's directory.
+    expect(byFile.httpRouteAccess).toEqual([
+      { name: 'cluster-u1-vm', access: 'basic', htpasswdFile: join(sub, 'vm.htpasswd') },
+      { name: 'cluster-u1-docs', access: 'none' },
+    ]);
+  });
+
+  test('every access problem is reported at once', () => {
+    const dir = tempDir();
+    const problems = problemsOf(() =>
+      resolveServerConfig({
+        cwd: dir,
+        env: { TUNNEL_SERVER_HTTP_ACCESS: 'none' },
+        argv: [
+          '--http-route-access',
+          'cluster-u1-a=basic',
+          '--http-route-access',
+          'cluster-u1-b=open',
+          '--http-route-access',
+          'cluster-u1-c=none:x',
+          '--http-route-access',
+          'cluster-u1-d=basic:missing.htpasswd',
+          '--http-route-access',
+          'Not A Label=none',
+          '--http-route-access',
+          'cluster-u1-b=link',
+        ],
+      }),
+    );
+    expect(problems).toHaveLength(2);
+    expect(problems[0]).toMatch(/httpAccess .*expected one of link, basic, got "none"/);
+    expect(problems[1]).toMatch(/httpRouteAccess/);
+    for (const reason of [
+      /route cluster-u1-b: access must be link, basic, basic:FILE or none, got "open"/,
+      /route cluster-u1-c: only basic takes a file/,
+      /route cluster-u1-d: .*file not found/,
+      /route name "Not A Label" must match/,
+    ])
+      expect(problems[1]).toMatch(reason);
+    const noFile = problemsOf(() =>
+      resolveServerConfig({
+        cwd: dir,
+        env: {},
+        argv: ['--http-access', 'basic', '--http-route-access', 'cluster-u1-a=basic'],
+      }),
+    );
+    expect(noFile).toEqual([
+      'httpAccess (flag --http-access): basic needs httpHtpasswdFile',
+      'httpRouteAccess: cluster-u1-a=basic needs httpHtpasswdFile, or a file of its own (cluster-u1-a=basic:FILE)',
+    ]);
   });
 });

@@ -2,8 +2,10 @@
  * A dashboard through an http route, driven as a person would, with real processes: the server,
  * an agent whose route is `dash=http://…`, a link from `tunnel-server link create`, and curl
  * following it with a cookie jar. Without the link: 401 on a page and on a WebSocket upgrade.
+ * Basic access with an htpasswd file written by Apache's own `htpasswd -B`.
  */
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -36,20 +38,25 @@ async function dashboard(): Promise<number> {
   return (server.address() as AddressInfo).port;
 }
 
+/** curl's arguments for a route hostname of `server`: resolved to 127.0.0.1, the server's CA, status last. */
+function curlBase(server: { port: number; caFile: string }, host: string): string[] {
+  return [
+    '--resolve',
+    `${host}:${server.port}:127.0.0.1`,
+    '--cacert',
+    server.caFile,
+    '-o',
+    '-',
+    '-w',
+    '\n%{http_code}',
+  ];
+}
+
 describe('a dashboard behind an http route', () => {
   it('is closed without a link, and open in the session a link starts', async () => {
     const server = await startServerAndAgent('u1', [`dash=http://127.0.0.1:${await dashboard()}`]);
     const host = 'cluster-u1-dash.proxy.localhost';
-    const base = [
-      '--resolve',
-      `${host}:${server.port}:127.0.0.1`,
-      '--cacert',
-      server.caFile,
-      '-o',
-      '-',
-      '-w',
-      '\n%{http_code}',
-    ];
+    const base = curlBase(server, host);
     const page = await curl([...base, `https://${host}:${server.port}/ui`]);
     expect(page.stdout.split('\n').at(-1)).toBe('401');
     expect(page.stdout).toContain('TUN_ERR_ACCESS_DENIED');
@@ -84,5 +91,63 @@ describe('a dashboard behind an http route', () => {
       bytesIn: 0,
       bytesOut: 'dashboard saw /ui'.length,
     });
+  });
+
+  it('with basic access, lets in the users of an htpasswd file (htpasswd -B) and no one else', async () => {
+    const dir = tempDir();
+    const file = join(dir, 'htpasswd');
+    execFileSync('htpasswd', ['-cbB', '-C', '5', file, 'alice', 'correct horse'], { stdio: 'ignore' });
+    execFileSync('htpasswd', ['-bB', '-C', '5', file, 'bob', 'battery staple'], { stdio: 'ignore' });
+    const server = await startServerAndAgent(
+      'u1',
+      [`dash=http://127.0.0.1:${await dashboard()}`, `docs=http://127.0.0.1:${await dashboard()}`],
+      ['--http-route-access', `cluster-u1-dash=basic:${file}`],
+    );
+    const host = 'cluster-u1-dash.proxy.localhost';
+    const url = `https://${host}:${server.port}/ui`;
+    const base = curlBase(server, host);
+
+    const anonymous = await curl([...base, '-D', '-', url]);
+    expect(anonymous.stdout.split('\n').at(-1)).toBe('401');
+    expect(anonymous.stdout).toMatch(/www-authenticate: Basic realm="cluster-u1-dash.proxy.localhost"/i);
+    const wrong = await curl([...base, '-u', 'alice:battery staple', url]);
+    expect(wrong.stdout.split('\n').at(-1)).toBe('401');
+    expect(wrong.stdout).toContain('TUN_ERR_ACCESS_DENIED');
+    const stranger = await curl([...base, '-u', 'mallory:correct horse', url]);
+    expect(stranger.stdout.split('\n').at(-1)).toBe('401');
+    expect((await curl([...base, '-u', 'alice:correct horse', url])).stdout).toBe('dashboard saw /ui\n200');
+    expect((await curl([...base, '-u', 'bob:battery staple', url])).stdout).toBe('dashboard saw /ui\n200');
+    const line = await server.proc.waitForLog((l) => l.msg === 'http request' && l.user === 'bob');
+    expect(line).toMatchObject({ route: 'cluster-u1-dash', status: 200, path: '/ui' });
+
+    // Removing a user takes effect without a restart.
+    writeFileSync(
+      file,
+      execFileSync('htpasswd', ['-nbB', '-C', '5', 'alice', 'correct horse'], {
+        stdio: ['ignore', 'pipe', 'ignore'],
+      }),
+    );
+    await expect
+      .poll(async () => (await curl([...base, '-u', 'bob:battery staple', url])).stdout.split('\n').at(-1), {
+        timeout: 10_000,
+        interval: 500,
+      })
+      .toBe('401');
+    expect(await server.proc.waitForLog((l) => l.msg === 'htpasswd file reloaded')).toMatchObject({
+      file,
+      users: 1,
+    });
+    expect((await curl([...base, '-u', 'alice:correct horse', url])).stdout).toBe('dashboard saw /ui\n200');
+
+    // The other route keeps the default: a password is no way in there.
+    const docs = 'cluster-u1-docs.proxy.localhost';
+    const other = await curl([
+      ...curlBase(server, docs),
+      '-u',
+      'alice:correct horse',
+      `https://${docs}:${server.port}/`,
+    ]);
+    expect(other.stdout.split('\n').at(-1)).toBe('401');
+    expect(other.stdout).toContain('no session');
   });
 });

@@ -193,8 +193,12 @@ export async function createLink(
 }
 
 /** A server process and an agent process of `cluster` serving `routes` (`name=target`). */
-export async function startServerAndAgent(cluster: string, routes: string[]): Promise<ServerHandle> {
-  const server = await startServer();
+export async function startServerAndAgent(
+  cluster: string,
+  routes: string[],
+  serverArgs: string[] = [],
+): Promise<ServerHandle> {
+  const server = await startServer({ args: serverArgs });
   const tokenFile = await writeTokenFile(tempDir(), await createToken(server.dataDir, cluster));
   await startAgent({ server, tokenFile, routes, agentId: `agent-${cluster}` });
   return server;

@@ -5,16 +5,18 @@
  * reaches the agent. Real HTTPS clients on 127.0.0.1 (node:https and ws; curl in e2e).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import type http from 'node:http';
 import https from 'node:https';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
+import bcrypt from 'bcryptjs';
 import WebSocket from 'ws';
 import { LOGIN_PATH, createLink } from '@cluster-tunnel/server';
 import { DASHBOARD_BIG, startDashboard } from '../helpers/dashboard.js';
 import { startInProcessAgent, startInProcessServer, type InProcessServer } from '../helpers/in-process.js';
 import { freePort } from '../helpers/tunnel.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 interface Answer {
   status: number;
@@ -24,7 +26,13 @@ interface Answer {
   chunkTimes: number[];
 }
 
-function get(s: InProcessServer, route: string, path: string, cookie?: string): Promise<Answer> {
+function get(
+  s: InProcessServer,
+  route: string,
+  path: string,
+  cookie?: string,
+  extra: Record<string, string> = {},
+): Promise<Answer> {
   const host = `${route}.proxy.localhost`;
   return new Promise((resolve, reject) => {
     const req = https.request(
@@ -34,7 +42,7 @@ function get(s: InProcessServer, route: string, path: string, cookie?: string): 
         servername: host,
         ca: readFileSync(s.caFile),
         path,
-        headers: { Host: `${host}:${s.port}`, ...(cookie ? { Cookie: cookie } : {}) },
+        headers: { Host: `${host}:${s.port}`, ...(cookie ? { Cookie: cookie } : {}), ...extra },
         agent: false,
       },
       (res) => {
@@ -246,9 +254,82 @@ describe('an http route', () => {
     expect(events.chunkTimes.at(-1)! - events.chunkTimes[0]!).toBeGreaterThanOrEqual(800);
   });
 
-  test('a route the operator opened needs no session', async () => {
-    const { s } = await setup([], ['--http-open-route', 'cluster-u1-dash']);
+  test('a route the operator opened (access none) needs no session, and only that route', async () => {
+    const { s } = await setup(['other=http://127.0.0.1:1'], ['--http-route-access', 'cluster-u1-dash=none']);
     expect((await get(s, 'cluster-u1-dash', '/')).status).toBe(200);
-    expect(s.server.status().modes.http).toMatchObject({ openRoutes: ['cluster-u1-dash'] });
+    expect((await get(s, 'cluster-u1-other', '/')).status).toBe(401);
+    expect(s.server.status().modes.http).toMatchObject({
+      access: { default: 'link', routes: { 'cluster-u1-dash': 'none' } },
+    });
+  });
+});
+
+describe('an http route with basic access', () => {
+  const basic = (user: string, password: string) => ({
+    Authorization: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`,
+  });
+
+  async function basicSetup(serverArgs: string[] = []) {
+    const file = join(tempDir(), 'htpasswd');
+    writeFileSync(file, `alice:${bcrypt.hashSync('correct horse', 4)}\n`);
+    return setup([], ['--http-access', 'basic', '--http-htpasswd-file', file, ...serverArgs]);
+  }
+
+  test('the password is for the tunnel: the dashboard never sees it, and a link is no way in', async () => {
+    const { s, link } = await basicSetup();
+    const denied = await get(s, 'cluster-u1-dash', '/headers');
+    expect(denied.status).toBe(401);
+    expect(denied.headers['www-authenticate']).toBe(
+      'Basic realm="cluster-u1-dash.proxy.localhost", charset="UTF-8"',
+    );
+    const answer = await get(s, 'cluster-u1-dash', '/headers', undefined, basic('alice', 'correct horse'));
+    expect(answer.status).toBe(200);
+    const mirrored = JSON.parse(answer.body.toString()) as Record<string, string>;
+    expect(mirrored.authorization).toBeUndefined();
+    const viaLink = await get(s, 'cluster-u1-dash', `${LOGIN_PATH}?token=${await link('cluster-u1-dash')}`);
+    expect(viaLink.status).toBe(401);
+    expect(viaLink.body.toString()).toContain('this route uses basic access, not links');
+  });
+
+  test('an upgrade needs the password too, and passes with it', async () => {
+    const { s } = await basicSetup();
+    const host = 'cluster-u1-dash.proxy.localhost';
+    const open = (headers: Record<string, string>) =>
+      new WebSocket(`wss://127.0.0.1:${s.port}/console`, ['binary'], {
+        servername: host,
+        ca: readFileSync(s.caFile),
+        headers: { Host: host, ...headers },
+      } as WebSocket.ClientOptions);
+    const refused = await new Promise<http.IncomingMessage>((resolve) => {
+      const ws = open(basic('alice', 'wrong'));
+      ws.on('unexpected-response', (_req, res) => resolve(res));
+      ws.on('error', () => undefined);
+    });
+    expect(refused.statusCode).toBe(401);
+    expect(refused.headers['www-authenticate']).toMatch(/^Basic realm=/);
+    const ws = open(basic('alice', 'correct horse'));
+    onTestFinished(() => ws.terminate());
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    const echoed = new Promise<Buffer>((resolve) => ws.once('message', (m: Buffer) => resolve(m)));
+    ws.send(Buffer.from([1, 2, 3]));
+    expect([...(await echoed)]).toEqual([1, 2, 3]);
+  });
+
+  test('a route may keep link access under a basic default, and links work there', async () => {
+    const { s, login } = await basicSetup(['--http-route-access', 'cluster-u1-dash=link']);
+    const cookie = await login('cluster-u1-dash');
+    // The dashboard's own Authorization (a bearer token of its login) reaches it on a link route.
+    const answer = await get(s, 'cluster-u1-dash', '/headers', cookie, {
+      Authorization: 'Bearer dashboard-token',
+    });
+    expect((JSON.parse(answer.body.toString()) as Record<string, string>).authorization).toBe(
+      'Bearer dashboard-token',
+    );
+    expect((await get(s, 'cluster-u1-dash', '/', undefined, basic('alice', 'correct horse'))).status).toBe(
+      401,
+    );
   });
 });

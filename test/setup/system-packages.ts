@@ -14,6 +14,8 @@ export const SYSTEM_PACKAGES = {
   'tinyproxy-bin': ['/usr/bin/tinyproxy', '/usr/sbin/tinyproxy'],
   /** A real client for http routes and refused names (test/e2e/http-route.test.ts, routing, hostile). */
   curl: ['/usr/bin/curl'],
+  /** Apache's htpasswd, which writes the bcrypt files of basic access (test/e2e/http-route.test.ts). */
+  'apache2-utils': ['/usr/bin/htpasswd'],
   /** A real browser for dashboards through http routes, driven by playwright-core. */
   chromium: ['/usr/bin/chromium'],
 } as const satisfies Record<string, readonly string[]>;

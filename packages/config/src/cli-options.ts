@@ -35,6 +35,7 @@ const PLACEHOLDERS: Record<ConfigKeyType, string> = {
   'string-list': '<value>',
   'file-list': '<file>',
   'route-list': '<name=host:port>',
+  'access-list': '<name=access>',
 };
 
 export interface ConfigKeyDoc {

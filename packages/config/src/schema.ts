@@ -31,6 +31,18 @@ export interface RouteTarget {
   readonly hostHeader?: string;
 }
 
+/** Who may use an http route (docs/CONFIG.md, "Access"). */
+export const ROUTE_ACCESS_KINDS = ['link', 'basic', 'none'] as const;
+export type RouteAccessKind = (typeof ROUTE_ACCESS_KINDS)[number];
+
+/** A parsed `access-list` item: `name=link`, `name=none`, `name=basic` or `name=basic:FILE`. */
+export interface RouteAccess {
+  readonly name: string;
+  readonly access: RouteAccessKind;
+  /** basic: this route's htpasswd file (absolute); unset: the shared one. */
+  readonly htpasswdFile?: string;
+}
+
 /** Lowest to highest precedence. */
 export const CONFIG_SOURCES = ['default', 'file', 'env', 'flag'] as const;
 export type ConfigSource = (typeof CONFIG_SOURCES)[number];
@@ -89,7 +101,8 @@ export type ConfigKeyType =
   | 'path' // resolved path, need not exist
   | 'string-list' // comma-separated in env, repeatable flag, YAML list
   | 'file-list'
-  | 'route-list'; // name=host:port items; YAML also accepts a map name → host:port
+  | 'route-list' // name=host:port items; YAML also accepts a map name → host:port
+  | 'access-list'; // name=link|none|basic[:FILE] items; YAML also accepts a map name → access
 
 export interface ConfigKeySpec {
   readonly type: ConfigKeyType;
@@ -134,11 +147,14 @@ type BaseValue<K extends ConfigKeySpec> = K['type'] extends 'int' | 'duration-ms
           ? readonly string[]
           : K['type'] extends 'route-list'
             ? readonly RouteTarget[]
-            : string;
+            : K['type'] extends 'access-list'
+              ? readonly RouteAccess[]
+              : string;
 
 // Lists are never undefined (empty when unset); a key with a default or `required` is always set,
 // unless it can be switched off.
-type Absent<K extends ConfigKeySpec> = K['type'] extends 'string-list' | 'file-list' | 'route-list'
+type Absent<K extends ConfigKeySpec> = K['type'] extends
+  'string-list' | 'file-list' | 'route-list' | 'access-list'
   ? never
   : K extends { offValues: readonly string[] }
     ? undefined

@@ -7,7 +7,16 @@ import { statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { ROUTE_NAME_PATTERN } from '@cluster-tunnel/protocol';
-import type { ConfigKeySpec, ConfigKeyType, ConfigSource, HostPort, RouteTarget } from './schema.js';
+import { ROUTE_ACCESS_KINDS } from './schema.js';
+import type {
+  ConfigKeySpec,
+  ConfigKeyType,
+  ConfigSource,
+  HostPort,
+  RouteAccess,
+  RouteAccessKind,
+  RouteTarget,
+} from './schema.js';
 
 export const MAX_TIMER_MS = 2_147_483_647; // setTimeout's ceiling: larger delays fire at once
 
@@ -297,9 +306,27 @@ function parseList(raw: unknown, ctx: ParseContext): Parsed {
       typeof target === 'string' ? `${name}=${target}` : routeFromYamlObject(name, target),
     );
   }
+  if (spec.type === 'access-list' && raw !== null && typeof raw === 'object' && !Array.isArray(raw)) {
+    // YAML map form: { cluster-u1-dash: basic:htpasswd, cluster-u1-docs: none }.
+    raw = Object.entries(raw).map(([name, access]) =>
+      typeof access === 'string' ? `${name}=${access}` : access,
+    );
+  }
   const items = listItems(raw, spec);
   if (typeof items === 'string') return bad(items);
   if (spec.type === 'string-list') return ok(items);
+  if (spec.type === 'access-list') {
+    const accesses: RouteAccess[] = [];
+    const reasons: string[] = [];
+    for (const item of items) {
+      const access = parseAccess(item, ctx);
+      if (typeof access === 'string') reasons.push(access);
+      else if (accesses.some((a) => a.name === access.name))
+        reasons.push(`route name ${access.name} is used twice`);
+      else accesses.push(access);
+    }
+    return reasons.length === 0 ? ok(accesses) : bad(reasons.join('; '));
+  }
   if (spec.type === 'file-list') {
     const paths = items.map((item) => resolve(ctx.baseDir, item));
     const problems = paths.map((p) => checkFile(p, ctx)).filter((p) => p !== undefined);
@@ -339,7 +366,27 @@ function parseList(raw: unknown, ctx: ParseContext): Parsed {
 }
 
 export function isListType(type: ConfigKeyType): boolean {
-  return type === 'string-list' || type === 'file-list' || type === 'route-list';
+  return type === 'string-list' || type === 'file-list' || type === 'route-list' || type === 'access-list';
+}
+
+/** `name=link`, `name=none`, `name=basic` or `name=basic:FILE` (relative to `ctx.baseDir`). */
+function parseAccess(item: string, ctx: ParseContext): RouteAccess | string {
+  const eq = item.indexOf('=');
+  if (eq < 0) return `expected name=link, name=basic[:FILE] or name=none, got ${show(item, ctx.spec)}`;
+  const name = item.slice(0, eq).trim();
+  const value = item.slice(eq + 1).trim();
+  const pattern = ctx.spec.pattern ?? ROUTE_NAME_PATTERN;
+  if (!pattern.test(name)) return `route name ${JSON.stringify(name)} must match ${pattern}`;
+  const colon = value.indexOf(':');
+  const kind = colon < 0 ? value : value.slice(0, colon);
+  if (!(ROUTE_ACCESS_KINDS as readonly string[]).includes(kind)) {
+    return `route ${name}: access must be link, basic, basic:FILE or none, got ${JSON.stringify(value)}`;
+  }
+  if (colon < 0) return { name, access: kind as RouteAccessKind };
+  if (kind !== 'basic') return `route ${name}: only basic takes a file (basic:FILE)`;
+  const file = resolve(ctx.baseDir, value.slice(colon + 1).trim());
+  const problem = checkFile(file, ctx);
+  return problem === undefined ? { name, access: 'basic', htpasswdFile: file } : `route ${name}: ${problem}`;
 }
 
 /** Parses one raw value of a key; `raw === undefined` means "not set" (lists become []). */

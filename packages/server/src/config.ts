@@ -24,6 +24,7 @@ import type {
   HostPort,
   LogFormat,
   LogLevel,
+  RouteAccess,
   RouteTarget,
 } from '@cluster-tunnel/config';
 
@@ -165,13 +166,29 @@ export const SERVER_CONFIG_SCHEMA = {
     description:
       'raw TCP routes, label=host:port: the server listens there and forwards each connection to an agent holding the label',
   },
-  httpOpenRoutes: {
-    type: 'string-list',
-    flag: 'http-open-route',
-    env: 'TUNNEL_SERVER_HTTP_OPEN_ROUTES',
+  httpAccess: {
+    type: 'enum',
+    flag: 'http-access',
+    env: 'TUNNEL_SERVER_HTTP_ACCESS',
+    values: ['link', 'basic'],
+    default: 'link',
+    description:
+      'who may use an http route not named in httpRouteAccess: link (a signed link from `link create`) or basic (a password from httpHtpasswdFile)',
+  },
+  httpHtpasswdFile: {
+    type: 'file',
+    flag: 'http-htpasswd-file',
+    env: 'TUNNEL_SERVER_HTTP_HTPASSWD_FILE',
+    description:
+      'htpasswd file of user:bcrypt-hash lines for basic access (re-read when it changes); a route may name its own in httpRouteAccess',
+  },
+  httpRouteAccess: {
+    type: 'access-list',
+    flag: 'http-route-access',
+    env: 'TUNNEL_SERVER_HTTP_ROUTE_ACCESS',
     pattern: ROUTE_LABEL_PATTERN,
     description:
-      'http route labels anyone may open without a link (access none; warned at start); every other http route needs a signed link',
+      'per-route access, label=link, label=basic, label=basic:FILE or label=none (anyone, warned at start); other http routes use httpAccess',
   },
   httpIdleTimeoutMs: {
     type: 'duration-ms',
@@ -269,7 +286,11 @@ export interface ServerConfig {
   readonly tlsKey: string | undefined;
   readonly handshakeTimeoutMs: number;
   readonly agentReplyTimeoutMs: number;
-  readonly httpOpenRoutes: readonly string[];
+  /** The access of http routes that httpRouteAccess does not name. */
+  readonly httpAccess: 'link' | 'basic';
+  /** Absolute; required when any route's access is basic without a file of its own. */
+  readonly httpHtpasswdFile: string | undefined;
+  readonly httpRouteAccess: readonly RouteAccess[];
   readonly httpIdleTimeoutMs: number;
   readonly httpResponseTimeoutMs: number;
   readonly maxPendingConnections: number;
@@ -331,6 +352,18 @@ export function resolveServerConfig(input: ResolveServerConfigInput): Readonly<S
     problems.push(`${set} (${origins[set]}): set without ${unset}; give both or neither`);
   }
   if (!failed.has('tcpRoutes')) problems.push(...tcpRouteProblems(v.tcpRoutes, v.listen, v.adminListen));
+  if (!failed.has('httpHtpasswdFile') && v.httpHtpasswdFile === undefined) {
+    if (v.httpAccess === 'basic' && !failed.has('httpAccess')) {
+      problems.push(`httpAccess (${origins.httpAccess}): basic needs httpHtpasswdFile`);
+    }
+    for (const route of failed.has('httpRouteAccess') ? [] : v.httpRouteAccess) {
+      if (route.access === 'basic' && route.htpasswdFile === undefined) {
+        problems.push(
+          `httpRouteAccess: ${route.name}=basic needs httpHtpasswdFile, or a file of its own (${route.name}=basic:FILE)`,
+        );
+      }
+    }
+  }
   throwIfConfigProblems(problems);
   const config: ServerConfig = {
     ...v,

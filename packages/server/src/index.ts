@@ -19,4 +19,5 @@ export { resolveServerConfig, SERVER_CONFIG_SCHEMA, type ServerConfig } from './
 export { buildKubeconfig, type KubeconfigOptions } from './kubeconfig.js';
 export { ClientHelloParser, parseClientHello, readClientHello } from './client-hello.js';
 export { createLink, LinkVerifier, type LinkSession } from './http-link.js';
-export { SESSION_COOKIE, LOGIN_PATH, LOGOUT_PATH } from './modes/http.js';
+export { LOGIN_PATH, LOGOUT_PATH } from './modes/http.js';
+export { SESSION_COOKIE } from './http-access.js';

@@ -1,8 +1,8 @@
 /**
  * The `http` route mode (dashboards): on the public TLS port, the labels whose agents registered
  * them as `http` (a URL target). TLS ends here, with the server certificate; node:http parses
- * each request and, once its session is valid (a signed link's cookie, http-link.ts, or a route
- * the operator opened with `httpOpenRoutes`), forwards it over a route stream to the agent, which
+ * each request and, once the route's access admits it (http-access.ts: a signed link's cookie, a
+ * password, or a route open to anyone), forwards it over a route stream to the agent, which
  * dials the target (with TLS for an https target). WebSocket upgrades are forwarded as raw bytes
  * after their head, subprotocols and all. Nothing is buffered: bodies stream both ways with
  * backpressure. Hand-written on node:http: one request function and one keep-alive agent per
@@ -12,15 +12,14 @@ import http from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
-import { readFile } from 'node:fs/promises';
 import { TunnelError, spliceBytes, type ErrorCode } from '@cluster-tunnel/protocol';
-import { LinkVerifier, type LinkSession } from '../http-link.js';
+import type { LinkSession } from '../http-link.js';
+import type { AccessRefusal } from '../http-access.js';
+import { HttpAccess, SESSION_COOKIE, type Visitor } from '../http-access.js';
 import { MAX_REQUEST_HEADER_BYTES, answerBadRequest } from '../bad-request.js';
 import { requestPath } from '../request-path.js';
 import type { RouteMode, RouteModeContext } from './route-mode.js';
 
-/** The session cookie: the opened link itself, verified on every request. */
-export const SESSION_COOKIE = 'tunnel_session';
 /** Paths the mode answers itself on every http route. */
 export const LOGIN_PATH = '/.tunnel/login';
 export const LOGOUT_PATH = '/.tunnel/logout';
@@ -39,11 +38,10 @@ const HOP_BY_HOP = new Set([
 
 export function createHttpMode(context: RouteModeContext): RouteMode {
   const { config, log, registry, metrics } = context;
-  const open = new Set(config.httpOpenRoutes);
+  const access = new HttpAccess(config, log);
   const routeOf = new WeakMap<Duplex, string>();
   const agents = new Map<string, http.Agent>();
   const sockets = new Set<Duplex>();
-  let verifier: LinkVerifier | undefined;
   let requests = 0;
 
   const server = http.createServer({ maxHeaderSize: MAX_REQUEST_HEADER_BYTES }, (req, res) => {
@@ -86,14 +84,6 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
     return agent;
   };
 
-  /** Who may see this route: a session for exactly this hostname, or an open route. */
-  async function session(req: http.IncomingMessage, route: string): Promise<LinkSession | 'open'> {
-    if (open.has(route)) return 'open';
-    const token = cookie(req.headers.cookie, SESSION_COOKIE);
-    if (token === undefined) throw new TunnelError('TUN_ERR_ACCESS_DENIED', 'no session: open a link');
-    return verifier!.verify(token, hostnameOf(route), false);
-  }
-
   async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const route = routeOf.get(req.socket)!;
     const path = requestPath(req);
@@ -106,12 +96,17 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       res.setHeader('Set-Cookie', `${SESSION_COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0`);
       return page(res, 200, undefined, 'Signed out of this route.');
     }
-    let who: LinkSession | 'open';
+    let who: Visitor;
     try {
-      who = await session(req, route);
+      who = await access.admit(req, route, hostnameOf(route));
     } catch (err) {
-      const e = err as TunnelError;
+      const e = err as AccessRefusal;
       log.info({ route, remoteAddress: address(req), code: e.code, err: e.message }, 'http request refused');
+      if (e.code === 'TUN_ERR_LIMIT_EXCEEDED') {
+        res.setHeader('Retry-After', '1');
+        return page(res, 429, e.code, 'Too many sign-ins at once; try again in a moment.');
+      }
+      if (e.challenge !== undefined) res.setHeader('WWW-Authenticate', e.challenge);
       return page(res, 401, 'TUN_ERR_ACCESS_DENIED', `Access denied: ${e.message}.`);
     }
     forward(req, res, route, who);
@@ -121,7 +116,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
     const token = new URL(req.url ?? '/', 'https://x').searchParams.get('token') ?? '';
     let granted: LinkSession;
     try {
-      granted = await verifier!.verify(token, hostnameOf(route), true);
+      granted = await access.openLink(token, route, hostnameOf(route));
     } catch (err) {
       const e = err as TunnelError;
       log.info({ route, remoteAddress: address(req), code: e.code, err: e.message }, 'http link refused');
@@ -137,12 +132,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
     res.end();
   }
 
-  function forward(
-    req: http.IncomingMessage,
-    res: http.ServerResponse,
-    route: string,
-    who: LinkSession | 'open',
-  ): void {
+  function forward(req: http.IncomingMessage, res: http.ServerResponse, route: string, who: Visitor): void {
     requests++;
     const startedAt = Date.now();
     let bytesIn = 0;
@@ -154,7 +144,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       agent: agentFor(route, address(req)),
       method: req.method,
       path: req.url,
-      headers: forwardedHeaders(req, registry.hostHeaderOf(route)),
+      headers: forwardedHeaders(req, registry.hostHeaderOf(route), who),
       setHost: false,
     });
     // The target must start its answer in time; streaming after that has no limit but idleness.
@@ -192,7 +182,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
           method: req.method,
           path: requestPath(req),
           status: res.statusCode,
-          user: who === 'open' ? undefined : who.user,
+          user: who.user,
           remoteAddress: address(req),
           bytesIn,
           bytesOut,
@@ -207,14 +197,19 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
   async function upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const route = routeOf.get(socket)!;
     socket.on('error', () => undefined);
+    if (!hostMatches(req.headers.host, hostnameOf(route))) {
+      socket.end(rawAnswer(421, 'TUN_ERR_UNKNOWN_HOST'));
+      return;
+    }
+    let who: Visitor;
     try {
-      if (!hostMatches(req.headers.host, hostnameOf(route)))
-        throw new TunnelError('TUN_ERR_UNKNOWN_HOST', 'another hostname');
-      await session(req, route);
+      who = await access.admit(req, route, hostnameOf(route));
     } catch (err) {
-      const e = err as TunnelError;
+      const e = err as AccessRefusal;
       log.info({ route, remoteAddress: address(req), code: e.code }, 'http upgrade refused');
-      socket.end(`HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+      const limited = e.code === 'TUN_ERR_LIMIT_EXCEEDED';
+      const extra = limited ? ['Retry-After: 1'] : e.challenge ? [`WWW-Authenticate: ${e.challenge}`] : [];
+      socket.end(rawAnswer(limited ? 429 : 401, e.code, extra));
       return;
     }
     let routed;
@@ -222,13 +217,11 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       routed = await context.openRouteStream({ route, remoteAddress: address(req) });
     } catch (err) {
       const code = err instanceof TunnelError ? err.code : 'TUN_ERR_DIAL_FAILED';
-      socket.end(
-        `HTTP/1.1 502 Bad Gateway\r\nX-Tunnel-Error: ${code}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`,
-      );
+      socket.end(rawAnswer(502, code));
       return;
     }
     // The request head as the target must see it (Upgrade and Connection kept), then raw bytes.
-    const headers = forwardedHeaders(req, registry.hostHeaderOf(route));
+    const headers = forwardedHeaders(req, registry.hostHeaderOf(route), who);
     headers.connection = req.headers.connection ?? 'Upgrade';
     headers.upgrade = req.headers.upgrade ?? 'websocket';
     const lines = [`${req.method} ${req.url} HTTP/1.1`];
@@ -248,9 +241,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
   return {
     name: 'http',
     async start() {
-      const pems = await Promise.all(config.tokenPublicKey.map((f) => readFile(f, 'utf8')));
-      verifier = new LinkVerifier(pems);
-      for (const route of open) log.warn({ route }, 'http route open to anyone (httpOpenRoutes)');
+      await access.start();
     },
     claims: (route) => registry.modeOf(route) === 'http',
     accept(socket, route, helloBytes) {
@@ -268,9 +259,11 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       secure.once('close', () => sockets.delete(secure));
       server.emit('connection', secure);
     },
-    status: () => ({ connections: sockets.size, requests, openRoutes: [...open] }),
+    status: () => ({ connections: sockets.size, requests, access: access.status() }),
+    // Requests on open connections still need their access checked while the server drains.
     close: () => undefined,
     destroy() {
+      void access.close();
       for (const agent of agents.values()) agent.destroy();
       for (const s of sockets) s.destroy();
     },
@@ -291,10 +284,15 @@ function socketLike(stream: Duplex): Duplex {
   return stream;
 }
 
-/** The request's headers for the target: hop-by-hop ones and the session cookie removed, X-Forwarded-* added, Host kept unless the route sets one. */
+/**
+ * The request's headers for the target: hop-by-hop ones and the tunnel's own credentials (the
+ * session cookie; the password on a basic route) removed, X-Forwarded-* added, Host kept unless
+ * the route sets one.
+ */
 function forwardedHeaders(
   req: http.IncomingMessage,
   hostHeader: string | undefined,
+  who: Visitor,
 ): http.OutgoingHttpHeaders {
   const headers: http.OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(req.headers)) {
@@ -305,6 +303,7 @@ function forwardedHeaders(
   const cookies = withoutCookie(req.headers.cookie, SESSION_COOKIE);
   if (cookies === undefined) delete headers.cookie;
   else headers.cookie = cookies;
+  if (who.access === 'basic') delete headers.authorization;
   const client = req.socket.remoteAddress ?? '';
   const prior = req.headers['x-forwarded-for'];
   headers['x-forwarded-for'] = prior ? `${String(prior)}, ${client}` : client;
@@ -325,14 +324,6 @@ function stripHopByHop(raw: readonly string[]): string[] {
   return out;
 }
 
-function cookie(header: string | undefined, name: string): string | undefined {
-  for (const part of (header ?? '').split(';')) {
-    const eq = part.indexOf('=');
-    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
-  }
-  return undefined;
-}
-
 function withoutCookie(header: string | undefined, name: string): string | undefined {
   const kept = (header ?? '')
     .split(';')
@@ -349,6 +340,12 @@ function hostMatches(host: string | undefined, hostname: string): boolean {
 
 function address(req: http.IncomingMessage): string {
   return `${req.socket.remoteAddress}:${req.socket.remotePort}`;
+}
+
+/** A bodiless answer on a socket that node:http handed over (upgrades). */
+function rawAnswer(status: number, code: ErrorCode, extra: readonly string[] = []): string {
+  const head = [`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}`, `X-Tunnel-Error: ${code}`, ...extra];
+  return `${head.join('\r\n')}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`;
 }
 
 /** A page a person understands, with the code, never a hung tab. */

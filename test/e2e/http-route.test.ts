@@ -5,12 +5,15 @@
  * Basic access with an htpasswd file written by Apache's own `htpasswd -B`.
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { createLink as signLink } from '@cluster-tunnel/server';
+import { DASHBOARD_QUIET_MS, startDashboard } from '../helpers/dashboard.js';
+import { createTestCa } from '../helpers/pki.js';
 import { createLink, startServerAndAgent } from '../helpers/tunnel.js';
 import { tempDir } from '../helpers/temp-dir.js';
 
@@ -149,5 +152,92 @@ describe('a dashboard behind an http route', () => {
     ]);
     expect(other.stdout.split('\n').at(-1)).toBe('401');
     expect(other.stdout).toContain('no session');
+  });
+
+  it('verifies an https dashboard with ca=, refuses one the CA does not vouch for, keeps sessions to their route and streams through silence', async () => {
+    const dir = tempDir();
+    const ca = await createTestCa('dashboard CA');
+    const other = await createTestCa('someone else');
+    const caFile = join(dir, 'ca.pem');
+    writeFileSync(caFile, ca.certPem);
+    const good = await ca.issue({ commonName: 'dash.svc', dnsNames: ['dash.svc'] });
+    const forged = await other.issue({ commonName: 'dash.svc', dnsNames: ['dash.svc'] });
+    const server = await startServerAndAgent(
+      'u1',
+      [
+        `dash=https://127.0.0.1:${await startDashboard('verified', { key: good.keyPem, cert: good.certPem })},ca=${caFile},serverName=dash.svc`,
+        `fake=https://127.0.0.1:${await startDashboard('forged', { key: forged.keyPem, cert: forged.certPem })},ca=${caFile},serverName=dash.svc`,
+      ],
+      ['--http-response-timeout-ms', '500ms'],
+    );
+    const dash = 'cluster-u1-dash.proxy.localhost';
+    const fake = 'cluster-u1-fake.proxy.localhost';
+    const jar = join(dir, 'cookies.txt');
+    const opened = await curl([
+      ...curlBase(server, dash),
+      '-L',
+      '-c',
+      jar,
+      '-b',
+      jar,
+      await createLink(server, 'u1', 'dash', 'alice'),
+    ]);
+    expect(opened.stdout).toBe('verified\n200');
+
+    // The same cookie on the other route is no session there.
+    const jarFake = join(dir, 'fake-cookies.txt');
+    const cookie = /tunnel_session\t(\S+)/.exec(readFileSync(jar, 'utf8'))![1]!;
+    const elsewhere = await curl([
+      ...curlBase(server, fake),
+      '-b',
+      `tunnel_session=${cookie}`,
+      `https://${fake}:${server.port}/`,
+    ]);
+    expect(elsewhere.stdout.split('\n').at(-1)).toBe('401');
+    expect(elsewhere.stdout).toContain('link is for another hostname');
+
+    // An expired link opens nothing.
+    const privateKeyPem = readFileSync(join(server.dataDir, 'token-signing.key'), 'utf8');
+    const stale = await signLink({
+      privateKeyPem,
+      hostname: fake,
+      user: 'alice',
+      ttlMs: 60_000,
+      sessionTtlMs: 8 * 3_600_000,
+      now: () => Date.now() - 120_000,
+    });
+    const expired = await curl([
+      ...curlBase(server, fake),
+      `https://${fake}:${server.port}/.tunnel/login?token=${stale}`,
+    ]);
+    expect(expired.stdout.split('\n').at(-1)).toBe('401');
+    expect(expired.stdout).toContain('link expired');
+
+    // A dashboard whose certificate the route's CA did not sign: 502 with the code, never its page.
+    await curl([
+      ...curlBase(server, fake),
+      '-L',
+      '-c',
+      jarFake,
+      '-b',
+      jarFake,
+      await createLink(server, 'u1', 'fake', 'alice'),
+    ]);
+    const refused = await curl([...curlBase(server, fake), '-b', jarFake, `https://${fake}:${server.port}/`]);
+    expect(refused.stdout.split('\n').at(-1)).toBe('502');
+    expect(refused.stdout).toContain('TUN_ERR_DIAL_FAILED');
+    expect(refused.stdout).not.toContain('forged');
+
+    // Silence longer than the response timeout, once the response has started, ends nothing.
+    const started = performance.now();
+    const quiet = await curl([
+      ...curlBase(server, dash),
+      '-N',
+      '-b',
+      jar,
+      `https://${dash}:${server.port}/sse-quiet`,
+    ]);
+    expect(quiet.stdout).toBe('data: first\n\ndata: last\n\n\n200');
+    expect(performance.now() - started).toBeGreaterThanOrEqual(DASHBOARD_QUIET_MS);
   });
 });

@@ -1,21 +1,26 @@
 /**
- * The fixture dashboard behind the http-route tests: plain HTTP on 127.0.0.1, stopped when the
- * test finishes. Endpoints:
+ * The fixture dashboard behind the http-route tests: plain HTTP on 127.0.0.1 (HTTPS when given a
+ * key and certificate), stopped when the test finishes. Endpoints:
  *   GET /          `page` (default `<h1>dashboard home</h1>`)
  *   GET /headers   the request's headers as JSON (what the tunnel forwarded)
  *   GET /sse       three events `data: event N`, 200 ms apart, then the end
  *   GET /sse-slow  headers at once, then four events `data: N`, 300 ms apart, then the end
+ *   GET /sse-quiet headers and `data: first` at once, then DASHBOARD_QUIET_MS of silence, `data: last`, the end
+ *   GET /conn      which of its connections served the request (the peer's port)
  *   GET /slow      never answers
  *   GET /big       DASHBOARD_BIG (8 MiB of random bytes, with Content-Length)
  *   WebSocket      any path, subprotocol `binary`: every message echoed as it came
  */
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { onTestFinished } from 'vitest';
 import { WebSocketServer } from 'ws';
 
 export const DASHBOARD_BIG = randomBytes(8 * 1024 * 1024);
+/** The silence inside /sse-quiet. */
+export const DASHBOARD_QUIET_MS = 1500;
 
 /** Writes `count` server-sent events `intervalMs` apart, then ends the response. */
 function events(
@@ -36,8 +41,11 @@ function events(
 }
 
 /** Starts the dashboard; resolves with its port. */
-export async function startDashboard(page = '<h1>dashboard home</h1>'): Promise<number> {
-  const server = http.createServer((req, res) => {
+export async function startDashboard(
+  page = '<h1>dashboard home</h1>',
+  tls?: { key: string; cert: string },
+): Promise<number> {
+  const handler: http.RequestListener = (req, res) => {
     if (req.url === '/headers') {
       res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(req.headers));
     } else if (req.url === '/sse') {
@@ -47,6 +55,13 @@ export async function startDashboard(page = '<h1>dashboard home</h1>'): Promise<
       res.writeHead(200, { 'Content-Type': 'text/event-stream' });
       res.flushHeaders();
       events(res, 4, 300, (n) => String(n));
+    } else if (req.url === '/sse-quiet') {
+      res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+      res.write('data: first\n\n');
+      const timer = setTimeout(() => res.end('data: last\n\n'), DASHBOARD_QUIET_MS);
+      res.on('close', () => clearTimeout(timer));
+    } else if (req.url === '/conn') {
+      res.writeHead(200, { 'Content-Type': 'text/plain' }).end(String(req.socket.remotePort));
     } else if (req.url === '/slow') {
       // Never answers: the server's response timeout must end the wait.
       req.on('close', () => res.destroy());
@@ -60,7 +75,8 @@ export async function startDashboard(page = '<h1>dashboard home</h1>'): Promise<
     } else {
       res.writeHead(200, { 'Content-Type': 'text/html' }).end(page);
     }
-  });
+  };
+  const server = tls ? https.createServer(tls, handler) : http.createServer(handler);
   const wss = new WebSocketServer({
     server,
     handleProtocols: (protocols) => (protocols.has('binary') ? 'binary' : false),

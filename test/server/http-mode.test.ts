@@ -226,6 +226,43 @@ describe('an http route', () => {
     expect(answer.body).toContain('TUN_ERR_LIMIT_EXCEEDED');
   });
 
+  test("a user's requests reuse one stream to the dashboard; two users never share one", async () => {
+    const { s, login } = await setup();
+    const cookie = await login('cluster-u1-dash');
+    const host = 'cluster-u1-dash.proxy.localhost';
+    const conn = (agent: https.Agent) =>
+      new Promise<string>((resolve, reject) => {
+        https
+          .get(
+            {
+              host: '127.0.0.1',
+              port: s.port,
+              servername: host,
+              ca: readFileSync(s.caFile),
+              path: '/conn',
+              headers: { Host: host, Cookie: cookie },
+              agent,
+            },
+            (res) => {
+              let body = '';
+              res.on('data', (c: Buffer) => (body += c.toString()));
+              res.on('end', () => resolve(body));
+            },
+          )
+          .on('error', reject);
+      });
+    const userA = new https.Agent({ keepAlive: true, maxSockets: 1 });
+    const userB = new https.Agent({ keepAlive: true, maxSockets: 1 });
+    onTestFinished(() => {
+      userA.destroy();
+      userB.destroy();
+    });
+    const a = [await conn(userA), await conn(userA), await conn(userA)];
+    expect(new Set(a).size).toBe(1);
+    expect(await conn(userB)).not.toBe(a[0]);
+    expect(await conn(userA)).toBe(a[0]);
+  });
+
   test('logout ends the session for that route', async () => {
     const { s, login } = await setup();
     const cookie = await login('cluster-u1-dash');

@@ -40,7 +40,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
   const { config, log, registry, metrics } = context;
   const access = new HttpAccess(config, log);
   const routeOf = new WeakMap<Duplex, string>();
-  const agents = new Map<string, http.Agent>();
+  const agents = new WeakMap<Duplex, http.Agent>();
   const sockets = new Set<Duplex>();
   let requests = 0;
 
@@ -67,11 +67,16 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
 
   const hostnameOf = (route: string): string => `${route}.${config.domain}`;
 
-  /** The route's keep-alive agent: each connection is a tunnel stream, reused across requests. */
-  const agentFor = (route: string, remoteAddress: string): http.Agent => {
-    let agent = agents.get(route);
+  /**
+   * The keep-alive agent of one user connection: its requests reuse a tunnel stream (no target
+   * dial per request), and no stream is ever shared between two users, so every stream header
+   * carries the address of the one user it serves. Ends with the user's connection.
+   */
+  const agentOf = (user: Duplex, route: string): http.Agent => {
+    let agent = agents.get(user);
     if (!agent) {
-      agent = new http.Agent({ keepAlive: true, maxFreeSockets: 16, timeout: config.httpIdleTimeoutMs });
+      const remoteAddress = socketAddress(user);
+      agent = new http.Agent({ keepAlive: true, maxFreeSockets: 4, timeout: config.httpIdleTimeoutMs });
       agent.createConnection = ((_options: unknown, done: (err: Error | null, s?: Duplex) => void) => {
         context.openRouteStream({ route, remoteAddress }).then(
           ({ stream }) => done(null, socketLike(stream)),
@@ -79,7 +84,9 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
         );
         return undefined;
       }) as unknown as http.Agent['createConnection'];
-      agents.set(route, agent);
+      agents.set(user, agent);
+      const created = agent;
+      user.once('close', () => created.destroy());
     }
     return agent;
   };
@@ -141,7 +148,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       bytesIn += chunk.length;
     });
     const upstream = http.request({
-      agent: agentFor(route, address(req)),
+      agent: agentOf(req.socket, route),
       method: req.method,
       path: req.url,
       headers: forwardedHeaders(req, registry.hostHeaderOf(route), who),
@@ -264,7 +271,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
     close: () => undefined,
     destroy() {
       void access.close();
-      for (const agent of agents.values()) agent.destroy();
+      // Each user connection's agent ends with it.
       for (const s of sockets) s.destroy();
     },
   };
@@ -339,7 +346,12 @@ function hostMatches(host: string | undefined, hostname: string): boolean {
 }
 
 function address(req: http.IncomingMessage): string {
-  return `${req.socket.remoteAddress}:${req.socket.remotePort}`;
+  return socketAddress(req.socket);
+}
+
+function socketAddress(socket: Duplex): string {
+  const s = socket as Socket;
+  return `${s.remoteAddress}:${s.remotePort}`;
 }
 
 /** A bodiless answer on a socket that node:http handed over (upgrades). */

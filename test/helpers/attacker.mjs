@@ -6,17 +6,19 @@
  * round: { round, sentBytes, closedBy } and a final { done: true, rounds }.
  *
  *   node attacker.mjs --kind <kind> --port <port> --ca <file> [--token <jwt>] [--duration-ms N]
- *                     [--connections N] [--local-address 127.0.0.x] [--pause-ms N]
+ *                     [--connections N] [--local-address 127.0.0.x] [--pause-ms N] [--host NAME]
  *
  * --connections runs that many attack loops side by side (anonymous attacks hold many
  * connections at once).
  *
  * Kinds: yamux-ping-flood, ws-ping-flood, syn-flood, prereg-tiny-frames, empty-frames,
- * control-junk (an agent with a valid token); silent, slow-headers, hello-records (anonymous).
+ * control-junk (an agent with a valid token); silent, slow-headers, hello-records (anonymous);
+ * password-guess (anonymous: wrong Basic passwords for the http route --host, as fast as answered).
  * Uses the built packages (dist): `npm test` builds before it runs.
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
 import { parseArgs } from 'node:util';
@@ -41,6 +43,7 @@ const { values } = parseArgs({
     'pause-ms': { type: 'string', default: '200' },
     'local-address': { type: 'string', default: '127.0.0.1' },
     connections: { type: 'string', default: '1' },
+    host: { type: 'string', default: 'proxy.localhost' },
   },
 });
 const port = Number(values.port);
@@ -144,6 +147,47 @@ function helloInOneByteRecords(hello) {
   return Buffer.concat([...body].map((b) => Buffer.from([22, 3, 1, 0, 1, b])));
 }
 
+/** Requests one password-guess round makes on its keep-alive connection. */
+const GUESSES_PER_ROUND = 50;
+
+/** One keep-alive connection to the route --host, a wrong password per request; counts the answers. */
+async function guessPasswords() {
+  const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
+  const statuses = {};
+  try {
+    for (let i = 0; i < GUESSES_PER_ROUND && Date.now() < deadline; i++) {
+      const password = randomBytes(12).toString('base64');
+      const status = await new Promise((resolve, reject) => {
+        const req = https.get(
+          {
+            host: '127.0.0.1',
+            port,
+            localAddress: values['local-address'],
+            servername: values.host,
+            ca: readFileSync(values.ca),
+            path: '/',
+            headers: {
+              Host: values.host,
+              Authorization: `Basic ${Buffer.from(`admin:${password}`).toString('base64')}`,
+            },
+            agent,
+          },
+          (res) => {
+            res.resume();
+            res.on('end', () => resolve(res.statusCode));
+          },
+        );
+        req.on('error', reject);
+        req.setTimeout(Math.max(1, deadline - Date.now()), () => req.destroy());
+      });
+      statuses[status] = (statuses[status] ?? 0) + 1;
+    }
+  } finally {
+    agent.destroy();
+  }
+  return { statuses, closedBy: 'attacker' };
+}
+
 const ATTACKS = {
   'yamux-ping-flood': () =>
     asAgent((ws) =>
@@ -207,6 +251,7 @@ const ATTACKS = {
       });
       setTimeout(() => socket.destroy(), Math.max(0, deadline - Date.now())).unref();
     }),
+  'password-guess': guessPasswords,
   'hello-records': async () => {
     const records = helloInOneByteRecords(await captureClientHello({ servername: 'proxy.localhost' }));
     return anonymous((socket) => socket.write(records));

@@ -190,6 +190,8 @@ const ATTACKER = join(import.meta.dirname, 'attacker.mjs');
 export interface AttackRound {
   round?: number;
   sent?: number;
+  /** password-guess: how many answers of each HTTP status. */
+  statuses?: Record<string, number>;
   closedBy?: string;
   error?: string;
   done?: boolean;
@@ -203,6 +205,8 @@ export interface AttackOptions {
   /** The source address, 127.0.0.x: a per-address limit counts it apart from the test's own. */
   localAddress?: string;
   durationMs?: number;
+  /** The route hostname, for attacks on an http route. */
+  host?: string;
 }
 
 /**
@@ -219,6 +223,7 @@ export function startAttacker(
   if (o.token !== undefined) args.push('--token', o.token);
   if (o.connections !== undefined) args.push('--connections', String(o.connections));
   if (o.localAddress !== undefined) args.push('--local-address', o.localAddress);
+  if (o.host !== undefined) args.push('--host', o.host);
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   const rounds: AttackRound[] = [];
   createInterface({ input: child.stdout! }).on('line', (line) =>

@@ -5,7 +5,10 @@
  * burn CPU. Each test names the defect it pins.
  */
 import { execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import bcrypt from 'bcryptjs';
 import net from 'node:net';
 import { Duplex } from 'node:stream';
 import tls from 'node:tls';
@@ -320,4 +323,43 @@ describe('anonymous floods cost their own connections, not the server or a clust
       expect(server.proc.child.exitCode).toBeNull();
     },
   );
+});
+
+describe('password guessing on an http route with basic access', () => {
+  it('costs the worker thread, not the event loop: kubectl to a cluster within 2× idle (+250 ms floor), the excess refused with 429', async () => {
+    const dir = tempDir();
+    const htpasswd = join(dir, 'htpasswd');
+    // The costliest hash the server accepts: each wrong guess is a full bcrypt at cost 12.
+    writeFileSync(htpasswd, `admin:${bcrypt.hashSync('the real one', 12)}\n`);
+    const server = await startServer({ args: ['--http-access', 'basic', '--http-htpasswd-file', htpasswd] });
+    const good = await setupClusterTunnel({
+      uid: 'good',
+      server,
+      agentArgs: ['--route', 'dash=http://127.0.0.1:1'],
+    });
+    const host = 'cluster-good-dash.proxy.localhost';
+    const refused = (code: string): number =>
+      server.proc.logs.filter((l) => l.msg === 'http request refused' && l.code === code).length;
+    let attacker: ReturnType<typeof startAttacker> | undefined;
+    const effect = await underAttack(
+      server,
+      good.kubeconfig,
+      () =>
+        (attacker = startAttacker(server, 'password-guess', {
+          connections: 8,
+          localAddress: '127.0.0.2',
+          host,
+        })),
+      // On once the password checks are all taken: the server refuses guesses unhashed.
+      () => refused('TUN_ERR_LIMIT_EXCEEDED') > 0,
+      'password-guess ×8',
+    );
+    expect(effect.attack.medianMs).toBeLessThanOrEqual(latencyBoundMs(effect.idle));
+    expect(effect.attack.maxMs).toBeLessThan(2_000);
+    // Every guess was refused: hashed and wrong, or refused unhashed beyond the checks in flight.
+    await pollUntil(() => refused('TUN_ERR_ACCESS_DENIED') > 0, 5_000, 'a hashed guess refused');
+    const answered = attacker!.rounds.flatMap((r) => Object.keys(r.statuses ?? {}));
+    expect(answered.every((status) => status === '401' || status === '429')).toBe(true);
+    expect(server.proc.child.exitCode).toBeNull();
+  });
 });

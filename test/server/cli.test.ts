@@ -11,6 +11,7 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { EXIT_OK, EXIT_USAGE, TokenVerifier, runCli, type TunnelServer } from '@cluster-tunnel/server';
 import { withDeadline } from '../helpers/streams.js';
 import { tempDir } from '../helpers/temp-dir.js';
+import { LinkVerifier } from '../../packages/server/src/http-link.js';
 
 function capture(): { stream: PassThrough; text: () => string } {
   const stream = new PassThrough();
@@ -85,6 +86,37 @@ describe('tunnel-server (in-process)', () => {
     });
     onTestFinished(() => verifier.close());
     expect(await verifier.verify(token)).toMatchObject({ clusterId: 'u1' });
+  });
+
+  it('link create prints the link, and its id (for the revocation file) apart on stderr', async () => {
+    const dir = tempDir('tunnel-server-cli-');
+    const argv = [
+      'link',
+      'create',
+      '--cluster',
+      'u1',
+      '--route',
+      'dash',
+      '--user',
+      'alice',
+      '--port',
+      '8443',
+    ];
+    const created = await run(argv, dir);
+    expect(created.code).toBe(EXIT_OK);
+    const url = new URL(created.stdout.trim());
+    expect(url.origin).toBe('https://cluster-u1-dash.proxy.localhost:8443');
+    expect(url.pathname).toBe('/.tunnel/login');
+    const publicKeyPem = await readFile(join(dir, '.tunnel', 'token-signing.pub'), 'utf8');
+    const session = await new LinkVerifier([publicKeyPem]).verify(
+      url.searchParams.get('token')!,
+      'cluster-u1-dash.proxy.localhost',
+      true,
+    );
+    expect(session.user).toBe('alice');
+    expect(created.stderr).toBe(
+      `link id ${session.id} (for alice): add it to the server's revokedFile to end the link and its session\n`,
+    );
   });
 
   it('start listens until the shutdown signal, then drains and exits 0', async () => {

@@ -17,6 +17,8 @@ import { DASHBOARD_BIG, startDashboard } from '../helpers/dashboard.js';
 import { startInProcessAgent, startInProcessServer, type InProcessServer } from '../helpers/in-process.js';
 import { freePort } from '../helpers/tunnel.js';
 import { tempDir } from '../helpers/temp-dir.js';
+import { withDeadline } from '../helpers/streams.js';
+import { linkIdOf } from '../../packages/server/src/http-link.js';
 
 interface Answer {
   status: number;
@@ -261,6 +263,33 @@ describe('an http route', () => {
     expect(new Set(a).size).toBe(1);
     expect(await conn(userB)).not.toBe(a[0]);
     expect(await conn(userA)).toBe(a[0]);
+  });
+
+  test("a link's id in the revocation file ends its session, open console included; other links go on", async () => {
+    const revokedFile = join(tempDir(), 'revoked');
+    const { s, link, login } = await setup([], ['--revoked-file', revokedFile]);
+    const revokedLink = await link('cluster-u1-dash');
+    const cookie = await login('cluster-u1-dash', revokedLink);
+    const otherCookie = await login('cluster-u1-dash');
+    const host = 'cluster-u1-dash.proxy.localhost';
+    const ws = new WebSocket(`wss://127.0.0.1:${s.port}/console`, ['binary'], {
+      servername: host,
+      ca: readFileSync(s.caFile),
+      headers: { Host: host, Cookie: cookie },
+    } as WebSocket.ClientOptions);
+    onTestFinished(() => ws.terminate());
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    const closed = new Promise<void>((resolve) => ws.once('close', () => resolve()));
+    writeFileSync(revokedFile, `${linkIdOf(revokedLink)}\n`);
+    await withDeadline(closed, 5_000, 'the revoked session to lose its console');
+    const refused = await get(s, 'cluster-u1-dash', '/', cookie);
+    expect(refused.status).toBe(401);
+    expect(refused.body.toString()).toContain('session revoked');
+    expect((await get(s, 'cluster-u1-dash', `${LOGIN_PATH}?token=${revokedLink}`)).status).toBe(401);
+    expect((await get(s, 'cluster-u1-dash', '/', otherCookie)).status).toBe(200);
   });
 
   test('logout ends the session for that route', async () => {

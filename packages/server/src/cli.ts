@@ -23,7 +23,7 @@ import {
 } from '@cluster-tunnel/config';
 import { SERVER_CONFIG_SCHEMA, resolveServerConfig, type ServerConfig } from './config.js';
 import { buildKubeconfig } from './kubeconfig.js';
-import { createLink } from './http-link.js';
+import { createLink, linkIdOf } from './http-link.js';
 import { LOGIN_PATH } from './modes/http.js';
 import { SIGNING_KEY_FILES, createToken, loadOrCreateSigningKeyPair } from './token-issuer.js';
 import { writeAtomic } from './data-file.js';
@@ -159,6 +159,10 @@ function buildProgram(io: ServerCliIo): Command {
       const token = await createLink({ privateKeyPem, hostname, user: o.user, ttlMs, sessionTtlMs });
       const authority = port === 443 ? hostname : `${hostname}:${port}`;
       io.stdout.write(`https://${authority}${LOGIN_PATH}?token=${token}\n`);
+      // For people; scripts read the link from stdout.
+      io.stderr.write(
+        `link id ${linkIdOf(token)} (for ${o.user}): add it to the server's revokedFile to end the link and its session\n`,
+      );
     });
 
   program

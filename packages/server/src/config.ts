@@ -154,7 +154,7 @@ export const SERVER_CONFIG_SCHEMA = {
     flag: 'revoked-file',
     env: 'TUNNEL_SERVER_REVOKED_FILE',
     mustExist: false,
-    description: 'file of revoked token ids, one per line (a missing file revokes nothing)',
+    description: 'file of revoked agent token and link ids, one per line (a missing file revokes nothing)',
   },
   tcpRoutes: {
     type: 'route-list',

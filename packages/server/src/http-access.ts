@@ -23,6 +23,8 @@ export const SESSION_COOKIE = 'tunnel_session';
 export interface Visitor {
   readonly access: RouteAccessKind;
   readonly user: string | undefined;
+  /** link access: the id of the link that opened the session. */
+  readonly session?: string;
 }
 
 /** Why a request was refused, and how the browser may answer it. */
@@ -41,6 +43,8 @@ export class HttpAccess {
   /** htpasswd files by path: routes naming the same file share it. */
   private readonly files = new Map<string, Htpasswd>();
   private readonly checker = new PasswordChecker();
+  /** Token and link ids revoked, as last read from the revocation file. */
+  private revoked: ReadonlySet<string> = new Set();
   private readonly overrides: ReadonlyMap<string, { kind: RouteAccessKind; file?: string }>;
 
   constructor(
@@ -77,6 +81,11 @@ export class HttpAccess {
     await this.checker.close();
   }
 
+  /** From the revocation watch: links (and their sessions) with these ids are refused. */
+  setRevoked(revoked: ReadonlySet<string>): void {
+    this.revoked = revoked;
+  }
+
   kindOf(route: string): RouteAccessKind {
     return this.overrides.get(route)?.kind ?? this.config.httpAccess;
   }
@@ -89,7 +98,8 @@ export class HttpAccess {
       if (access === 'link') {
         const token = cookie(req.headers.cookie, SESSION_COOKIE);
         if (token === undefined) throw new TunnelError('TUN_ERR_ACCESS_DENIED', 'no session: open a link');
-        return { access, user: (await this.verifier!.verify(token, hostname, false)).user };
+        const session = this.unrevoked(await this.verifier!.verify(token, hostname, false));
+        return { access, user: session.user, session: session.id };
       }
       const credentials = basicCredentials(req.headers.authorization);
       if (credentials === undefined)
@@ -113,7 +123,12 @@ export class HttpAccess {
         `this route uses ${this.kindOf(route)} access, not links`,
       );
     }
-    return this.verifier!.verify(token, hostname, true);
+    return this.unrevoked(await this.verifier!.verify(token, hostname, true));
+  }
+
+  private unrevoked(session: LinkSession): LinkSession {
+    if (this.revoked.has(session.id)) throw new TunnelError('TUN_ERR_ACCESS_DENIED', 'session revoked');
+    return session;
   }
 
   status(): { default: RouteAccessKind; routes: Record<string, RouteAccessKind> } {

@@ -2,10 +2,11 @@
  * Signed links for http routes: `tunnel-server link create` signs one with the token signing key
  * (Ed25519), bound to one route hostname. Opening it before `exp` (minutes) sets it as the
  * session cookie, which every replica verifies with the public keys alone until `sessionExp`
- * (hours). No server keeps session state, so any replica serves any request.
+ * (hours). No server keeps session state, so any replica serves any request; a link's id (`jti`)
+ * in the revocation file ends it and the session it opened, as it does an agent token.
  */
-import { createPublicKey, type KeyObject } from 'node:crypto';
-import { SignJWT, compactVerify, decodeProtectedHeader } from 'jose';
+import { createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
+import { SignJWT, compactVerify, decodeJwt, decodeProtectedHeader } from 'jose';
 import { TunnelError } from '@cluster-tunnel/protocol';
 import { TOKEN_ALGORITHM, TOKEN_ISSUER, keyIdOf } from './token-format.js';
 import { loadSigningKey } from './token-issuer.js';
@@ -33,6 +34,8 @@ export interface CreateLinkOptions {
 
 /** A verified session: who, for which hostname, until when. */
 export interface LinkSession {
+  /** The link's id (`jti`): revoking it ends the session. */
+  id: string;
   user: string;
   hostname: string;
   sessionExpiresAt: Date;
@@ -51,9 +54,15 @@ export async function createLink(o: CreateLinkOptions): Promise<string> {
     .setIssuer(TOKEN_ISSUER)
     .setAudience(o.hostname)
     .setSubject(o.user)
+    .setJti(randomBytes(16).toString('base64url'))
     .setIssuedAt(nowS)
     .setExpirationTime(nowS + Math.floor(o.ttlMs / 1000))
     .sign(key);
+}
+
+/** The id of a link this server signed (not verified: for printing what was just made). */
+export function linkIdOf(token: string): string {
+  return String(decodeJwt(token).jti);
 }
 
 /** Verifies links and session cookies with the trusted public keys (kid → key). */
@@ -102,15 +111,17 @@ export class LinkVerifier {
     } catch {
       throw denied('link signature invalid');
     }
-    const { iss, aud, sub, exp, sessionExp, use } = payload;
+    const { iss, aud, sub, exp, sessionExp, use, jti } = payload;
     if (use !== LINK_USE || iss !== TOKEN_ISSUER) throw denied('not a link');
     if (aud !== hostname) throw denied(`link is for another hostname`);
     if (typeof sub !== 'string' || !LINK_USER_PATTERN.test(sub)) throw denied('link names no user');
     if (typeof exp !== 'number' || typeof sessionExp !== 'number') throw denied('link has no expiry');
+    if (typeof jti !== 'string' || jti.length === 0 || jti.length > 64) throw denied('link has no id');
     const nowS = nowMs / 1000;
     if (asLink && exp <= nowS) throw denied('link expired');
     if (sessionExp <= nowS) throw denied('session expired');
     const session = {
+      id: jti,
       user: sub,
       hostname,
       sessionExpiresAt: new Date(sessionExp * 1000),

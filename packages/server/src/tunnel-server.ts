@@ -166,9 +166,13 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
       isDraining: () => this.draining,
       log: this.log,
     });
-    // A token revoked while its agent is connected ends that session within the check interval.
+    // A token revoked while its agent is connected ends that session within the check interval;
+    // so does a link's id for the user sessions it opened.
     this.verifier.watchRevocations(
-      (revoked) => this.endpoint?.onRevocations(revoked),
+      (revoked) => {
+        this.endpoint?.onRevocations(revoked);
+        for (const mode of this.modes) mode.onRevocations?.(revoked);
+      },
       (err) =>
         this.log.error(
           { err, revokedFile: c.revokedFile },

@@ -42,6 +42,8 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
   const routeOf = new WeakMap<Duplex, string>();
   const agents = new WeakMap<Duplex, http.Agent>();
   const sockets = new Set<Duplex>();
+  /** The link session each user connection was last admitted with: revoking it ends the connection. */
+  const sessionOf = new WeakMap<Duplex, string>();
   let requests = 0;
 
   const server = http.createServer({ maxHeaderSize: MAX_REQUEST_HEADER_BYTES }, (req, res) => {
@@ -116,6 +118,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       if (e.challenge !== undefined) res.setHeader('WWW-Authenticate', e.challenge);
       return page(res, 401, 'TUN_ERR_ACCESS_DENIED', `Access denied: ${e.message}.`);
     }
+    if (who.session !== undefined) sessionOf.set(req.socket, who.session);
     forward(req, res, route, who);
   }
 
@@ -219,6 +222,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       socket.end(rawAnswer(limited ? 429 : 401, e.code, extra));
       return;
     }
+    if (who.session !== undefined) sessionOf.set(socket, who.session);
     let routed;
     try {
       routed = await context.openRouteStream({ route, remoteAddress: address(req) });
@@ -265,6 +269,15 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       sockets.add(secure);
       secure.once('close', () => sockets.delete(secure));
       server.emit('connection', secure);
+    },
+    onRevocations(revoked) {
+      access.setRevoked(revoked);
+      for (const s of sockets) {
+        const session = sessionOf.get(s);
+        if (session === undefined || !revoked.has(session)) continue;
+        log.info({ route: routeOf.get(s), session }, 'http connection closed: session revoked');
+        s.destroy();
+      }
     },
     status: () => ({ connections: sockets.size, requests, access: access.status() }),
     // Requests on open connections still need their access checked while the server drains.

@@ -38,6 +38,11 @@ export interface RouteMode {
   claims?(route: string): boolean;
   /** Takes a claimed connection: paused, its ClientHello read (`helloBytes`) and not yet answered. */
   accept?(socket: Socket, route: string, helloBytes: Buffer): void;
+  /**
+   * The token and link ids now revoked (the whole set, after every change of the revocation
+   * file): a mode whose users hold sessions ends the revoked ones.
+   */
+  onRevocations?(revoked: ReadonlySet<string>): void;
   /** What /status shows for this mode (JSON). */
   status(): unknown;
   /** Stops accepting; connections already forwarded go on. Idempotent. */

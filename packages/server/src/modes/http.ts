@@ -5,8 +5,9 @@
  * password, or a route open to anyone), forwards it over a route stream to the agent, which
  * dials the target (with TLS for an https target). WebSocket upgrades are forwarded as raw bytes
  * after their head, subprotocols and all. Nothing is buffered: bodies stream both ways with
- * backpressure. Hand-written on node:http: one request function and one keep-alive agent per
- * route whose connections are tunnel streams, so no proxy library is needed.
+ * backpressure. Hand-written on node:http (docs/ARCHITECTURE.md says why not http-proxy): one
+ * request function and one keep-alive agent per user connection whose connections are tunnel
+ * streams.
  */
 import http from 'node:http';
 import type { Socket } from 'node:net';

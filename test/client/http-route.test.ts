@@ -82,6 +82,40 @@ describe('an http route on the agent', () => {
     expect((await readAll(stream)).toString()).toBe('tls:GET / HTTP/1.1\r\n\r\n');
   });
 
+  test('a stream to an https target reset mid-exchange costs that stream only (it once crashed the agent)', async () => {
+    const { key, cert } = await tlsCredentials();
+    // A target that echoes and stays open, as a dashboard on a kept-alive connection does.
+    const target = tls.createServer({ key, cert }, (socket) => {
+      socket.on('error', () => undefined);
+      socket.pipe(socket);
+    });
+    await new Promise<void>((resolve) => target.listen(0, '127.0.0.1', resolve));
+    onTestFinished(() => {
+      target.close();
+    });
+    const port = (target.address() as net.AddressInfo).port;
+    const raw = await RawServer.start(modeAware);
+    const ca = writeFile(tempDir(), 'target-ca.pem', cert);
+    await agentWith(raw, [`dash=https://127.0.0.1:${port},ca=${ca},serverName=localhost`]);
+    const session = await raw.nextSession();
+    const first = await session.openRoute('cluster-u1-dash', Buffer.from('ping'));
+    expect(first.reply).toEqual({ ok: true });
+    const echoed = new Promise<string>((resolve) =>
+      first.stream.once('data', (d: Buffer) => resolve(d.toString())),
+    );
+    first.stream.resume();
+    expect(await echoed).toBe('ping');
+    // The server side gives up on the stream (its user went away): a reset, not a clean close.
+    first.stream.destroy();
+    const second = await session.openRoute('cluster-u1-dash', Buffer.from('again'));
+    expect(second.reply).toEqual({ ok: true });
+    const again = new Promise<string>((resolve) =>
+      second.stream.once('data', (d: Buffer) => resolve(d.toString())),
+    );
+    second.stream.resume();
+    expect(await again).toBe('again');
+  });
+
   test('refuses the stream with TUN_ERR_DIAL_FAILED and the TLS error when the target is not the one the CA vouches for', async () => {
     const { key, cert } = await tlsCredentials();
     const port = await tlsEchoTarget({ key, cert });

@@ -14,18 +14,26 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { createLink as signLink } from '@cluster-tunnel/server';
 import { DASHBOARD_QUIET_MS, startDashboard } from '../helpers/dashboard.js';
 import { createTestCa } from '../helpers/pki.js';
-import { createLink, startServerAndAgent } from '../helpers/tunnel.js';
+import {
+  createLink,
+  createToken,
+  startAgent,
+  startServer,
+  startServerAndAgent,
+  writeTokenFile,
+} from '../helpers/tunnel.js';
 import { tempDir } from '../helpers/temp-dir.js';
 
 const execFileAsync = promisify(execFile);
 
+/** curl's exit code and output; a failed transfer's reason (stderr) ends stdout, so assertions show it. */
 async function curl(args: string[]): Promise<{ code: number; stdout: string }> {
   try {
     const { stdout } = await execFileAsync('curl', ['-sS', '--max-time', '10', ...args]);
     return { code: 0, stdout };
   } catch (err) {
-    const e = err as { code: number; stdout: string };
-    return { code: e.code, stdout: e.stdout };
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: `${e.stdout}${e.stderr ? `\n[curl: ${e.stderr.trim()}]` : ''}` };
   }
 }
 
@@ -162,14 +170,16 @@ describe('a dashboard behind an http route', () => {
     writeFileSync(caFile, ca.certPem);
     const good = await ca.issue({ commonName: 'dash.svc', dnsNames: ['dash.svc'] });
     const forged = await other.issue({ commonName: 'dash.svc', dnsNames: ['dash.svc'] });
-    const server = await startServerAndAgent(
-      'u1',
-      [
+    const server = await startServer({ args: ['--http-response-timeout-ms', '500ms'] });
+    const agent = await startAgent({
+      server,
+      tokenFile: await writeTokenFile(dir, await createToken(server.dataDir, 'u1')),
+      agentId: 'agent-u1',
+      routes: [
         `dash=https://127.0.0.1:${await startDashboard('verified', { key: good.keyPem, cert: good.certPem })},ca=${caFile},serverName=dash.svc`,
         `fake=https://127.0.0.1:${await startDashboard('forged', { key: forged.keyPem, cert: forged.certPem })},ca=${caFile},serverName=dash.svc`,
       ],
-      ['--http-response-timeout-ms', '500ms'],
-    );
+    });
     const dash = 'cluster-u1-dash.proxy.localhost';
     const fake = 'cluster-u1-fake.proxy.localhost';
     const jar = join(dir, 'cookies.txt');
@@ -239,5 +249,7 @@ describe('a dashboard behind an http route', () => {
     ]);
     expect(quiet.stdout).toBe('data: first\n\ndata: last\n\n\n200');
     expect(performance.now() - started).toBeGreaterThanOrEqual(DASHBOARD_QUIET_MS);
+    // Every closed user connection reset its stream to the https dashboard: the agent lives on.
+    expect(agent.child.exitCode).toBeNull();
   });
 });

@@ -13,6 +13,7 @@
  */
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
+import { TLSSocket } from 'node:tls';
 import {
   TunnelError,
   encodeStreamReply,
@@ -170,8 +171,13 @@ function splice(stream: Duplex, socket: net.Socket, reply: Buffer): Promise<Spli
       if (!cleanClose(stream)) {
         reset = true;
         code ??= (stream as { resetReason?: TunnelError }).resetReason?.code ?? 'TUN_ERR_STREAM_RESET';
-        // Tell the target with a TCP RST too: it must not take a truncated exchange for a complete one.
-        if (!socket.destroyed) socket.resetAndDestroy();
+        // Tell the target with a TCP RST too: it must not take a truncated exchange for a complete
+        // one. A TLS target's socket has no TCP handle to reset (resetAndDestroy throws): it is
+        // destroyed without close_notify, which TLS peers read as truncation.
+        if (!socket.destroyed) {
+          if (socket instanceof TLSSocket) socket.destroy();
+          else socket.resetAndDestroy();
+        }
       }
       if (--open === 0) resolve({ reset, code });
     }

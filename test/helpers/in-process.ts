@@ -46,7 +46,18 @@ export interface InProcessServer {
 export async function startInProcessServer(args: readonly string[] = []): Promise<InProcessServer> {
   const dataDir = tempDir('tunnel-server-');
   const config = resolveServerConfig({
-    argv: ['--listen', '127.0.0.1:0', '--admin-listen', 'off', '--data-dir', dataDir, ...args],
+    // No wait for agents unless a test asks (--agent-wait-ms later in args wins): a refusal is at once.
+    argv: [
+      '--listen',
+      '127.0.0.1:0',
+      '--admin-listen',
+      'off',
+      '--data-dir',
+      dataDir,
+      '--agent-wait-ms',
+      '0',
+      ...args,
+    ],
     env: {},
     cwd: dataDir,
     hostname: 'server-test',

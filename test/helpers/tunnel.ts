@@ -142,6 +142,9 @@ export async function startServer(
       'debug',
       '--drain-timeout-ms',
       '2000',
+      // No wait for agents unless a test asks (a later --agent-wait-ms wins): refusals are at once.
+      '--agent-wait-ms',
+      '0',
       ...(options.args ?? []),
     ],
     options.env,

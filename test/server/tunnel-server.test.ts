@@ -12,7 +12,7 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { isTunnelError } from '@cluster-tunnel/protocol';
 import { ROUTE_MODES, type AgentEvent } from '@cluster-tunnel/server';
 import { startInProcessAgent, startInProcessServer } from '../helpers/in-process.js';
-import { readToEnd, withDeadline } from '../helpers/streams.js';
+import { pollUntil, readToEnd, withDeadline } from '../helpers/streams.js';
 import { registerRaw } from '../helpers/hostile.js';
 import { freePort } from '../helpers/tunnel.js';
 import { tlsCredentials } from '../helpers/transports.js';
@@ -97,6 +97,29 @@ describe('the public port (passthrough mode)', () => {
       route: 'cluster-nobody',
       code: 'TUN_ERR_NO_ROUTE',
     });
+  });
+
+  it('holds a connection for a cluster with no agent yet until one registers (agentWaitMs), then forwards it', async () => {
+    const s = await startInProcessServer(['--agent-wait-ms', '10s']);
+    const payload = randomBytes(1024);
+    const result = tlsThrough(s.port, 'cluster-u1.proxy.localhost', payload);
+    // The connection waits, named but unrouted, while the agent comes.
+    await pollUntil(() => s.server.status().pendingConnections === 1, 5_000, 'the connection to wait');
+    await startInProcessAgent(s, {
+      cluster: 'u1',
+      routes: [`apiserver=127.0.0.1:${await echoTarget(true)}`],
+    });
+    expect((await result).echoed?.equals(payload)).toBe(true);
+    expect(s.events.filter((e) => e.type === 'refused')).toEqual([]);
+  });
+
+  it('refuses a waiting connection when no agent comes within agentWaitMs', async () => {
+    const s = await startInProcessServer(['--agent-wait-ms', '300ms']);
+    const started = performance.now();
+    const result = await tlsThrough(s.port, 'cluster-u1.proxy.localhost', Buffer.from('x'));
+    expect(result.error).toBe('ERR_SSL_TLSV1_UNRECOGNIZED_NAME');
+    expect(performance.now() - started).toBeGreaterThanOrEqual(290);
+    expect(await s.nextEvent((e) => e.type === 'refused')).toMatchObject({ code: 'TUN_ERR_NO_ROUTE' });
   });
 
   it('answers a name outside its domain with unrecognized_name and no route event', async () => {

@@ -15,6 +15,8 @@ export interface AgentRegistryEvents {
 export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
   private readonly byLabel = new Map<string, RegisteredAgent[]>();
   private readonly agents = new Set<RegisteredAgent>();
+  /** Callers of whenHeld by label; at most one per pending connection (the pending limits bound them). */
+  private readonly waiters = new Map<string, Set<() => void>>();
   private turn = 0;
 
   add(agent: RegisteredAgent): void {
@@ -25,6 +27,35 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
       this.byLabel.set(label, list);
     }
     this.emit('added', agent);
+    for (const label of agent.labels) for (const wake of this.waiters.get(label) ?? []) wake();
+  }
+
+  /**
+   * Resolves true as soon as a usable agent holds `label` (at once if one does), false after
+   * `timeoutMs` or when `signal` aborts. For a replica that has just started, or whose agents are
+   * moving in from a draining one: a user connection waits for its agent instead of being refused.
+   */
+  whenHeld(label: string, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+    if (this.has(label)) return Promise.resolve(true);
+    if (timeoutMs <= 0 || signal?.aborted) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const set = this.waiters.get(label) ?? new Set<() => void>();
+      this.waiters.set(label, set);
+      const done = (held: boolean): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        set.delete(wake);
+        if (set.size === 0 && this.waiters.get(label) === set) this.waiters.delete(label);
+        resolve(held);
+      };
+      const wake = (): void => {
+        if (this.has(label)) done(true);
+      };
+      const onAbort = (): void => done(false);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      set.add(wake);
+    });
   }
 
   remove(agent: RegisteredAgent): void {
@@ -66,8 +97,9 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
     return this.byLabel.get(label)?.find((a) => a.usable);
   }
 
+  /** Whether a usable agent holds `label`; asking takes no turn of the rotation. */
   has(label: string): boolean {
-    return this.candidates(label).length > 0;
+    return this.firstUsable(label) !== undefined;
   }
 
   get size(): number {

@@ -79,6 +79,16 @@ export const SERVER_CONFIG_SCHEMA = {
     description:
       'how long a new connection may take to name its route, or to finish TLS, send its request and be authenticated',
   },
+  agentWaitMs: {
+    type: 'duration-ms',
+    flag: 'agent-wait-ms',
+    env: 'TUNNEL_SERVER_AGENT_WAIT_MS',
+    default: '5s',
+    min: 0,
+    max: MAX_TIMER_MS,
+    description:
+      'how long a user connection for a cluster with no agent on this replica waits for one to register before it is refused (a replica that just started); within handshakeTimeoutMs',
+  },
   agentReplyTimeoutMs: {
     type: 'duration-ms',
     flag: 'agent-reply-timeout-ms',
@@ -285,6 +295,7 @@ export interface ServerConfig {
   readonly tlsCert: string | undefined;
   readonly tlsKey: string | undefined;
   readonly handshakeTimeoutMs: number;
+  readonly agentWaitMs: number;
   readonly agentReplyTimeoutMs: number;
   /** The access of http routes that httpRouteAccess does not name. */
   readonly httpAccess: 'link' | 'basic';

@@ -10,7 +10,13 @@ import type { Socket } from 'node:net';
 import type { Clock } from '@cluster-tunnel/protocol';
 
 /** What a pending connection is waiting for, for the log line when its deadline passes. */
-export type PendingPhase = 'client-hello' | 'tls-handshake' | 'request-headers' | 'agent-upgrade';
+export type PendingPhase =
+  | 'client-hello'
+  | 'tls-handshake'
+  | 'request-headers'
+  | 'agent-upgrade'
+  // A route named whose cluster has no agent here yet (agentWaitMs).
+  | 'agent-wait';
 
 export interface PendingConnectionsOptions {
   /** From accept until settled. */

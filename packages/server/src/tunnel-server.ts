@@ -44,6 +44,8 @@ export interface TunnelServerDeps {
 /** What /status shows: this replica, its agents and each route mode's own status. */
 export interface ServerStatus {
   serverId: string;
+  /** Public-port connections not yet routed (handshaking, or waiting for their cluster's agent). */
+  pendingConnections: number;
   routes: string[];
   agents: {
     agentId: string;
@@ -229,6 +231,7 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
   status(): ServerStatus {
     return {
       serverId: this.config.serverId,
+      pendingConnections: this.pending.size,
       routes: this.registry.labels(),
       agents: this.registry.all().map((a) => ({
         agentId: a.identity.agentId,
@@ -380,9 +383,22 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
       this.ownNameServer!.serve(socket, hello.bytes, pending);
       return;
     }
+    const route = routeLabelOfHost(sni, this.config.domain);
+    if (route !== undefined && !this.registry.has(route) && !this.draining) {
+      // No agent here for this cluster yet: this replica has just started, or its agents are
+      // moving in from a draining one. Wait for one (bounded, still pending) rather than refuse.
+      pending.phase = 'agent-wait';
+      const gone = new AbortController();
+      const onClose = (): void => gone.abort();
+      socket.once('close', onClose);
+      const waitMs = Math.min(this.config.agentWaitMs, pending.remainingMs);
+      const held = await this.registry.whenHeld(route, waitMs, gone.signal);
+      socket.off('close', onClose);
+      if (socket.destroyed) return;
+      if (held) this.log.debug({ route, remoteAddress }, 'agent arrived for a waiting connection');
+    }
     // A route is named: from here the route's own bounds apply (the agent's reply deadline).
     pending.settle();
-    const route = routeLabelOfHost(sni, this.config.domain);
     const mode = route === undefined ? undefined : this.modes.find((m) => m.claims?.(route));
     if (route === undefined || mode?.accept === undefined) {
       this.metrics.connections.inc({ outcome: 'unknown-host' });

@@ -1,6 +1,6 @@
 // The agent behind an L4 load balancer in front of several server replicas: one connect slot per
 // replica the servers announce (serverCount), one session to each distinct serverId, duplicates
-// closed and redialed soon, a streak of them backed off, a lower count retiring slots lazily, and
+// closed and redialed soon, a missing replica probed in bounded rounds, a lower count retiring slots lazily, and
 // close() covering every slot. The replicas are scripted servers (test/helpers/raw-server.ts:
 // TLS + WebSocket + yamux) because what is under test is the agent's answer to what servers
 // announce, including counts that change and servers that announce none; real server processes
@@ -10,8 +10,7 @@ import { SignJWT } from 'jose';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { decodeControlMessage } from '../../packages/protocol/src/tunnel/control.js';
 import { resolveClientConfig } from '../../packages/client/src/config.js';
-import { MAX_QUICK_DUPLICATES } from '../../packages/client/src/connect-slot.js';
-import { MAX_SLOTS, TunnelAgent } from '../../packages/client/src/tunnel-agent.js';
+import { MAX_SLOTS, TunnelAgent, type TunnelAgentOptions } from '../../packages/client/src/tunnel-agent.js';
 import { startLoadBalancer } from '../helpers/load-balancer.js';
 import { LEVEL, captureLogs, echoTarget, readAll, writeFile } from './fixtures.js';
 import { tempDir } from '../helpers/temp-dir.js';
@@ -37,6 +36,7 @@ interface ReplicaOptions {
   pick?: (n: number) => number;
   argv?: string[];
   random?: () => number;
+  agentOptions?: Partial<TunnelAgentOptions>;
 }
 
 async function setupReplicas(o: ReplicaOptions) {
@@ -63,7 +63,11 @@ async function setupReplicas(o: ReplicaOptions) {
   ];
   const config = resolveClientConfig({ argv, env: {}, cwd: dir, hostname: 'test-host' });
   const logs = captureLogs();
-  const agent = new TunnelAgent(config, { logger: logs.logger, ...(o.random ? { random: o.random } : {}) });
+  const agent = new TunnelAgent(config, {
+    logger: logs.logger,
+    ...(o.random ? { random: o.random } : {}),
+    ...o.agentOptions,
+  });
   onTestFinished(async () => {
     agent.destroy();
     await agent.close();
@@ -124,51 +128,60 @@ describe('TunnelAgent behind a load balancer', () => {
     );
     await Promise.all(a!.sessions.filter((s) => s.goAwayReceived).map((s) => s.closed));
     expect(live(a!)).toHaveLength(1);
-    // Drawn in [0, backoffInitialMs] each time (0.5 × 200): a failure would have doubled the second.
+    // A burst: each redial within 20 ms (0.5 × 20), not the failure backoff (200 ms and doubling).
     const duplicates = logs.find('duplicate server session');
     expect(duplicates.map((l) => [l.level, l.slot, l.duplicates, l.delayMs])).toEqual([
-      [LEVEL.debug, 1, 1, 100],
-      [LEVEL.debug, 1, 2, 100],
+      [LEVEL.debug, 1, 1, 10],
+      [LEVEL.debug, 1, 2, 10],
     ]);
-    expect(a!.upgrades[2]!.at - a!.upgrades[1]!.at).toBeGreaterThanOrEqual(95);
     // Neither an error nor a session of ours: no warning, no events, one 'agent registered' per replica.
     expect(warnings(logs.lines)).toEqual([]);
     expect(logs.find('agent registered').map((l) => l.serverId)).toEqual(['peer-a', 'peer-b']);
     expect(events).toEqual({ registered: 2, disconnected: 0 });
   });
 
-  test(`after ${MAX_QUICK_DUPLICATES} duplicates in a row a slot backs off as after failures (serverCount above the replicas)`, async () => {
-    const { agent, logs, servedBy } = await setupReplicas({
+  test('a missing replica is probed in rounds: serverCount + 1 quick dials, then a pause growing with the time missing; reported once (serverCount above the replicas)', async () => {
+    const { agent, peers, logs, servedBy } = await setupReplicas({
       serverCount: 3,
-      argv: ['--backoff-initial-ms', '10', '--backoff-max-ms', '400'],
       random: () => 0.99,
+      agentOptions: { replicaProbeMs: 100, replicaProbeMaxMs: 300, replicaMissingWarnMs: 1_500 },
     });
-    const streak = () => {
-      const bySlot = new Map<unknown, LogLine[]>();
-      for (const l of logs.find('duplicate server session'))
-        bySlot.set(l.slot, [...(bySlot.get(l.slot) ?? []), l]);
-      return [...bySlot.values()].find((lines) => lines.length >= MAX_QUICK_DUPLICATES + 4);
-    };
-    const lines = await pollUntil(streak, 15_000, `${MAX_QUICK_DUPLICATES + 4} duplicates on one slot`);
-    // Quick and flat (0.99 × 10) while the streak is short; then 0.99 × 10, 20, 40, 80: the backoff.
-    expect(lines.slice(0, MAX_QUICK_DUPLICATES).map((l) => l.delayMs)).toEqual(
-      Array(MAX_QUICK_DUPLICATES).fill(9),
+    const reported = await pollUntil(
+      () => logs.find('a server replica is missing: is serverCount above the replicas?')[0],
+      10_000,
+      'the missing replica reported',
     );
-    expect(lines.slice(MAX_QUICK_DUPLICATES, MAX_QUICK_DUPLICATES + 4).map((l) => l.delayMs)).toEqual([
-      9, 19, 39, 79,
+    expect(reported).toMatchObject({ level: LEVEL.warn, serverCount: 3 });
+    const slot = reported.slot;
+    // Rounds on that slot: 3 quick redials (0.99 × 20 ms), then the 4th duplicate pauses the round.
+    const ofSlot = logs.lines.filter(
+      (l) =>
+        l.slot === slot && (l.msg === 'duplicate server session' || l.msg === 'server replica still missing'),
+    );
+    const rounds = ofSlot.filter((l) => l.msg === 'server replica still missing');
+    expect(rounds.length).toBeGreaterThanOrEqual(3);
+    for (const l of ofSlot.filter((x) => x.msg === 'duplicate server session')) expect(l.delayMs).toBe(19);
+    expect(ofSlot.slice(0, 4).map((l) => l.msg)).toEqual([
+      'duplicate server session',
+      'duplicate server session',
+      'duplicate server session',
+      'server replica still missing',
     ]);
-    expect(lines.map((l) => l.duplicates)).toEqual(lines.map((_, i) => i + 1));
-    expect(logs.find('backing off after duplicate sessions')).toEqual([
-      expect.objectContaining({
-        level: LEVEL.info,
-        slot: lines[0]!.slot,
-        duplicates: MAX_QUICK_DUPLICATES + 1,
-      }),
-    ]);
+    // The pause: about replicaProbeMs at first, growing with the time missing, never past the ceiling.
+    const pauses = rounds.map((l) => l.delayMs as number);
+    expect(pauses[0]).toBe(Math.floor(100 * 1.49));
+    for (const [k, p] of pauses.entries()) {
+      expect(p).toBeLessThanOrEqual(Math.floor(300 * 1.49));
+      if (k > 0) expect(p).toBeGreaterThanOrEqual(pauses[k - 1]!);
+    }
+    // Bounded: at most serverCount + 1 dials per round, on every slot together.
+    const dials = peers.reduce((n, p) => n + p.upgrades.length, 0);
+    const allRounds = logs.find('server replica still missing').length;
+    expect(dials).toBeLessThanOrEqual(2 + 4 * (allRounds + 3));
+    expect(logs.find('a server replica is missing: is serverCount above the replicas?')).toHaveLength(1);
     expect(servedBy()).toEqual(['peer-a', 'peer-b']);
     expect(agent.slotCount).toBe(3);
     expect(agent.isReady).toBe(true);
-    expect(warnings(logs.lines)).toEqual([]);
   });
 
   test('a lower serverCount retires the extra slot once its session ends; no live session is closed for it', async () => {

@@ -122,6 +122,17 @@ describe('the public port (passthrough mode)', () => {
     expect(await s.nextEvent((e) => e.type === 'refused')).toMatchObject({ code: 'TUN_ERR_NO_ROUTE' });
   });
 
+  it('counts a second session of one agent (it probes for a missing replica) in tunnel_agent_duplicate_sessions_total', async () => {
+    const s = await startInProcessServer();
+    const target = `apiserver=127.0.0.1:${await echoTarget(true)}`;
+    const duplicates = async () => (await s.server.metrics.duplicateSessions.get()).values[0]?.value ?? 0;
+    await startInProcessAgent(s, { cluster: 'u1', agentId: 'a', routes: [target] });
+    await startInProcessAgent(s, { cluster: 'u1', agentId: 'b', routes: [target] });
+    expect(await duplicates()).toBe(0);
+    await startInProcessAgent(s, { cluster: 'u1', agentId: 'a', routes: [target] });
+    expect(await duplicates()).toBe(1);
+  });
+
   it('answers a name outside its domain with unrecognized_name and no route event', async () => {
     const s = await startInProcessServer();
     const result = await tlsThrough(s.port, 'cluster-u1.elsewhere.example', Buffer.from('x'));

@@ -11,10 +11,13 @@
  * - A server that sends GoAway (it is draining) keeps its streams until they finish while the
  *   slot dials a new session at once (the load balancer picks another replica).
  * - A session that lands on a replica another slot already holds (the host says 'duplicate') is
- *   closed at once and the slot redials after a delay drawn in [0, backoffInitialMs]: the load
- *   balancer picks replicas, so finding the missing one is a matter of dialing again. After
- *   MAX_QUICK_DUPLICATES in a row the slot backs off as after a failure, so a serverCount above
- *   the real number of replicas never hammers them.
+ *   closed at once: the load balancer picks replicas, so finding the missing one is a matter of
+ *   dialing again. The slot probes in rounds: a burst of serverCount + 1 quick dials (a
+ *   round-robin balancer passes every replica), then a pause of about `replicaProbeMs` (1 s)
+ *   while the replica has been missing for a short time (a restart, a rolling update), growing
+ *   with the time it has been missing up to `replicaProbeMaxMs` (serverCount above the real
+ *   number of replicas: a warning after `replicaMissingWarnMs`, and a bounded dial rate, never a
+ *   storm). Not the failure backoff: a restarted replica is found within seconds.
  */
 import { readFile } from 'node:fs/promises';
 import { decodeJwt } from 'jose';
@@ -28,8 +31,8 @@ import type { ClientConfig } from './config.js';
 import { dial, isCredentialRefusal } from './server-dialer.js';
 import { RouteTable } from './route-table.js';
 
-/** Duplicate sessions in a row a slot redials quickly after; past this it backs off. */
-export const MAX_QUICK_DUPLICATES = 20;
+/** Quick dials in a probe burst are this far apart at most (jittered from 0). */
+const BURST_GAP_MS = 20;
 
 /** Codes after which retrying soon cannot help: an operator must change something. */
 const OPERATOR_ERROR_CODES: ReadonlySet<ErrorCode> = new Set([
@@ -43,6 +46,12 @@ export interface SlotTimeouts {
   dialTimeoutMs: number;
   streamHeaderTimeoutMs: number;
   targetDialTimeoutMs: number;
+  /** The pause between probe rounds for a replica missing a short time (jittered ±50%). */
+  replicaProbeMs: number;
+  /** The longest pause between probe rounds (a replica missing for long: a tenth of that time). */
+  replicaProbeMaxMs: number;
+  /** A replica missing this long is reported, once per streak: serverCount may be too high. */
+  replicaMissingWarnMs: number;
 }
 
 /** What a slot shares with the agent that runs it. */
@@ -59,6 +68,8 @@ export interface SlotHost {
   isStopping(): boolean;
   /** Whether this slot should dial (again); false ends its loop. */
   keepDialing(slot: ConnectSlot): boolean;
+  /** The replicas the agent wants a session to (serverCount, capped): a probe burst's size. */
+  wantedSessions(): number;
   /** A new session, tracked by the agent until it closes (readiness, drain, stream counts). */
   track(session: ServerSession): void;
   /** The session registered: 'duplicate' when another serving session holds its serverId. */
@@ -77,8 +88,11 @@ export class ConnectSlot {
   private wake: (() => void) | undefined;
   /** How far the current attempt got: decides how its failure is logged and retried. */
   private phase: Phase = 'token';
-  /** Sessions in a row that landed on a replica another slot holds. */
+  /** Sessions in this probe round that landed on a replica another slot holds. */
   private duplicates = 0;
+  /** When this slot began to look for a missing replica (its first duplicate since serving). */
+  private missingSince: number | undefined;
+  private missingReported = false;
 
   constructor(
     readonly index: number,
@@ -173,9 +187,16 @@ export class ConnectSlot {
       // Not a failure: the load balancer sent us to a replica we hold. Leave cleanly, dial again.
       void session.close(config.drainTimeoutMs);
       this.duplicates += 1;
+      this.missingSince ??= this.host.clock.now();
       return 'duplicate';
     }
     this.duplicates = 0;
+    if (this.missingSince !== undefined) {
+      const missingMs = Math.round(this.host.clock.now() - this.missingSince);
+      this.log.info({ serverId: registered.serverId, missingMs }, 'missing server replica found');
+    }
+    this.missingSince = undefined;
+    this.missingReported = false;
     this.backoff.connected();
     const wentAway = new Promise<void>((resolve) => session.once('goaway', () => resolve()));
     await Promise.race([ended, wentAway]);
@@ -187,16 +208,31 @@ export class ConnectSlot {
     return 'ended';
   }
 
-  /** After a duplicate session: quick and jittered, unless the streak says the replica is not there. */
+  /**
+   * After a duplicate session: the next dial of the burst at once, or, once the burst is spent,
+   * a pause that grows with how long the replica has been missing (REPLICA_PROBE_MS at first,
+   * a tenth of the time missing later, at most REPLICA_PROBE_MAX_MS), jittered ±50%.
+   */
   private duplicateDelay(): number {
-    const quick = this.duplicates <= MAX_QUICK_DUPLICATES;
-    const delayMs = quick
-      ? Math.floor(Math.min(Math.max(this.host.random(), 0), 1) * this.host.config.backoffInitialMs)
-      : this.backoff.next();
-    this.log.debug({ duplicates: this.duplicates, delayMs }, 'duplicate server session');
-    if (this.duplicates === MAX_QUICK_DUPLICATES + 1) {
+    const random = Math.min(Math.max(this.host.random(), 0), 1);
+    const missingMs = this.host.clock.now() - (this.missingSince ?? this.host.clock.now());
+    if (this.duplicates < this.host.wantedSessions() + 1) {
+      const delayMs = Math.floor(random * BURST_GAP_MS);
+      this.log.debug({ duplicates: this.duplicates, delayMs }, 'duplicate server session');
+      return delayMs;
+    }
+    this.duplicates = 0;
+    const { replicaProbeMs, replicaProbeMaxMs, replicaMissingWarnMs } = this.host.timeouts;
+    const pauseMs = Math.min(replicaProbeMaxMs, Math.max(replicaProbeMs, Math.floor(missingMs / 10)));
+    const delayMs = Math.floor(pauseMs * (0.5 + random));
+    this.log.debug({ missingMs: Math.round(missingMs), delayMs }, 'server replica still missing');
+    if (missingMs >= replicaMissingWarnMs && !this.missingReported) {
       // Once per streak: a replica is down for long, or serverCount exceeds the replicas.
-      this.log.info({ duplicates: this.duplicates, delayMs }, 'backing off after duplicate sessions');
+      this.missingReported = true;
+      this.log.warn(
+        { serverCount: this.host.wantedSessions(), missingMs: Math.round(missingMs), probeEveryMs: pauseMs },
+        'a server replica is missing: is serverCount above the replicas?',
+      );
     }
     return delayMs;
   }

@@ -53,6 +53,12 @@ export interface TunnelAgentOptions {
    * (its agentReplyTimeoutMs, 10 s by default), so the server hears why rather than timing out.
    */
   targetDialTimeoutMs?: number;
+  /** Probing for a missing replica (connect-slot.ts): the pause between rounds (default 1 s). */
+  replicaProbeMs?: number;
+  /** The longest pause between probe rounds (default 30 s). */
+  replicaProbeMaxMs?: number;
+  /** A replica missing this long is reported (default 60 s). */
+  replicaMissingWarnMs?: number;
 }
 
 export interface AgentRegisteredEvent {
@@ -103,11 +109,15 @@ export class TunnelAgent extends EventEmitter {
         dialTimeoutMs: options.dialTimeoutMs ?? 15_000,
         streamHeaderTimeoutMs: options.streamHeaderTimeoutMs ?? 10_000,
         targetDialTimeoutMs,
+        replicaProbeMs: options.replicaProbeMs ?? 1_000,
+        replicaProbeMaxMs: options.replicaProbeMaxMs ?? 30_000,
+        replicaMissingWarnMs: options.replicaMissingWarnMs ?? 60_000,
       },
       agentVersion: AGENT_VERSION,
       targetDialer: this.dialer,
       isStopping: () => this.stopping,
       keepDialing: (slot) => this.keepDialing(slot),
+      wantedSessions: () => this.wantedSlots,
       track: (session) => this.track(session),
       registered: (slot, session, message) => this.onRegistered(slot, session, message),
     };

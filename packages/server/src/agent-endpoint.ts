@@ -356,6 +356,11 @@ export class AgentEndpoint {
     });
     // Agents never open more streams (maxInboundStreams refuses them): the fallback resets any.
     session.on('stream', (extra: YamuxStream) => extra.destroy());
+    // An agent probing for a replica it has no session to lands here again: it leaves at once,
+    // so its coming and going is debug, counted by a metric instead.
+    const duplicate = this.o.registry.holdsAgent(identity.clusterId, identity.agentId);
+    if (duplicate) this.o.metrics.duplicateSessions.inc();
+    const level = duplicate ? 'debug' : 'info';
     this.o.registry.add(agent);
     this.o.metrics.agentsConnected.inc();
     const hostnames = served.map((l) => `${l}.${this.o.domain}`);
@@ -366,14 +371,20 @@ export class AgentEndpoint {
       serverCount: this.o.serverCount,
       capabilities: [...SUPPORTED_CAPABILITIES],
     });
-    log.info(
-      { hostnames, remoteAddress, agentVersion: identity.agentVersion, capabilities: [...capabilities] },
+    log[level](
+      {
+        hostnames,
+        remoteAddress,
+        agentVersion: identity.agentVersion,
+        capabilities: [...capabilities],
+        ...(duplicate ? { duplicate } : {}),
+      },
       'agent connected',
     );
     session.once('close', (err?: TunnelError) => {
       this.o.registry.remove(agent);
       this.o.metrics.agentsConnected.dec();
-      log.info({ durationMs: Date.now() - agent.connectedAt, code: err?.code }, 'agent disconnected');
+      log[level]({ durationMs: Date.now() - agent.connectedAt, code: err?.code }, 'agent disconnected');
     });
     // Revoked while it registered: the list was checked when the token was verified.
     if (this.o.verifier.isRevoked(token.tokenId)) {

@@ -15,12 +15,16 @@ export interface AgentRegistryEvents {
 export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
   private readonly byLabel = new Map<string, RegisteredAgent[]>();
   private readonly agents = new Set<RegisteredAgent>();
+  /** Sessions per `cluster/agentId`: an agent holds one per replica, so more here is a duplicate. */
+  private readonly sessionsOf = new Map<string, number>();
   /** Callers of whenHeld by label; at most one per pending connection (the pending limits bound them). */
   private readonly waiters = new Map<string, Set<() => void>>();
   private turn = 0;
 
   add(agent: RegisteredAgent): void {
     this.agents.add(agent);
+    const key = agentKey(agent);
+    this.sessionsOf.set(key, (this.sessionsOf.get(key) ?? 0) + 1);
     for (const label of agent.labels) {
       const list = this.byLabel.get(label) ?? [];
       list.push(agent);
@@ -60,6 +64,10 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
 
   remove(agent: RegisteredAgent): void {
     if (!this.agents.delete(agent)) return;
+    const key = agentKey(agent);
+    const left = (this.sessionsOf.get(key) ?? 1) - 1;
+    if (left > 0) this.sessionsOf.set(key, left);
+    else this.sessionsOf.delete(key);
     for (const label of agent.labels) {
       const list = this.byLabel.get(label)?.filter((a) => a !== agent) ?? [];
       if (list.length > 0) this.byLabel.set(label, list);
@@ -97,6 +105,11 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
     return this.byLabel.get(label)?.find((a) => a.usable);
   }
 
+  /** Whether this agent (cluster and agent id) has a session here already. */
+  holdsAgent(clusterId: string, agentId: string): boolean {
+    return this.sessionsOf.has(`${clusterId}/${agentId}`);
+  }
+
   /** Whether a usable agent holds `label`; asking takes no turn of the rotation. */
   has(label: string): boolean {
     return this.firstUsable(label) !== undefined;
@@ -113,4 +126,8 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
   labels(): string[] {
     return [...this.byLabel.keys()].sort();
   }
+}
+
+function agentKey(agent: RegisteredAgent): string {
+  return `${agent.identity.clusterId}/${agent.identity.agentId}`;
 }

@@ -27,6 +27,11 @@ export class ServerMetrics {
     labelNames: ['limit'] as const,
     registers: [this.registry],
   });
+  readonly duplicateSessions = new Counter({
+    name: 'tunnel_agent_duplicate_sessions_total',
+    help: 'Agent sessions registered while the same agent had one here already (it probes for a missing replica; a steady rate means serverCount is above the replicas)',
+    registers: [this.registry],
+  });
   readonly pendingConnections = new Gauge({
     name: 'tunnel_pending_connections',
     help: 'Public-port connections not yet routed or authenticated',

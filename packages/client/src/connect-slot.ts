@@ -77,7 +77,7 @@ export interface SlotHost {
 }
 
 type Phase = 'token' | 'dial' | 'register';
-type Outcome = 'ended' | 'duplicate' | 'stopped';
+type Outcome = 'ended' | 'goaway' | 'duplicate' | 'stopped';
 
 export class ConnectSlot {
   readonly log: Logger;
@@ -125,8 +125,18 @@ export class ConnectSlot {
       try {
         const outcome = await this.connectOnce();
         if (outcome === 'stopped' || !this.host.keepDialing(this)) break;
-        delayMs = outcome === 'duplicate' ? this.duplicateDelay() : this.backoff.next();
-        if (outcome === 'ended') this.log.info({ delayMs, attempt: this.backoff.attempt }, 'reconnecting');
+        delayMs =
+          outcome === 'duplicate'
+            ? this.duplicateDelay()
+            : outcome === 'goaway'
+              ? this.goAwayDelay()
+              : this.backoff.next();
+        if (outcome !== 'duplicate') {
+          this.log.info(
+            { delayMs, attempt: this.backoff.attempt, goAway: outcome === 'goaway' },
+            'reconnecting',
+          );
+        }
       } catch (err) {
         if (!this.host.keepDialing(this)) break;
         delayMs = this.failureDelay(asTunnelError(err), this.phase);
@@ -200,12 +210,22 @@ export class ConnectSlot {
     this.backoff.connected();
     const wentAway = new Promise<void>((resolve) => session.once('goaway', () => resolve()));
     await Promise.race([ended, wentAway]);
-    if (!this.host.isStopping() && session.isGoingAway) {
+    const drained = !this.host.isStopping() && session.isGoingAway;
+    if (drained) {
       // The server is draining: its open streams finish in the background while we redial.
       void session.close(config.drainTimeoutMs);
     }
     this.backoff.disconnected();
-    return 'ended';
+    return drained ? 'goaway' : 'ended';
+  }
+
+  /**
+   * After a server's GoAway (it drains: a restart, a rolling update): dial again soon, jittered
+   * in [0, backoffInitialMs] so its agents do not all arrive at once, and without growing the
+   * backoff: nothing failed.
+   */
+  private goAwayDelay(): number {
+    return Math.floor(Math.min(Math.max(this.host.random(), 0), 1) * this.host.config.backoffInitialMs);
   }
 
   /**

@@ -263,6 +263,16 @@ export const SERVER_CONFIG_SCHEMA = {
     max: MAX_TIMER_MS,
     description: 'how long a ping may go unanswered before the session is closed as dead',
   },
+  drainDelayMs: {
+    type: 'duration-ms',
+    flag: 'drain-delay-ms',
+    env: 'TUNNEL_SERVER_DRAIN_DELAY_MS',
+    default: '0',
+    min: 0,
+    max: MAX_TIMER_MS,
+    description:
+      'on SIGTERM, how long the server stays fully in service while /readyz answers 503, so the load balancer stops sending it connections before it closes its port and sends its agents away',
+  },
   drainTimeoutMs: {
     type: 'duration-ms',
     flag: 'drain-timeout-ms',
@@ -324,6 +334,7 @@ export interface ServerConfig {
   readonly serverCount: number;
   readonly keepaliveIntervalMs: number;
   readonly keepaliveTimeoutMs: number;
+  readonly drainDelayMs: number;
   readonly drainTimeoutMs: number;
   readonly maxAgents: number;
   readonly logLevel: LogLevel;

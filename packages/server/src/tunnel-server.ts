@@ -248,12 +248,17 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
   }
 
   /**
-   * Graceful: stop accepting, GoAway to every agent, let open streams finish up to
-   * drainTimeoutMs, then cut what is left. Idempotent.
+   * Graceful: not ready at once (/readyz 503), still in service for drainDelayMs while the load
+   * balancer notices; then stop accepting, GoAway to every agent (they re-dial elsewhere at
+   * once), let open streams finish up to drainTimeoutMs, and cut what is left. Idempotent.
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.draining = true;
+      if (this.config.drainDelayMs > 0) {
+        this.log.info({ drainDelayMs: this.config.drainDelayMs }, 'not ready; closing after the drain delay');
+        await new Promise<void>((r) => setTimeout(r, this.config.drainDelayMs).unref());
+      }
       this.publicServer.close();
       for (const mode of this.modes) mode.close();
       const drained = this.endpoint?.close() ?? Promise.resolve();

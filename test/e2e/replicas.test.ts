@@ -14,6 +14,7 @@ import { findKubectl, runKubectl } from '../helpers/kubectl.js';
 import { startLoadBalancer } from '../helpers/load-balancer.js';
 import {
   createToken,
+  liveServers,
   startAgent,
   startServer,
   tunnelKubeconfig,
@@ -39,20 +40,6 @@ const registeredWith =
   (serverId: string) =>
   (l: LogLine): boolean =>
     l.msg === 'agent registered' && l.serverId === serverId;
-
-/** The agent's sessions that are up now: registered, and not yet ended. */
-function liveServers(agent: CliProcess): string[] {
-  const up = new Map<string, number>();
-  for (const l of agent.logs) {
-    const id = l.serverId as string;
-    if (l.msg === 'agent registered') up.set(id, (up.get(id) ?? 0) + 1);
-    if (l.msg === 'session ended') up.set(id, (up.get(id) ?? 0) - 1);
-  }
-  return [...up]
-    .filter(([, n]) => n > 0)
-    .map(([id]) => id)
-    .sort();
-}
 
 describe('server replicas behind a load balancer', () => {
   it('the agent holds a session to each replica, loses one when it stops and finds it again after its restart', async () => {

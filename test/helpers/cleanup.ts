@@ -35,17 +35,22 @@ async function runTeardowns(list: Teardown[]): Promise<void> {
   if (failure !== undefined) throw failure;
 }
 
+/** Runs `fn` so that what it registers with `defer` belongs to the shared fixture, not the test. */
+export type FixtureScope = <R>(fn: () => Promise<R>) => Promise<R>;
+
 /**
  * One fixture for every test of the enclosing describe block: `setup` runs in its beforeAll, and
  * what the helpers it calls register with `defer` is torn down after the block's last test (or
- * at once if `setup` fails). Returns the getter tests call.
+ * at once if `setup` fails). `setup` gets a FixtureScope for what the fixture starts later, from
+ * inside a test (a replica replacing one the test stopped). Returns the getter tests call.
  */
-export function sharedFixture<T>(setup: () => Promise<T>): () => T {
+export function sharedFixture<T>(setup: (scope: FixtureScope) => Promise<T>): () => T {
   let state: { value: T } | undefined;
   beforeAll(async () => {
     const teardowns: Teardown[] = [];
+    const scope: FixtureScope = (fn) => fixtureTeardowns.run(teardowns, fn);
     try {
-      state = { value: await fixtureTeardowns.run(teardowns, setup) };
+      state = { value: await fixtureTeardowns.run(teardowns, () => setup(scope)) };
     } catch (err) {
       await runTeardowns(teardowns);
       throw err;

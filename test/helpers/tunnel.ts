@@ -252,6 +252,20 @@ export async function startAgent(o: AgentOptions, waitRegistered = true): Promis
   return proc;
 }
 
+/** The server replicas an agent process holds a session to now: registered, and not yet ended. */
+export function liveServers(agent: CliProcess): string[] {
+  const up = new Map<string, number>();
+  for (const l of agent.logs) {
+    const id = l.serverId as string;
+    if (l.msg === 'agent registered') up.set(id, (up.get(id) ?? 0) + 1);
+    if (l.msg === 'session ended') up.set(id, (up.get(id) ?? 0) - 1);
+  }
+  return [...up]
+    .filter(([, n]) => n > 0)
+    .map(([id]) => id)
+    .sort();
+}
+
 /** Prints a kubeconfig with the real CLI (`tunnel-server kubeconfig`). */
 export async function tunnelKubeconfig(
   dir: string,

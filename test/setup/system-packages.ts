@@ -16,6 +16,8 @@ export const SYSTEM_PACKAGES = {
   curl: ['/usr/bin/curl'],
   /** Apache's htpasswd, which writes the bcrypt files of basic access (test/e2e/http-route.test.ts). */
   'apache2-utils': ['/usr/bin/htpasswd'],
+  /** A real L4 load balancer in front of server replicas (test/e2e/rolling-restart.test.ts). */
+  haproxy: ['/usr/sbin/haproxy'],
   /** A real browser for dashboards through http routes, driven by playwright-core. */
   chromium: ['/usr/bin/chromium'],
 } as const satisfies Record<string, readonly string[]>;

@@ -19,7 +19,6 @@ import {
   startServer,
   tunnelKubeconfig,
   writeTokenFile,
-  type CliProcess,
   type LogLine,
 } from '../helpers/tunnel.js';
 import { tempDir } from '../helpers/temp-dir.js';

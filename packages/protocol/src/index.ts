@@ -8,6 +8,8 @@ export {
   resolveSessionOptions,
   DEFAULT_SESSION_OPTIONS,
   MAX_UNSENT_REPLIES,
+  LIVENESS_FLOOR_MS,
+  LIVENESS_RTT_FACTOR,
   type Clock,
   type SessionOptions,
   type ResolvedSessionOptions,

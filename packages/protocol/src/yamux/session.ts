@@ -7,6 +7,11 @@ import { describeHeader, encodeHeader, type FrameHeader } from './frame.js';
 import { YamuxStream, type StreamHost } from './stream.js';
 import { TokenBucket } from '../token-bucket.js';
 
+/** A liveness ping may take this many round trips (livenessTimeoutMs). */
+export const LIVENESS_RTT_FACTOR = 4;
+/** ... and never less than this: a lost packet and its retransmits, or a peer's brief stall. */
+export const LIVENESS_FLOOR_MS = 2_000;
+
 /** Injectable time, so keepalive tests run in milliseconds without sleeping. */
 export interface Clock {
   now(): number;
@@ -189,6 +194,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   private nextPingId = 1;
   private readonly pings = new Map<number, PendingPing>();
   private keepaliveTimer: unknown;
+  private livenessCheck: Promise<boolean> | undefined;
   private lastRttMs: number | undefined;
   private bytesIn = 0;
   private bytesOut = 0;
@@ -246,6 +252,37 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     const stream = new YamuxStream(this, id, true, this.options.initialWindowBytes);
     this.streams.set(id, stream);
     return stream;
+  }
+
+  /**
+   * How long a liveness ping may take: LIVENESS_RTT_FACTOR times the last measured round trip,
+   * at least LIVENESS_FLOOR_MS (a lost packet or two and their retransmits fit), at most
+   * keepaliveTimeoutMs (also the answer before any RTT is known). A silent peer (a frozen NAT,
+   * a dead host that sent no FIN) is noticed in a few seconds, not in keepaliveTimeoutMs.
+   */
+  livenessTimeoutMs(): number {
+    const max = this.options.keepaliveTimeoutMs;
+    if (this.lastRttMs === undefined) return max;
+    return Math.min(max, Math.max(LIVENESS_FLOOR_MS, Math.ceil(LIVENESS_RTT_FACTOR * this.lastRttMs)));
+  }
+
+  /**
+   * Pings now with livenessTimeoutMs(); a peer that does not answer in time ends the session
+   * (TUN_ERR_TIMEOUT). Resolves whether it answered. Calls while one is out share it.
+   */
+  checkLiveness(): Promise<boolean> {
+    this.livenessCheck ??= this.ping(this.livenessTimeoutMs())
+      .then(
+        () => true,
+        (err: TunnelError) => {
+          if (err.code === 'TUN_ERR_TIMEOUT') this.destroy(err);
+          return false;
+        },
+      )
+      .finally(() => {
+        this.livenessCheck = undefined;
+      });
+    return this.livenessCheck;
   }
 
   /** Sends a ping and resolves with the round-trip time in ms. */
@@ -574,12 +611,9 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   private scheduleKeepalive(): void {
     this.keepaliveTimer = this.clock.setTimeout(() => {
       if (this.destroyed) return;
-      this.ping(this.options.keepaliveTimeoutMs).then(
-        () => this.scheduleKeepalive(),
-        (err: TunnelError) => {
-          if (err.code === 'TUN_ERR_TIMEOUT') this.destroy(err);
-        },
-      );
+      void this.checkLiveness().then((alive) => {
+        if (alive) this.scheduleKeepalive();
+      });
     }, this.options.keepaliveIntervalMs);
   }
 

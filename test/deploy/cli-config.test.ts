@@ -177,6 +177,11 @@ function drainBudgetMs(s: Subject): number {
   return grace - preStopSleep;
 }
 
+/** The server's drain delay (not ready, still serving) plus its drain timeout; the agent's timeout. */
+function drainMs(config: ServerConfig | ClientConfig): number {
+  return ('drainDelayMs' in config ? config.drainDelayMs : 0) + config.drainTimeoutMs;
+}
+
 function mountKind(s: Subject, localPath: string | undefined): VolumeKind | 'none' {
   if (localPath === undefined) return 'none';
   return s.view.mountOf(localPath)?.kind ?? 'none';
@@ -265,8 +270,8 @@ for (const s of allSubjects)
       expect(probePorts(s.container)).toEqual([health?.port, health?.port]);
     });
 
-    test('the grace period outlasts the preStop sleep plus the drain timeout', () => {
-      expect(resolveOrExplain(s).drainTimeoutMs).toBeLessThan(drainBudgetMs(s));
+    test('the grace period outlasts the preStop sleep plus the drain delay and timeout', () => {
+      expect(drainMs(resolveOrExplain(s))).toBeLessThan(drainBudgetMs(s));
     });
 
     test('its id comes from the pod name, so replicas never share one', () => {

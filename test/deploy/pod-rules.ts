@@ -84,7 +84,11 @@ export function probeViolations(c: Container): string[] {
   return v;
 }
 
-/** Deployment-level availability: replicas, anti-affinity, surge-only rollout, a matching PDB. */
+/**
+ * Deployment-level availability: replicas, anti-affinity, a matching PDB, and the rollout: agents
+ * surge (a new agent registers before the old one leaves); server replicas are replaced one at a
+ * time without surge, since a surge replica beyond serverCount would get users but no agents.
+ */
 export function availabilityViolations(objects: K8sObject[], t: PodTemplate, minReplicas: number): string[] {
   const v: string[] = [];
   const spec = t.owner.spec ?? {};
@@ -98,8 +102,13 @@ export function availabilityViolations(objects: K8sObject[], t: PodTemplate, min
   if (!terms.some((term: K8sObject) => selectorMatches(term?.labelSelector?.matchLabels, t.labels))) {
     v.push('has no pod anti-affinity term that selects its own pods');
   }
-  if (spec.strategy?.rollingUpdate?.maxUnavailable !== 0)
-    v.push('may take a pod down before its successor is ready');
+  const rollout = spec.strategy?.rollingUpdate ?? {};
+  if (t.labels['app.kubernetes.io/component'] === 'server') {
+    if (rollout.maxSurge !== 0 || rollout.maxUnavailable !== 1)
+      v.push(
+        'rolls out with a surge replica that agents would not hold a session to (want maxSurge 0, maxUnavailable 1)',
+      );
+  } else if (rollout.maxUnavailable !== 0) v.push('may take a pod down before its successor is ready');
   const pdbs = objects.filter(
     (o) =>
       o.kind === 'PodDisruptionBudget' &&

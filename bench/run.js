@@ -36,13 +36,14 @@ import * as s5 from './lib/scenarios/s5-scale.js';
 import * as s6 from './lib/scenarios/s6-slow-reader.js';
 import * as s7 from './lib/scenarios/s7-delay.js';
 import * as s8 from './lib/scenarios/s8-http-route.js';
+import * as s9 from './lib/scenarios/s9-restart.js';
 
 const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
-const SCENARIOS = [s1, s2, s3, s4, s5, s6, s7, s8];
+const SCENARIOS = [s1, s2, s3, s4, s5, s6, s7, s8, s9];
 
 const HELP = `usage: node bench/run.js [options]   (npm run bench -- [options])
   --quick            smoke version: smaller sizes, 3 rounds, no settling (< 3 minutes)
-  --only <list>      scenarios to run, e.g. S1,S3 (default: all, S1..S8)
+  --only <list>      scenarios to run, e.g. S1,S3 (default: all, S1..S9)
   --paths <list>     paths to compare (default: ${ALL_PATHS.join(',')})
   --reps <n>         rounds per scenario (default 5; --quick 3)
   --bytes <n>        bytes per bulk transfer in S1/S2 (suffix K, M, G; default 1G; --quick 64M)

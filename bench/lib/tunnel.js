@@ -96,7 +96,7 @@ async function getJson(url) {
 /**
  * Starts a tunnel server (no agent). `profileDir` runs it under --cpu-prof. `maxAgents` raises
  * the server's limit (S5's idle agents). `tcpRoute` adds the raw TCP route (its port is
- * `tcpRoutePort` in the result).
+ * `tcpRoutePort` in the result). `port` and `adminPort` restart a server where it was (S9).
  */
 export async function startTunnelServer({
   dir,
@@ -106,11 +106,14 @@ export async function startTunnelServer({
   root = ROOT,
   nodeFlags = [],
   tcpRoute = false,
+  port: fixedPort,
+  adminPort: fixedAdminPort,
+  extraArgs = [],
 }) {
   const dataDir = path.join(dir, `${name}-data`);
   for (let attempt = 0; attempt < 3; attempt++) {
-    const port = await freePort();
-    const adminPort = await freePort();
+    const port = fixedPort ?? (await freePort());
+    const adminPort = fixedAdminPort ?? (await freePort());
     const tcpRoutePort = tcpRoute ? await freePort() : undefined;
     const child = startChild(`${name}-server`, process.execPath, [
       ...nodeFlags,
@@ -135,6 +138,7 @@ export async function startTunnelServer({
         ? ['--max-pending-connections-per-address', '0', '--max-pending-connections', '100000']
         : []),
       ...(tcpRoute ? ['--tcp-route', `${RAW_ROUTE_LABEL}=127.0.0.1:${tcpRoutePort}`] : []),
+      ...extraArgs,
     ]);
     if (profileDir) profiledPids[child.pid] = `${name}-server`;
     try {

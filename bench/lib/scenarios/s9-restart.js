@@ -12,7 +12,7 @@ import { fork } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sleep, target } from '../harness.js';
-import { adopt, cleanEnv, waitUntil } from '../procs.js';
+import { adopt, cleanEnv } from '../procs.js';
 import { startTunnelServer } from '../tunnel.js';
 
 export const id = 'S9';

@@ -23,7 +23,7 @@ import { freePort, startChild, waitUntil } from './procs.js';
 const execFileAsync = promisify(execFile);
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const serverBin = (root) => path.join(root, 'packages/server/dist/bin.js');
-const clientBin = (root) => path.join(root, 'packages/client/dist/bin.js');
+export const clientBin = (root) => path.join(root, 'packages/client/dist/bin.js');
 export const SERVER_BIN = serverBin(ROOT);
 export const CLUSTER_ID = 'bench';
 export const ROUTE_LABEL = `cluster-${CLUSTER_ID}`;

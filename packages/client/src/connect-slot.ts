@@ -12,8 +12,9 @@
  *   slot dials a new session at once (the load balancer picks another replica).
  * - A session that lands on a replica another slot already holds (the host says 'duplicate') is
  *   closed at once: the load balancer picks replicas, so finding the missing one is a matter of
- *   dialing again. The slot probes in rounds: a burst of serverCount + 1 quick dials (a
- *   round-robin balancer passes every replica), then a pause of about `replicaProbeMs` (1 s)
+ *   dialing again. The slot probes in rounds: a burst of 2 × serverCount quick dials (a balancer
+ *   whose other traffic interleaves lands each dial on the missing replica with about 1/serverCount
+ *   odds: a burst finds it nine times in ten), then a pause of about `replicaProbeMs` (1 s)
  *   while the replica has been missing for a short time (a restart, a rolling update), growing
  *   with the time it has been missing up to `replicaProbeMaxMs` (serverCount above the real
  *   number of replicas: a warning after `replicaMissingWarnMs`, and a bounded dial rate, never a
@@ -236,7 +237,7 @@ export class ConnectSlot {
   private duplicateDelay(): number {
     const random = Math.min(Math.max(this.host.random(), 0), 1);
     const missingMs = this.host.clock.now() - (this.missingSince ?? this.host.clock.now());
-    if (this.duplicates < this.host.wantedSessions() + 1) {
+    if (this.duplicates < 2 * this.host.wantedSessions()) {
       const delayMs = Math.floor(random * BURST_GAP_MS);
       this.log.debug({ duplicates: this.duplicates, delayMs }, 'duplicate server session');
       return delayMs;

@@ -20,9 +20,22 @@ import {
 import { withDeadline } from './streams.js';
 import { tempDir } from './temp-dir.js';
 
-/** A logger that writes nowhere (set TUNNEL_TEST_LOG=1 to see the lines on stderr). */
-export function quietLogger(name: string): Logger {
-  const sink = new Writable({ write: (_chunk, _encoding, cb) => cb() });
+/** A log line as pino writes it. */
+export type LogRecord = Record<string, unknown> & { msg: string; level: number };
+
+/**
+ * A logger that writes nowhere but `lines`, when given (set TUNNEL_TEST_LOG=1 to see the lines
+ * on stderr).
+ */
+export function quietLogger(name: string, lines?: LogRecord[]): Logger {
+  const sink = new Writable({
+    write: (chunk: Buffer, _encoding, cb) => {
+      if (lines)
+        for (const text of chunk.toString('utf8').split('\n'))
+          if (text) lines.push(JSON.parse(text) as LogRecord);
+      cb();
+    },
+  });
   const destination = process.env.TUNNEL_TEST_LOG ? process.stderr : sink;
   return createLogger({ name, level: 'debug', format: 'json', destination });
 }
@@ -36,6 +49,8 @@ export interface InProcessServer {
   caFile: string;
   /** Every 'user-connection' event, in order. */
   events: UserConnectionEvent[];
+  /** Every line the server logged, parsed. */
+  logs: LogRecord[];
   /** The next event matching `match` (one already seen counts). */
   nextEvent(match: (e: UserConnectionEvent) => boolean, timeoutMs?: number): Promise<UserConnectionEvent>;
   /** A token for an agent of `cluster`, signed with this server's key; `issuedAtMs` backdates it. */
@@ -62,7 +77,8 @@ export async function startInProcessServer(args: readonly string[] = []): Promis
     cwd: dataDir,
     hostname: 'server-test',
   });
-  const server = new TunnelServer(config, { log: quietLogger('tunnel-server') });
+  const logs: LogRecord[] = [];
+  const server = new TunnelServer(config, { log: quietLogger('tunnel-server', logs) });
   const events: UserConnectionEvent[] = [];
   const waiters = new Set<() => void>();
   server.on('user-connection', (e) => {
@@ -78,6 +94,7 @@ export async function startInProcessServer(args: readonly string[] = []): Promis
     port: server.address.port,
     caFile: join(dataDir, 'ca.crt'),
     events,
+    logs,
     nextEvent(match, timeoutMs = 10_000) {
       const seen = events.find(match);
       if (seen) return Promise.resolve(seen);

@@ -100,6 +100,7 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
     this.log = deps.log;
     this.ownNames = new Set([config.domain, 'localhost']);
     const forwarder = new UserForwarder({
+      serverId: config.serverId,
       openRouteStream: (request) => this.openRouteStream(request),
       metrics: this.metrics,
       log: this.log,

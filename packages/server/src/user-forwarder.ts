@@ -2,11 +2,13 @@
  * Carries one user connection of a byte-forwarding mode (passthrough, tcp) to its route: a
  * stream from openRouteStream, then bytes both ways with half-close and resets kept, counted
  * and reported once the connection closes. A connection no agent takes is refused the mode's
- * way (a TLS alert, a TCP reset). Every outcome is reported as a UserConnectionEvent.
+ * way (a TLS alert, a TCP reset). Every outcome is reported as a UserConnectionEvent and as an
+ * audit line (audit.ts).
  */
 import type { Socket } from 'node:net';
 import { TunnelError, spliceBytes, type ErrorCode } from '@cluster-tunnel/protocol';
 import type { Logger } from '@cluster-tunnel/config';
+import { auditConnection } from './audit.js';
 import type { ServerMetrics } from './metrics.js';
 import type { RouteStream, RouteStreamRequest } from './open-route-stream.js';
 
@@ -24,9 +26,14 @@ export type UserConnectionEvent =
       bytesIn: number;
       bytesOut: number;
       durationMs: number;
+      /** 'reset' when either side or the tunnel cut it; then `code` says who or why. */
+      outcome: 'closed' | 'reset';
+      code: string | null;
     };
 
 export interface UserForwarderOptions {
+  /** This replica, for the audit lines. */
+  serverId: string;
   openRouteStream: (request: RouteStreamRequest) => Promise<RouteStream>;
   metrics: ServerMetrics;
   log: Logger;
@@ -60,7 +67,18 @@ export class UserForwarder {
     } catch (err) {
       const e = err instanceof TunnelError ? err : new TunnelError('TUN_ERR_DIAL_FAILED', String(err));
       o.metrics.connections.inc({ mode, outcome: 'no-agent' });
-      o.log.info({ mode, route, remoteAddress, code: e.code, err: e.message }, 'user connection refused');
+      auditConnection(o.log, {
+        mode,
+        route,
+        agentId: null,
+        serverId: o.serverId,
+        remoteAddress,
+        bytesIn: 0,
+        bytesOut: 0,
+        durationMs: Date.now() - startedAt,
+        code: e.code,
+        outcome: 'refused',
+      });
       o.onEvent({ type: 'refused', mode, route, remoteAddress, code: e.code });
       request.refuse(socket, e.code);
       return;
@@ -92,10 +110,16 @@ export class UserForwarder {
     spliceBytes(socket, stream, (chunk) => {
       bytesOut += chunk.length;
     });
-    socket.on('error', () => stream.destroy());
+    // Why it ended, for the audit line: the first cut wins (the user's, or the agent's side).
+    let code: string | null = null;
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      code ??= err.code ?? 'ECONNRESET';
+      stream.destroy();
+    });
     // A reset stream resets the user connection too (a raw TCP client must not take a cut
     // exchange for a complete one); a finished one has already ended it ('end').
     const resetUser = (): void => {
+      code ??= (stream as { resetReason?: TunnelError }).resetReason?.code ?? 'TUN_ERR_STREAM_RESET';
       if (!socket.destroyed) socket.resetAndDestroy();
     };
     stream.on('error', resetUser);
@@ -106,14 +130,19 @@ export class UserForwarder {
     socket.once('close', () => {
       if (done) return;
       done = true;
-      if (!stream.destroyed && !(stream.readableEnded && stream.writableFinished)) stream.destroy();
+      // A user gone before the stream finished cut it (no error event for a plain close).
+      if (!stream.destroyed && !(stream.readableEnded && stream.writableFinished)) {
+        code ??= 'ECONNRESET';
+        stream.destroy();
+      }
       o.metrics.userStreams.dec();
       const bytesIn = socket.bytesRead - firstBytes;
       o.metrics.bytes.inc({ direction: 'in' }, bytesIn);
       o.metrics.bytes.inc({ direction: 'out' }, bytesOut);
       const { startedAt, ...rest } = info;
-      const closed = { ...rest, bytesIn, bytesOut, durationMs: Date.now() - startedAt };
-      o.log.info(closed, 'user connection closed');
+      const outcome = code === null ? ('closed' as const) : ('reset' as const);
+      const closed = { ...rest, bytesIn, bytesOut, durationMs: Date.now() - startedAt, outcome, code };
+      auditConnection(o.log, { ...closed, serverId: o.serverId });
       o.onEvent({ type: 'closed', ...closed });
     });
     // Both were left paused (the route peek, the reply read): start the flow.

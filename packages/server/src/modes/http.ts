@@ -18,6 +18,7 @@ import type { LinkSession } from '../http-link.js';
 import type { AccessRefusal } from '../http-access.js';
 import { HttpAccess, SESSION_COOKIE, type Visitor } from '../http-access.js';
 import { MAX_REQUEST_HEADER_BYTES, answerBadRequest } from '../bad-request.js';
+import { auditHttpRequest, auditHttpUpgrade } from '../audit.js';
 import { requestPath } from '../request-path.js';
 import type { RouteMode, RouteModeContext } from './route-mode.js';
 
@@ -45,9 +46,38 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
   const sockets = new Set<Duplex>();
   /** The link session each user connection was last admitted with: revoking it ends the connection. */
   const sessionOf = new WeakMap<Duplex, string>();
+  /** The agent behind each tunnel stream an http.Agent holds, for the audit lines. */
+  const agentIdOf = new WeakMap<Duplex, string>();
+  /** What the audit line of a request learns on its way: who, through which agent, how much. */
+  const auditOf = new WeakMap<
+    http.ServerResponse,
+    { user: string | null; agentId: string | null; bytesIn: number; bytesOut: number }
+  >();
   let requests = 0;
 
   const server = http.createServer({ maxHeaderSize: MAX_REQUEST_HEADER_BYTES }, (req, res) => {
+    // Every request gets its audit line, refused ones too, once its answer is done.
+    const startedAt = Date.now();
+    const facts = { user: null, agentId: null, bytesIn: 0, bytesOut: 0 };
+    auditOf.set(res, facts);
+    res.once('close', () => {
+      const tunnelCode = res.getHeader('x-tunnel-error');
+      auditHttpRequest(log, {
+        mode: 'http',
+        route: routeOf.get(req.socket) ?? '',
+        agentId: facts.agentId,
+        serverId: config.serverId,
+        remoteAddress: address(req),
+        bytesIn: facts.bytesIn,
+        bytesOut: facts.bytesOut,
+        durationMs: Date.now() - startedAt,
+        code: typeof tunnelCode === 'string' ? tunnelCode : res.writableFinished ? null : 'ECONNRESET',
+        method: req.method ?? '',
+        path: requestPath(req) ?? '',
+        status: res.statusCode,
+        user: facts.user,
+      });
+    });
     handle(req, res).catch((err: unknown) => {
       log.error({ err }, 'http route request failed');
       if (!res.headersSent) page(res, 502, 'TUN_ERR_PROTOCOL', 'The request could not be forwarded.');
@@ -82,7 +112,10 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       agent = new http.Agent({ keepAlive: true, maxFreeSockets: 4, timeout: config.httpIdleTimeoutMs });
       agent.createConnection = ((_options: unknown, done: (err: Error | null, s?: Duplex) => void) => {
         context.openRouteStream({ route, remoteAddress }).then(
-          ({ stream }) => done(null, socketLike(stream)),
+          ({ stream, agent }) => {
+            agentIdOf.set(stream, agent.identity.agentId);
+            done(null, socketLike(stream));
+          },
           (err: unknown) => done(err as Error),
         );
         return undefined;
@@ -120,6 +153,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       return page(res, 401, 'TUN_ERR_ACCESS_DENIED', `Access denied: ${e.message}.`);
     }
     if (who.session !== undefined) sessionOf.set(req.socket, who.session);
+    auditOf.get(res)!.user = who.user ?? null;
     forward(req, res, route, who);
   }
 
@@ -145,11 +179,9 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
 
   function forward(req: http.IncomingMessage, res: http.ServerResponse, route: string, who: Visitor): void {
     requests++;
-    const startedAt = Date.now();
-    let bytesIn = 0;
-    let bytesOut = 0;
+    const facts = auditOf.get(res)!;
     req.on('data', (chunk: Buffer) => {
-      bytesIn += chunk.length;
+      facts.bytesIn += chunk.length;
     });
     const upstream = http.request({
       agent: agentOf(req.socket, route),
@@ -157,6 +189,9 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       path: req.url,
       headers: forwardedHeaders(req, registry.hostHeaderOf(route), who),
       setHost: false,
+    });
+    upstream.on('socket', (stream: Duplex) => {
+      facts.agentId = agentIdOf.get(stream) ?? null;
     });
     // The target must start its answer in time; streaming after that has no limit but idleness.
     const timer = setTimeout(
@@ -168,7 +203,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       res.writeHead(answer.statusCode ?? 502, answer.statusMessage, stripHopByHop(answer.rawHeaders));
       res.flushHeaders();
       answer.on('data', (chunk: Buffer) => {
-        bytesOut += chunk.length;
+        facts.bytesOut += chunk.length;
       });
       answer.pipe(res);
       answer.on('error', () => res.destroy());
@@ -186,30 +221,36 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       clearTimeout(timer);
       if (!upstream.destroyed && !upstream.writableFinished) upstream.destroy();
       metrics.connections.inc({ mode: 'http', outcome: res.statusCode < 500 ? 'forwarded' : 'failed' });
-      log.info(
-        {
-          mode: 'http',
-          route,
-          method: req.method,
-          path: requestPath(req),
-          status: res.statusCode,
-          user: who.user,
-          remoteAddress: address(req),
-          bytesIn,
-          bytesOut,
-          durationMs: Date.now() - startedAt,
-        },
-        'http request',
-      );
     });
     req.pipe(upstream);
   }
 
   async function upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const route = routeOf.get(socket)!;
+    const startedAt = Date.now();
+    const audit = (
+      outcome: 'closed' | 'reset' | 'refused',
+      o: { code: string | null; user?: string | null; agentId?: string; bytesIn?: number; bytesOut?: number },
+    ): void =>
+      auditHttpUpgrade(log, {
+        mode: 'http',
+        route,
+        agentId: o.agentId ?? null,
+        serverId: config.serverId,
+        remoteAddress: address(req),
+        bytesIn: o.bytesIn ?? 0,
+        bytesOut: o.bytesOut ?? 0,
+        durationMs: Date.now() - startedAt,
+        code: o.code,
+        path: requestPath(req) ?? '',
+        protocol: String(req.headers.upgrade ?? ''),
+        user: o.user ?? null,
+        outcome,
+      });
     socket.on('error', () => undefined);
     if (!hostMatches(req.headers.host, hostnameOf(route))) {
       socket.end(rawAnswer(421, 'TUN_ERR_UNKNOWN_HOST'));
+      audit('refused', { code: 'TUN_ERR_UNKNOWN_HOST' });
       return;
     }
     let who: Visitor;
@@ -221,6 +262,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       const limited = e.code === 'TUN_ERR_LIMIT_EXCEEDED';
       const extra = limited ? ['Retry-After: 1'] : e.challenge ? [`WWW-Authenticate: ${e.challenge}`] : [];
       socket.end(rawAnswer(limited ? 429 : 401, e.code, extra));
+      audit('refused', { code: e.code });
       return;
     }
     if (who.session !== undefined) sessionOf.set(socket, who.session);
@@ -230,8 +272,25 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
     } catch (err) {
       const code = err instanceof TunnelError ? err.code : 'TUN_ERR_DIAL_FAILED';
       socket.end(rawAnswer(502, code));
+      audit('refused', { code, user: who.user ?? null });
       return;
     }
+    const stream = routed.stream;
+    let bytesIn = 0;
+    let bytesOut = 0;
+    socket.once('close', () => {
+      const clean = stream.readableEnded && stream.writableFinished;
+      const code = clean
+        ? null
+        : ((stream as { resetReason?: TunnelError }).resetReason?.code ?? 'ECONNRESET');
+      audit(clean ? 'closed' : 'reset', {
+        code,
+        user: who.user ?? null,
+        agentId: routed.agent.identity.agentId,
+        bytesIn,
+        bytesOut,
+      });
+    });
     // The request head as the target must see it (Upgrade and Connection kept), then raw bytes.
     const headers = forwardedHeaders(req, registry.hostHeaderOf(route), who);
     headers.connection = req.headers.connection ?? 'Upgrade';
@@ -243,7 +302,13 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
     }
     routed.stream.write(`${lines.join('\r\n')}\r\n\r\n`);
     if (head.length > 0) routed.stream.write(head);
-    spliceBytes(socket as Socket, routed.stream);
+    bytesIn += head.length;
+    socket.on('data', (chunk: Buffer) => {
+      bytesIn += chunk.length;
+    });
+    spliceBytes(socket as Socket, routed.stream, (chunk) => {
+      bytesOut += chunk.length;
+    });
     socket.on('close', () => routed.stream.destroy());
     routed.stream.on('close', () => socket.destroy());
     routed.stream.resume();
@@ -380,12 +445,12 @@ function page(res: http.ServerResponse, status: number, code: ErrorCode | undefi
     `<!doctype html><meta charset="utf-8"><title>${status} ${http.STATUS_CODES[status] ?? ''}</title>` +
     `<h1>${status} ${http.STATUS_CODES[status] ?? ''}</h1><p>${escapeHtml(text)}</p>` +
     (code ? `<p><code>${code}</code></p>` : '');
-  res.writeHead(status, {
-    'Content-Type': 'text/html; charset=utf-8',
-    'Content-Length': Buffer.byteLength(body),
-    'Cache-Control': 'no-store',
-    ...(code ? { 'X-Tunnel-Error': code } : {}),
-  });
+  // Set, not passed to writeHead: the audit line reads X-Tunnel-Error back with getHeader.
+  res.setHeader('Content-Type', 'text/html; charset=utf-8');
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.setHeader('Cache-Control', 'no-store');
+  if (code) res.setHeader('X-Tunnel-Error', code);
+  res.writeHead(status);
   res.end(body);
 }
 

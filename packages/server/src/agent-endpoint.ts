@@ -208,6 +208,8 @@ export class AgentEndpoint {
     this.perCluster.set(clusterId, (this.perCluster.get(clusterId) ?? 0) + 1);
     this.armExpiry(session, connected);
     session.on('pause', (limit: string) => this.o.metrics.sessionPauses.inc({ limit }));
+    // From the session's first ping (sent at once) on: the early RTT counts too.
+    session.on('rtt', (ms: number) => this.o.metrics.rttSeconds.observe(ms / 1000));
     // Once per session: a peer at the edge of a limit pauses and resumes many times.
     session.once('pause', (limit: string) => {
       this.o.log.warn({ clusterId, remoteAddress, limit }, 'agent over a session limit: not reading it');
@@ -384,6 +386,8 @@ export class AgentEndpoint {
     session.once('close', (err?: TunnelError) => {
       this.o.registry.remove(agent);
       this.o.metrics.agentsConnected.dec();
+      this.o.metrics.sessionsEnded.inc({ cause: err?.code ?? 'clean' });
+      this.o.metrics.sessionEnded(session.stats);
       log[level]({ durationMs: Date.now() - agent.connectedAt, code: err?.code }, 'agent disconnected');
     });
     // Revoked while it registered: the list was checked when the token was verified.

@@ -17,6 +17,8 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
   private readonly agents = new Set<RegisteredAgent>();
   /** Sessions per `cluster/agentId`: an agent holds one per replica, so more here is a duplicate. */
   private readonly sessionsOf = new Map<string, number>();
+  /** Sessions per cluster: whether any agent of it is still here. */
+  private readonly sessionsOfCluster = new Map<string, number>();
   /** Callers of whenHeld by label; at most one per pending connection (the pending limits bound them). */
   private readonly waiters = new Map<string, Set<() => void>>();
   private turn = 0;
@@ -25,6 +27,8 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
     this.agents.add(agent);
     const key = agentKey(agent);
     this.sessionsOf.set(key, (this.sessionsOf.get(key) ?? 0) + 1);
+    const cluster = agent.identity.clusterId;
+    this.sessionsOfCluster.set(cluster, (this.sessionsOfCluster.get(cluster) ?? 0) + 1);
     for (const label of agent.labels) {
       const list = this.byLabel.get(label) ?? [];
       list.push(agent);
@@ -68,6 +72,10 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
     const left = (this.sessionsOf.get(key) ?? 1) - 1;
     if (left > 0) this.sessionsOf.set(key, left);
     else this.sessionsOf.delete(key);
+    const cluster = agent.identity.clusterId;
+    const ofCluster = (this.sessionsOfCluster.get(cluster) ?? 1) - 1;
+    if (ofCluster > 0) this.sessionsOfCluster.set(cluster, ofCluster);
+    else this.sessionsOfCluster.delete(cluster);
     for (const label of agent.labels) {
       const list = this.byLabel.get(label)?.filter((a) => a !== agent) ?? [];
       if (list.length > 0) this.byLabel.set(label, list);
@@ -103,6 +111,11 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
    */
   private firstUsable(label: string): RegisteredAgent | undefined {
     return this.byLabel.get(label)?.find((a) => a.usable);
+  }
+
+  /** Whether any agent of this cluster has a session here. */
+  holdsCluster(clusterId: string): boolean {
+    return this.sessionsOfCluster.has(clusterId);
   }
 
   /** Whether this agent (cluster and agent id) has a session here already. */

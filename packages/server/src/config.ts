@@ -219,6 +219,16 @@ export const SERVER_CONFIG_SCHEMA = {
     description:
       'how long a dashboard may take to start its response (then 504); streaming after that is bounded only by idleness',
   },
+  metricsClusterLabelLimit: {
+    type: 'int',
+    flag: 'metrics-cluster-label-limit',
+    env: 'TUNNEL_SERVER_METRICS_CLUSTER_LABEL_LIMIT',
+    default: 1000,
+    min: 0,
+    max: 1_000_000,
+    description:
+      'per-cluster metric series (a cluster label) are exported while agents of at most this many clusters are connected; above, they are left out',
+  },
   adminListen: {
     type: 'host-port',
     flag: 'admin-listen',
@@ -327,6 +337,7 @@ export interface ServerConfig {
   readonly revokedFile: string | undefined;
   /** Raw TCP routes: `name` is the route label, host:port where the server listens for it. */
   readonly tcpRoutes: readonly RouteTarget[];
+  readonly metricsClusterLabelLimit: number;
   /** undefined: the admin port is off. */
   readonly adminListen: HostPort | undefined;
   readonly serverId: string;

@@ -26,6 +26,8 @@ import type { RegisteredAgent } from './registered-agent.js';
 export const HEDGE_FLOOR_MS = 1_000;
 
 export interface RouteStreamRequest {
+  /** The route mode asking, for the metrics (tunnel_stream_open_seconds). */
+  mode?: string;
   /** What the stream is for (the typed stream header); default `route`, raw bytes to the target. */
   type?: StreamType;
   /** Hostname label of the route, e.g. `cluster-u1`. */

@@ -126,7 +126,19 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
       routes: a.labels,
     });
     this.registry.on('added', (a) => this.emit('agent', agentEvent('registered', a)));
-    this.registry.on('removed', (a) => this.emit('agent', agentEvent('left', a)));
+    this.registry.on('removed', (a) => {
+      this.emit('agent', agentEvent('left', a));
+      if (!this.registry.holdsCluster(a.identity.clusterId)) this.metrics.forgetCluster(a.identity.clusterId);
+    });
+    this.metrics.attach({
+      sessions: () =>
+        this.registry.all().map((a) => ({
+          clusterId: a.identity.clusterId,
+          stats: a.session.stats,
+          receiveWindows: () => a.session.receiveWindows(),
+        })),
+      clusterLabelLimit: config.metricsClusterLabelLimit,
+    });
     this.publicServer = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) =>
       this.onConnection(socket),
     );
@@ -222,11 +234,17 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
   }
 
   /** A stream to an agent holding `request.route`, tried across its agents (open-route-stream.ts). */
-  openRouteStream(request: RouteStreamRequest): Promise<RouteStream> {
-    return openRouteStream(
+  async openRouteStream(request: RouteStreamRequest): Promise<RouteStream> {
+    const startedAt = performance.now();
+    const routed = await openRouteStream(
       { registry: this.registry, replyTimeoutMs: this.config.agentReplyTimeoutMs, log: this.log },
       request,
     );
+    this.metrics.streamOpenSeconds.observe(
+      { mode: request.mode ?? 'other' },
+      (performance.now() - startedAt) / 1000,
+    );
+    return routed;
   }
 
   status(): ServerStatus {
@@ -369,9 +387,11 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
   private async route(socket: Socket, pending: PendingConnection): Promise<void> {
     const remoteAddress = `${socket.remoteAddress}:${socket.remotePort}`;
     let hello;
+    const helloStartedAt = performance.now();
     try {
       // The pending deadline ends a slow hello; this one only backs it up.
       hello = await readClientHello(socket, { handshakeTimeoutMs: pending.remainingMs + 1_000 });
+      this.metrics.clientHelloSeconds.observe((performance.now() - helloStartedAt) / 1000);
     } catch (err) {
       if (pending.timedOut) return; // logged and counted by onHandshakeTimeout
       const code = err instanceof TunnelError ? err.code : 'TUN_ERR_CLIENT_HELLO';

@@ -63,10 +63,11 @@ export class UserForwarder {
     const startedAt = Date.now();
     let routed: RouteStream;
     try {
-      routed = await o.openRouteStream({ route, remoteAddress, firstBytes: request.firstBytes });
+      routed = await o.openRouteStream({ mode, route, remoteAddress, firstBytes: request.firstBytes });
     } catch (err) {
       const e = err instanceof TunnelError ? err : new TunnelError('TUN_ERR_DIAL_FAILED', String(err));
       o.metrics.connections.inc({ mode, outcome: 'no-agent' });
+      o.metrics.refusals.inc({ mode, code: e.code });
       auditConnection(o.log, {
         mode,
         route,
@@ -102,7 +103,7 @@ export class UserForwarder {
     info: { mode: string; route: string; agentId: string; remoteAddress: string; startedAt: number },
   ): void {
     const { o } = this;
-    o.metrics.userStreams.inc();
+    o.metrics.userStreams.inc({ mode: info.mode });
     o.metrics.connections.inc({ mode: info.mode, outcome: 'forwarded' });
     // Bytes the mode read to pick the route (a ClientHello) were counted by the socket already.
     const firstBytes = socket.bytesRead;
@@ -135,10 +136,9 @@ export class UserForwarder {
         code ??= 'ECONNRESET';
         stream.destroy();
       }
-      o.metrics.userStreams.dec();
+      o.metrics.userStreams.dec({ mode: info.mode });
       const bytesIn = socket.bytesRead - firstBytes;
-      o.metrics.bytes.inc({ direction: 'in' }, bytesIn);
-      o.metrics.bytes.inc({ direction: 'out' }, bytesOut);
+      o.metrics.userBytes(info.mode, info.route, bytesIn, bytesOut);
       const { startedAt, ...rest } = info;
       const outcome = code === null ? ('closed' as const) : ('reset' as const);
       const closed = { ...rest, bytesIn, bytesOut, durationMs: Date.now() - startedAt, outcome, code };

@@ -131,6 +131,8 @@ export interface SessionStats {
   bytesOut: number;
   /** Streams whose writer waits for the peer's window. */
   blockedStreams: number;
+  /** Stream-seconds spent so, since the session began (two streams blocked 1 s each: 2). */
+  blockedSeconds: number;
   /** Bytes held in memory: transport write queue plus every stream's unread and unsent data. */
   bufferedBytes: number;
   rttMs: number | undefined;
@@ -199,6 +201,8 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   private bytesIn = 0;
   private bytesOut = 0;
   private blocked = 0;
+  private blockedMs = 0;
+  private blockedSince = 0;
   private failure: TunnelError | undefined;
   private inboundOpen = 0;
   /** Reply frames written to the transport whose write callback has not run yet. */
@@ -303,6 +307,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   }
 
   get stats(): SessionStats {
+    this.accrueBlocked();
     let buffered = this.transport.writableLength;
     for (const s of this.streams.values()) buffered += s.bufferedBytes;
     return {
@@ -310,6 +315,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
       bytesIn: this.bytesIn,
       bytesOut: this.bytesOut,
       blockedStreams: this.blocked,
+      blockedSeconds: this.blockedMs / 1000,
       bufferedBytes: buffered,
       rttMs: this.lastRttMs,
       readPaused: this.readPause !== undefined,
@@ -419,7 +425,20 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
   }
 
   blockedChanged(delta: number): void {
+    this.accrueBlocked();
     this.blocked += delta;
+  }
+
+  /** Adds the blocked stream-time since the last change (the count was constant meanwhile). */
+  private accrueBlocked(): void {
+    const now = this.clock.now();
+    this.blockedMs += this.blocked * (now - this.blockedSince);
+    this.blockedSince = now;
+  }
+
+  /** The receive window each open stream aims to keep open now (auto-tuning grows them). */
+  receiveWindows(): number[] {
+    return [...this.streams.values()].map((s) => s.receiveWindowBytes);
   }
 
   bufferedChanged(delta: number): void {
@@ -579,6 +598,7 @@ export class YamuxSession extends EventEmitter implements StreamHost, FrameSink 
     const rtt = Math.max(0, this.clock.now() - ping.sentAt);
     this.lastRttMs = rtt;
     ping.resolve(rtt);
+    this.emit('rtt', rtt);
   }
 
   private onGoAway(header: FrameHeader): void {

@@ -62,9 +62,16 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
     auditOf.set(res, facts);
     res.once('close', () => {
       const tunnelCode = res.getHeader('x-tunnel-error');
+      const route = routeOf.get(req.socket) ?? '';
+      metrics.httpRequests.inc({ status_class: `${Math.floor(res.statusCode / 100)}xx` });
+      metrics.httpRequestSeconds.observe((Date.now() - startedAt) / 1000);
+      metrics.userBytes('http', route, facts.bytesIn, facts.bytesOut);
+      if (typeof tunnelCode === 'string' && res.statusCode >= 500) {
+        metrics.refusals.inc({ mode: 'http', code: tunnelCode });
+      }
       auditHttpRequest(log, {
         mode: 'http',
-        route: routeOf.get(req.socket) ?? '',
+        route,
         agentId: facts.agentId,
         serverId: config.serverId,
         remoteAddress: address(req),
@@ -111,7 +118,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       const remoteAddress = socketAddress(user);
       agent = new http.Agent({ keepAlive: true, maxFreeSockets: 4, timeout: config.httpIdleTimeoutMs });
       agent.createConnection = ((_options: unknown, done: (err: Error | null, s?: Duplex) => void) => {
-        context.openRouteStream({ route, remoteAddress }).then(
+        context.openRouteStream({ mode: 'http', route, remoteAddress }).then(
           ({ stream, agent }) => {
             agentIdOf.set(stream, agent.identity.agentId);
             done(null, socketLike(stream));
@@ -268,7 +275,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
     if (who.session !== undefined) sessionOf.set(socket, who.session);
     let routed;
     try {
-      routed = await context.openRouteStream({ route, remoteAddress: address(req) });
+      routed = await context.openRouteStream({ mode: 'http', route, remoteAddress: address(req) });
     } catch (err) {
       const code = err instanceof TunnelError ? err.code : 'TUN_ERR_DIAL_FAILED';
       socket.end(rawAnswer(502, code));

@@ -27,6 +27,7 @@ import type { Clock, ErrorCode, RegisteredMessage } from '@cluster-tunnel/protoc
 import type { Logger } from '@cluster-tunnel/config';
 import { ServerSession } from './server-session.js';
 import type { TargetDialer } from './target-dialer.js';
+import type { AgentMetrics } from './metrics.js';
 import { Backoff } from './backoff.js';
 import type { ClientConfig } from './config.js';
 import { dial, isCredentialRefusal } from './server-dialer.js';
@@ -65,6 +66,7 @@ export interface SlotHost {
   readonly agentVersion: string;
   /** Shared by every session: spare target connections are bounded per agent. */
   readonly targetDialer: TargetDialer;
+  readonly metrics: AgentMetrics;
   /** The agent is shutting down: no more dials. */
   isStopping(): boolean;
   /** Whether this slot should dial (again); false ends its loop. */
@@ -184,6 +186,7 @@ export class ConnectSlot {
       targetDialTimeoutMs: timeouts.targetDialTimeoutMs,
       targetDialer: this.host.targetDialer,
       logger: this.log,
+      metrics: this.host.metrics,
     });
     this.host.track(session);
     const ended = session.whenClosed();
@@ -194,7 +197,9 @@ export class ConnectSlot {
       session.destroy();
       throw err;
     }
-    if (this.host.registered(this, session, registered) === 'duplicate') {
+    const served = this.host.registered(this, session, registered);
+    this.host.metrics.connects.inc({ outcome: served === 'duplicate' ? 'duplicate' : 'registered' });
+    if (served === 'duplicate') {
       // Not a failure: the load balancer sent us to a replica we hold. Leave cleanly, dial again.
       void session.close(config.drainTimeoutMs);
       this.duplicates += 1;
@@ -261,6 +266,8 @@ export class ConnectSlot {
   /** Logs why the attempt failed and picks the delay before the next one. */
   private failureDelay(err: TunnelError, phase: Phase): number {
     const authRetryMs = this.host.config.authRetryMs;
+    const refused = isCredentialRefusal(err) || phase === 'token' || OPERATOR_ERROR_CODES.has(err.code);
+    this.host.metrics.connects.inc({ outcome: refused ? 'refused' : 'failed' });
     if (isCredentialRefusal(err)) {
       const { status, serverMessage } = err.details ?? {};
       this.log.error(

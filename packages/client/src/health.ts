@@ -1,17 +1,21 @@
 /**
  * kubelet probes: `/healthz` answers 200 while the process runs (liveness: restart only a hung
  * process, never one that merely cannot reach its server), `/readyz` answers 200 once the agent
- * is registered with at least one server and 503 otherwise (readiness).
+ * is registered with at least one server and 503 otherwise (readiness). `/metrics`: the agent's
+ * Prometheus metrics (metrics.ts).
  */
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { formatHostPort } from '@cluster-tunnel/config';
 import type { HostPort, Logger } from '@cluster-tunnel/config';
+import type { Registry } from 'prom-client';
 
 export interface HealthServerOptions {
   listen: HostPort;
   isReady: () => boolean;
+  /** Served at /metrics when given. */
+  metrics?: Registry;
   logger: Logger;
 }
 
@@ -68,6 +72,19 @@ export class HealthServer {
 
   private readonly onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? '/').split('?')[0];
+    const metrics = this.options.metrics;
+    if (metrics && path === '/metrics' && req.method === 'GET') {
+      metrics.metrics().then(
+        (body) => {
+          res.writeHead(200, { 'content-type': metrics.contentType, 'cache-control': 'no-store' });
+          res.end(body);
+        },
+        () => {
+          res.writeHead(500).end();
+        },
+      );
+      return;
+    }
     let status: number;
     let body: string;
     if (req.method !== 'GET' && req.method !== 'HEAD') {

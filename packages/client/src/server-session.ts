@@ -23,6 +23,7 @@ import type { Logger } from '@cluster-tunnel/config';
 import { forwardStream } from './forward.js';
 import type { RouteTable } from './route-table.js';
 import { TargetDialer } from './target-dialer.js';
+import type { AgentMetrics } from './metrics.js';
 
 export interface ServerSessionOptions {
   /** The socket the dialer upgraded to a WebSocket (DialedServer). */
@@ -44,6 +45,8 @@ export interface ServerSessionOptions {
    */
   targetDialer?: TargetDialer;
   logger: Logger;
+  /** The agent's metrics: streams, bytes and round trips of this session are counted there. */
+  metrics?: AgentMetrics;
 }
 
 export class ServerSession extends EventEmitter {
@@ -85,6 +88,11 @@ export class ServerSession extends EventEmitter {
     );
     this.session.on('goaway', this.onGoAway);
     this.session.once('close', this.onSessionClose);
+    const metrics = options.metrics;
+    if (metrics) {
+      this.session.on('rtt', (ms: number) => metrics.rttSeconds.observe(ms / 1000));
+      this.session.once('close', () => metrics.sessionEnded(this.session.stats));
+    }
     // The first stream we open is the control stream (the server expects it to be id 1).
     this.control = new ControlChannel(this.session.open());
     this.control.on('message', this.onLateControlMessage);
@@ -213,9 +221,16 @@ export class ServerSession extends EventEmitter {
       logger: this.log,
       headerTimeoutMs: this.options.streamHeaderTimeoutMs,
       dialer: this.dialer,
-    }).finally(() => {
-      this.activeStreams -= 1;
-    });
+    })
+      .then((done) => {
+        const metrics = this.options.metrics;
+        metrics?.streams.inc({ outcome: done.outcome });
+        metrics?.bytes.inc({ direction: 'in' }, done.bytesIn);
+        metrics?.bytes.inc({ direction: 'out' }, done.bytesOut);
+      })
+      .finally(() => {
+        this.activeStreams -= 1;
+      });
   };
 
   private readonly onGoAway = (code: number): void => {

@@ -37,6 +37,8 @@ export interface TargetDialerOptions {
   dialTimeoutMs: number;
   clock: Clock;
   logger: Logger;
+  /** Every connect to a target, spares included: how long it took, or its errno (metrics). */
+  onConnect?: (ms: number, errno: string | undefined) => void;
 }
 
 /** A connected target socket; `spare` when it was opened ahead of the stream that got it. */
@@ -124,12 +126,14 @@ export class TargetDialer {
   }
 
   private openSpare(entry: RouteEntry): Spare {
+    const startedAt = performance.now();
     const socket = openSocket(entry);
     const gone = (): void => {
       if (this.remove(spare)) this.drop(spare);
     };
     const onError = (err: NodeJS.ErrnoException): void => {
       this.o.logger.debug({ target: entry.target, errno: err.code }, 'spare target connection failed');
+      if (!spare.ready) this.o.onConnect?.(performance.now() - startedAt, err.code ?? 'EUNKNOWN');
       gone();
     };
     // A greeting (a server-speaks-first target) is put back and kept for the user. The socket
@@ -140,6 +144,7 @@ export class TargetDialer {
     };
     const onConnect = (): void => {
       spare.ready = true;
+      this.o.onConnect?.(performance.now() - startedAt, undefined);
       socket.on('data', onData);
     };
     const spare: Spare = {
@@ -187,7 +192,8 @@ export class TargetDialer {
 
   /** A new connection, bounded by dialTimeoutMs (a real timer: connects are real I/O). */
   private connect(entry: RouteEntry): Promise<net.Socket> {
-    return new Promise((resolve, reject) => {
+    const startedAt = performance.now();
+    return new Promise<net.Socket>((resolve, reject) => {
       const socket = openSocket(entry);
       const timer = setTimeout(() => {
         const err = new Error(`connect to ${entry.target} timed out`) as NodeJS.ErrnoException;
@@ -206,7 +212,16 @@ export class TargetDialer {
       };
       socket.once(readyEvent(entry), onConnect);
       socket.once('error', onError);
-    });
+    }).then(
+      (socket) => {
+        this.o.onConnect?.(performance.now() - startedAt, undefined);
+        return socket;
+      },
+      (err: NodeJS.ErrnoException) => {
+        this.o.onConnect?.(performance.now() - startedAt, err.code ?? 'EUNKNOWN');
+        throw err;
+      },
+    );
   }
 }
 

@@ -21,6 +21,7 @@ import { ConnectSlot } from './connect-slot.js';
 import type { SlotHost } from './connect-slot.js';
 import { HealthServer } from './health.js';
 import { TargetDialer } from './target-dialer.js';
+import { AgentMetrics } from './metrics.js';
 
 /** The package version, sent in `register` and shown by --version. */
 export const AGENT_VERSION: string = (
@@ -78,6 +79,8 @@ export class TunnelAgent extends EventEmitter {
   /** What every slot shares with the agent. */
   private readonly host: SlotHost;
   private readonly dialer: TargetDialer;
+  /** Served on the health port at /metrics. */
+  readonly metrics = new AgentMetrics();
   private readonly sessions = new Set<ServerSession>();
   /** Running slots by index. Indexes below wantedSlots keep dialing; the rest end after their session. */
   private readonly slots = new Map<number, ConnectSlot>();
@@ -99,6 +102,15 @@ export class TunnelAgent extends EventEmitter {
       dialTimeoutMs: targetDialTimeoutMs,
       clock: this.clock,
       logger: this.log,
+      onConnect: (ms, errno) => {
+        if (errno === undefined) this.metrics.targetDialSeconds.observe(ms / 1000);
+        else this.metrics.targetDialFailures.inc({ errno });
+      },
+    });
+    this.metrics.attach({
+      sessions: () =>
+        [...this.sessions].map((s) => ({ serving: s.isServing, streams: s.streams, stats: s.session.stats })),
+      wantedSessions: () => this.wantedSlots,
     });
     this.host = {
       config,
@@ -115,6 +127,7 @@ export class TunnelAgent extends EventEmitter {
       },
       agentVersion: AGENT_VERSION,
       targetDialer: this.dialer,
+      metrics: this.metrics,
       isStopping: () => this.stopping,
       keepDialing: (slot) => this.keepDialing(slot),
       wantedSessions: () => this.wantedSlots,
@@ -172,6 +185,7 @@ export class TunnelAgent extends EventEmitter {
       this.health = new HealthServer({
         listen: this.config.healthListen,
         isReady: () => this.isReady,
+        metrics: this.metrics.registry,
         logger: this.log,
       });
       await this.health.listen();
@@ -246,6 +260,7 @@ export class TunnelAgent extends EventEmitter {
     this.emit('registered', { serverId, hostnames } satisfies AgentRegisteredEvent);
     void session.whenClosed().then((err) => {
       const upMs = Math.round(this.clock.now() - upSince);
+      this.metrics.sessionEnds.inc({ cause: err?.code ?? (session.isGoingAway ? 'goaway' : 'clean') });
       if (err && !this.stopping) slot.log.warn({ serverId, upMs, err }, 'session ended');
       else slot.log.info({ serverId, upMs }, 'session ended');
       this.emit('disconnected', { serverId, err } satisfies AgentDisconnectedEvent);

@@ -231,11 +231,13 @@ describe('an old agent and a new server', () => {
     const old = await registerRaw(target, token, ['cluster-u1']);
     expect(old.registered).toMatchObject({
       type: 'registered',
-      capabilities: ['typed-stream-header', 'route-modes'],
+      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams'],
     });
     const [agent] = server.registry.all();
     expect(agent!.capabilities.size).toBe(0);
     expect(agent!.streamHeaderVersion).toBe(1);
+    // Without probe-streams it is never sent a probe stream (it could only refuse it).
+    expect(await server.prober.probeAll()).toEqual([]);
     expect(logs.find('agent connected')[0]).toMatchObject({ capabilities: [] });
     const headers: Array<Promise<OldAgentHeader>> = [];
     old.session.on('stream', (stream: YamuxStream) =>
@@ -269,7 +271,7 @@ describe('a new agent and an old server', () => {
     const session = await old.nextSession();
     expect(session.register).toMatchObject({
       protocolVersion: CONTROL_PROTOCOL_VERSION,
-      capabilities: ['typed-stream-header', 'route-modes'],
+      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams'],
     });
     const registered = await pollUntil(
       () => logs.find('agent registered')[0],
@@ -303,13 +305,13 @@ describe('a new agent and a new server', () => {
     );
     expect(registered).toMatchObject({
       serverId: 'server-new',
-      capabilities: ['typed-stream-header', 'route-modes'],
+      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams'],
     });
     const [agent] = server.registry.all();
-    expect([...agent!.capabilities]).toEqual(['typed-stream-header', 'route-modes']);
+    expect([...agent!.capabilities]).toEqual(['typed-stream-header', 'route-modes', 'probe-streams']);
     expect(agent!.streamHeaderVersion).toBe(2);
     expect(serverLogs.find('agent connected')[0]).toMatchObject({
-      capabilities: ['typed-stream-header', 'route-modes'],
+      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams'],
     });
 
     // A user connection: the server's own v2 header (a route stream, no metadata).
@@ -389,7 +391,7 @@ describe('unknown capabilities', () => {
     const raw = await registerRaw(target, token, ['cluster-u1'], { capabilities });
     expect(raw.registered).toMatchObject({
       type: 'registered',
-      capabilities: ['typed-stream-header', 'route-modes'],
+      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams'],
     });
     expect([...server.registry.all()[0]!.capabilities]).toEqual(['typed-stream-header']);
   });

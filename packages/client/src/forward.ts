@@ -140,8 +140,34 @@ const forwardRoute: StreamHandler = async (stream, header, options, startedAt) =
 };
 
 /** What the agent does with each stream type (STREAM_TYPES): a new type is one handler here. */
+/** A data-path probe: connect to the route's target, close, answer how long it took. */
+const forwardProbe: StreamHandler = async (stream, header, options, startedAt) => {
+  const entry = options.routes.lookup(header.route);
+  if (entry === undefined) {
+    refuse(stream, 'TUN_ERR_UNKNOWN_ROUTE', `this agent serves no route ${header.route}`);
+    return summary(startedAt, header, 'refused');
+  }
+  let dialMs: number;
+  try {
+    dialMs = await options.dialer.probe(entry);
+  } catch (err) {
+    const errno = (err as NodeJS.ErrnoException).code ?? 'EUNKNOWN';
+    options.logger.debug({ route: header.route, target: entry.target, errno }, 'probe: target unreachable');
+    refuse(stream, 'TUN_ERR_DIAL_FAILED', `cannot connect to ${entry.target}: ${errno}`);
+    return summary(startedAt, header, 'refused');
+  }
+  stream.end(
+    Buffer.concat([
+      encodeStreamReply({ ok: true }),
+      Buffer.from(JSON.stringify({ dialMs: Math.round(dialMs * 10) / 10 })),
+    ]),
+  );
+  return summary(startedAt, header, 'closed');
+};
+
 const STREAM_HANDLERS: { readonly [T in StreamType]: StreamHandler } = {
   route: forwardRoute,
+  probe: forwardProbe,
 };
 
 function ignoreError(): void {}

@@ -14,6 +14,8 @@ import type { Registry } from 'prom-client';
 export interface HealthServerOptions {
   listen: HostPort;
   isReady: () => boolean;
+  /** Why not ready, for the /readyz body. */
+  notReadyReason?: () => string;
   /** Served at /metrics when given. */
   metrics?: Registry;
   logger: Logger;
@@ -96,7 +98,7 @@ export class HealthServer {
     } else if (path === '/readyz') {
       const ready = this.options.isReady();
       status = ready ? 200 : 503;
-      body = ready ? 'ready\n' : 'not registered with any server\n';
+      body = ready ? 'ready\n' : `${this.options.notReadyReason?.() ?? 'not registered with any server'}\n`;
     } else {
       status = 404;
       body = 'not found\n';

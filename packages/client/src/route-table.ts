@@ -38,6 +38,12 @@ export interface RouteEntry {
   readonly target: string;
 }
 
+/** A route's target as logs and the dialer name it: `host:port`, or the URL of an http route. */
+export function targetOf(r: RouteTarget): string {
+  const address = formatHostPort(r);
+  return r.scheme === undefined ? address : `${r.scheme}://${address}`;
+}
+
 export class RouteTable {
   readonly clusterId: string;
   private readonly byLabel: ReadonlyMap<string, RouteEntry>;
@@ -53,7 +59,6 @@ export class RouteTable {
       ...built,
       ...routes.map((r): RouteEntry => {
         const label = routeLabel(clusterId, r.name);
-        const address = formatHostPort(r);
         return Object.freeze({
           name: r.name,
           label,
@@ -62,7 +67,7 @@ export class RouteTable {
           port: r.port,
           tls: r.scheme === 'https' ? targetTls(r) : undefined,
           hostHeader: r.hostHeader,
-          target: r.scheme === undefined ? address : `${r.scheme}://${address}`,
+          target: targetOf(r),
         });
       }),
     ];

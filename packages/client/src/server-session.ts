@@ -224,6 +224,8 @@ export class ServerSession extends EventEmitter {
     })
       .then((done) => {
         const metrics = this.options.metrics;
+        // Probes are the server's checks, not users' streams.
+        if (done.type === 'probe') return;
         metrics?.streams.inc({ outcome: done.outcome });
         metrics?.bytes.inc({ direction: 'in' }, done.bytesIn);
         metrics?.bytes.inc({ direction: 'out' }, done.bytesOut);

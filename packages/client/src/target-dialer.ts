@@ -37,8 +37,8 @@ export interface TargetDialerOptions {
   dialTimeoutMs: number;
   clock: Clock;
   logger: Logger;
-  /** Every connect to a target, spares included: how long it took, or its errno (metrics). */
-  onConnect?: (ms: number, errno: string | undefined) => void;
+  /** Every connect to a target, spares and probes included: how long it took, or its errno. */
+  onConnect?: (target: string, ms: number, errno: string | undefined) => void;
 }
 
 /** A connected target socket; `spare` when it was opened ahead of the stream that got it. */
@@ -101,6 +101,18 @@ export class TargetDialer {
     return { socket: await this.connect(entry), spare: false };
   }
 
+  /**
+   * A data-path probe: a new connection to the route's target (TLS done for an https target),
+   * closed at once; resolves with how long it took. Never a spare: the probe is of the path now.
+   */
+  async probe(entry: RouteEntry): Promise<number> {
+    const startedAt = performance.now();
+    const socket = await this.connect(entry);
+    const ms = performance.now() - startedAt;
+    socket.destroy();
+    return ms;
+  }
+
   /** Closes every spare; later dials still work but open no spares. Idempotent. */
   close(): void {
     this.closed = true;
@@ -133,7 +145,8 @@ export class TargetDialer {
     };
     const onError = (err: NodeJS.ErrnoException): void => {
       this.o.logger.debug({ target: entry.target, errno: err.code }, 'spare target connection failed');
-      if (!spare.ready) this.o.onConnect?.(performance.now() - startedAt, err.code ?? 'EUNKNOWN');
+      if (!spare.ready)
+        this.o.onConnect?.(entry.target, performance.now() - startedAt, err.code ?? 'EUNKNOWN');
       gone();
     };
     // A greeting (a server-speaks-first target) is put back and kept for the user. The socket
@@ -144,7 +157,7 @@ export class TargetDialer {
     };
     const onConnect = (): void => {
       spare.ready = true;
-      this.o.onConnect?.(performance.now() - startedAt, undefined);
+      this.o.onConnect?.(entry.target, performance.now() - startedAt, undefined);
       socket.on('data', onData);
     };
     const spare: Spare = {
@@ -214,11 +227,11 @@ export class TargetDialer {
       socket.once('error', onError);
     }).then(
       (socket) => {
-        this.o.onConnect?.(performance.now() - startedAt, undefined);
+        this.o.onConnect?.(entry.target, performance.now() - startedAt, undefined);
         return socket;
       },
       (err: NodeJS.ErrnoException) => {
-        this.o.onConnect?.(performance.now() - startedAt, err.code ?? 'EUNKNOWN');
+        this.o.onConnect?.(entry.target, performance.now() - startedAt, err.code ?? 'EUNKNOWN');
         throw err;
       },
     );

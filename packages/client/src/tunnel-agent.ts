@@ -22,6 +22,7 @@ import type { SlotHost } from './connect-slot.js';
 import { HealthServer } from './health.js';
 import { TargetDialer } from './target-dialer.js';
 import { AgentMetrics } from './metrics.js';
+import { targetOf } from './route-table.js';
 
 /** The package version, sent in `register` and shown by --version. */
 export const AGENT_VERSION: string = (
@@ -82,6 +83,9 @@ export class TunnelAgent extends EventEmitter {
   /** Served on the health port at /metrics. */
   readonly metrics = new AgentMetrics();
   private readonly sessions = new Set<ServerSession>();
+  /** Configured targets, and whether the last connect to each failed. */
+  private readonly targets: ReadonlySet<string>;
+  private readonly lastDialFailed = new Map<string, boolean>();
   /** Running slots by index. Indexes below wantedSlots keep dialing; the rest end after their session. */
   private readonly slots = new Map<number, ConnectSlot>();
   private wantedSlots = 1;
@@ -96,15 +100,17 @@ export class TunnelAgent extends EventEmitter {
     this.log = options.logger;
     this.clock = options.clock ?? agentClock;
     const targetDialTimeoutMs = options.targetDialTimeoutMs ?? 5_000;
+    this.targets = new Set(config.route.map(targetOf));
     this.dialer = new TargetDialer({
       spareConnections: config.targetSpareConnections,
       spareIdleMs: config.targetSpareIdleMs,
       dialTimeoutMs: targetDialTimeoutMs,
       clock: this.clock,
       logger: this.log,
-      onConnect: (ms, errno) => {
+      onConnect: (target, ms, errno) => {
         if (errno === undefined) this.metrics.targetDialSeconds.observe(ms / 1000);
         else this.metrics.targetDialFailures.inc({ errno });
+        this.lastDialFailed.set(target, errno !== undefined);
       },
     });
     this.metrics.attach({
@@ -136,9 +142,19 @@ export class TunnelAgent extends EventEmitter {
     };
   }
 
-  /** Registered with at least one server that may route new streams to us. */
+  /**
+   * Registered with at least one server that may route new streams to us, and not cut off from
+   * every target: the last connect to each configured target (by users, spares or the servers'
+   * probes) failed. A target not dialed yet counts as reachable.
+   */
   get isReady(): boolean {
-    return !this.stopping && [...this.sessions].some((s) => s.isServing);
+    return !this.stopping && [...this.sessions].some((s) => s.isServing) && !this.targetsUnreachable;
+  }
+
+  /** Every configured target's last connect failed. */
+  get targetsUnreachable(): boolean {
+    for (const target of this.targets) if (this.lastDialFailed.get(target) !== true) return false;
+    return this.targets.size > 0;
   }
 
   /** Servers this agent is registered with and serving. */
@@ -185,6 +201,8 @@ export class TunnelAgent extends EventEmitter {
       this.health = new HealthServer({
         listen: this.config.healthListen,
         isReady: () => this.isReady,
+        notReadyReason: () =>
+          this.targetsUnreachable ? 'no route target reachable' : 'not registered with any server',
         metrics: this.metrics.registry,
         logger: this.log,
       });

@@ -11,6 +11,8 @@ export interface AdminServerOptions {
   isReady: () => boolean;
   /** The body of /status (TunnelServer.status()). */
   status: () => unknown;
+  /** POST /probe[?route=label]: data-path probes now (route-prober.ts). */
+  probe: (route: string | undefined) => Promise<unknown>;
 }
 
 /** Plain HTTP for operators and probes: /metrics, /healthz, /readyz, /status (JSON). */
@@ -58,6 +60,13 @@ export class AdminServer {
     if (path === '/metrics') {
       res.writeHead(200, { 'Content-Type': this.o.metrics.registry.contentType });
       res.end(await this.o.metrics.registry.metrics());
+      return;
+    }
+    if (path === '/probe') {
+      if (req.method !== 'POST') return text(res, 405, 'POST /probe[?route=<label>]\n');
+      const route = new URL(req.url ?? '/', 'http://admin').searchParams.get('route') ?? undefined;
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify(await this.o.probe(route), null, 2));
       return;
     }
     if (path === '/status') {

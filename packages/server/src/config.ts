@@ -219,6 +219,16 @@ export const SERVER_CONFIG_SCHEMA = {
     description:
       'how long a dashboard may take to start its response (then 504); streaming after that is bounded only by idleness',
   },
+  probeIntervalMs: {
+    type: 'duration-ms',
+    flag: 'probe-interval-ms',
+    env: 'TUNNEL_SERVER_PROBE_INTERVAL_MS',
+    default: '30s',
+    min: 0,
+    max: MAX_TIMER_MS,
+    description:
+      "how often each route of each connected agent is probed through the data path (the agent connects to the route's target); 0 probes only on demand (POST /probe on the admin port)",
+  },
   metricsClusterLabelLimit: {
     type: 'int',
     flag: 'metrics-cluster-label-limit',
@@ -338,6 +348,7 @@ export interface ServerConfig {
   /** Raw TCP routes: `name` is the route label, host:port where the server listens for it. */
   readonly tcpRoutes: readonly RouteTarget[];
   readonly metricsClusterLabelLimit: number;
+  readonly probeIntervalMs: number;
   /** undefined: the admin port is off. */
   readonly adminListen: HostPort | undefined;
   readonly serverId: string;

@@ -18,6 +18,8 @@ export interface MetricsSource {
   /** Every registered agent session: its cluster and its yamux session's figures. */
   sessions(): Iterable<{ clusterId: string; stats: SessionStats; receiveWindows: () => number[] }>;
   clusterLabelLimit: number;
+  /** The last data-path probe of each agent route. */
+  probes(): Iterable<{ clusterId: string; route: string; ok: boolean; dialMs?: number }>;
 }
 
 export class ServerMetrics {
@@ -118,8 +120,67 @@ export class ServerMetrics {
     registers: [this.registry],
   });
 
+  readonly probes = new Counter({
+    name: 'tunnel_probes_total',
+    help: 'Data-path probes of agent routes, by outcome (ok, failed)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly probeSeconds = new Histogram({
+    name: 'tunnel_probe_seconds',
+    help: "Data-path probes as the server saw them: the tunnel's round trip plus the agent's connect to the target",
+    buckets: LATENCY_BUCKETS_S,
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry });
+    /** Per route: whether any agent's last probe succeeded, and the fastest dial among those. */
+    const byRoute = (): Map<string, { cluster: string; ok: boolean; dialMs?: number }> => {
+      const routes = new Map<string, { cluster: string; ok: boolean; dialMs?: number }>();
+      for (const p of this.source?.probes() ?? []) {
+        const r = routes.get(p.route) ?? { cluster: p.clusterId, ok: false };
+        if (p.ok) {
+          r.ok = true;
+          if (p.dialMs !== undefined) r.dialMs = Math.min(r.dialMs ?? Infinity, p.dialMs);
+        }
+        routes.set(p.route, r);
+      }
+      return routes;
+    };
+    const unreachable: Gauge<string> = new Gauge({
+      name: 'tunnel_routes_unreachable',
+      help: 'Routes every one of whose agents failed its last data-path probe (its target is down, or the agent cannot reach it)',
+      registers: [this.registry],
+      collect: () => unreachable.set([...byRoute().values()].filter((r) => !r.ok).length),
+    });
+    const probeUp: Gauge<string> = new Gauge({
+      name: 'tunnel_route_probe_success',
+      help: 'Per route: 1 when an agent reached its target in the last data-path probe, else 0 (left out above metricsClusterLabelLimit clusters)',
+      labelNames: ['cluster', 'route'] as const,
+      registers: [this.registry],
+      collect: () => {
+        probeUp.reset();
+        const routes = byRoute();
+        if (new Set([...routes.values()].map((r) => r.cluster)).size > (this.source?.clusterLabelLimit ?? 0))
+          return;
+        for (const [route, r] of routes) probeUp.set({ cluster: r.cluster, route }, r.ok ? 1 : 0);
+      },
+    });
+    const probeDial: Gauge<string> = new Gauge({
+      name: 'tunnel_route_probe_dial_seconds',
+      help: "Per route: the agent's connect to the target in the last successful probe (left out above metricsClusterLabelLimit clusters)",
+      labelNames: ['cluster', 'route'] as const,
+      registers: [this.registry],
+      collect: () => {
+        probeDial.reset();
+        const routes = byRoute();
+        if (new Set([...routes.values()].map((r) => r.cluster)).size > (this.source?.clusterLabelLimit ?? 0))
+          return;
+        for (const [route, r] of routes)
+          if (r.dialMs !== undefined) probeDial.set({ cluster: r.cluster, route }, r.dialMs / 1000);
+      },
+    });
     const blocked: Gauge<string> = new Gauge({
       name: 'tunnel_streams_blocked',
       help: "Streams whose writer waits for the peer's window right now (a slow reader on the other side)",

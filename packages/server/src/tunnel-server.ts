@@ -33,6 +33,7 @@ import { TLS_ALERT } from './tls-alert.js';
 import { SIGNING_KEY_FILES, loadOrCreateSigningKeyPair } from './token-issuer.js';
 import { TokenVerifier } from './token-verifier.js';
 import { UserForwarder, type UserConnectionEvent } from './user-forwarder.js';
+import { RouteProber, type ProbeResult } from './route-prober.js';
 
 /** `start --print-next-steps` writes a demo agent token here, in the data directory (mode 0600). */
 export const DEMO_TOKEN_FILE = 'demo.token';
@@ -58,6 +59,8 @@ export interface ServerStatus {
     rttMs: number | undefined;
   }[];
   modes: Record<string, unknown>;
+  /** The last data-path probe of each agent route (route-prober.ts). */
+  probes: ProbeResult[];
 }
 
 /**
@@ -80,6 +83,7 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
   private readonly log: Logger;
   private readonly publicServer: net.Server;
   private readonly modes: readonly RouteMode[];
+  readonly prober: RouteProber;
   private readonly pending: PendingConnections;
   private readonly ownNames: ReadonlySet<string>;
   private readonly sockets = new Set<Socket>();
@@ -138,6 +142,15 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
           receiveWindows: () => a.session.receiveWindows(),
         })),
       clusterLabelLimit: config.metricsClusterLabelLimit,
+      probes: () => this.prober.latest(),
+    });
+    this.prober = new RouteProber({
+      registry: this.registry,
+      intervalMs: config.probeIntervalMs,
+      replyTimeoutMs: config.agentReplyTimeoutMs,
+      serverId: config.serverId,
+      metrics: this.metrics,
+      log: this.log,
     });
     this.publicServer = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) =>
       this.onConnection(socket),
@@ -209,10 +222,12 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
         metrics: this.metrics,
         log: this.log,
         status: () => this.status(),
+        probe: (route) => this.prober.probeAll(route),
         isReady: () => !this.draining && this.publicServer.listening,
       });
       await this.admin.listen();
     }
+    this.prober.start();
     this.log.info(
       {
         serverId: c.serverId,
@@ -263,6 +278,7 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
         rttMs: a.session.stats.rttMs,
       })),
       modes: Object.fromEntries(this.modes.map((m) => [m.name, m.status()])),
+      probes: this.prober.latest(),
     };
   }
 
@@ -291,6 +307,7 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
 
   destroy(): void {
     this.draining = true;
+    this.prober.close();
     this.publicServer.close();
     for (const mode of this.modes) mode.destroy();
     this.endpoint?.destroy();

@@ -12,6 +12,8 @@ export const CAPABILITIES = {
   typedStreamHeader: 'typed-stream-header',
   /** `register` may carry `routeModes`; the server routes each of those labels by that mode. */
   routeModes: 'route-modes',
+  /** The agent serves `probe` streams: it connects to a route's target and says how it went. */
+  probeStreams: 'probe-streams',
 } as const;
 
 export type Capability = (typeof CAPABILITIES)[keyof typeof CAPABILITIES];

@@ -30,7 +30,16 @@ export type StreamHeaderVersion = (typeof STREAM_HEADER_VERSIONS)[keyof typeof S
 export const STREAM_TYPES = {
   /** A user connection for a route: the agent dials the route's target; raw bytes follow the header. */
   route: 1,
+  /**
+   * A data-path probe (capability `probe-streams`): the agent connects to the route's target
+   * (and completes TLS to an https target), closes that connection, and answers with the reply;
+   * after an ok reply, one JSON object `{"dialMs":n}` and the end of the stream.
+   */
+  probe: 2,
 } as const;
+
+/** The most bytes a probe's answer after its reply may take. */
+export const MAX_PROBE_ANSWER_BYTES = 256;
 export type StreamType = keyof typeof STREAM_TYPES;
 
 export const STREAM_STATUS = {

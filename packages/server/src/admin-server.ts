@@ -3,6 +3,13 @@ import type { AddressInfo } from 'node:net';
 import type { HostPort, Logger } from '@cluster-tunnel/config';
 import type { ServerMetrics } from './metrics.js';
 import { requestPath } from './request-path.js';
+import { STATUS_PAGE_CSS, STATUS_PAGE_HEADERS, STATUS_PAGE_HTML, STATUS_PAGE_JS } from './status-page.js';
+
+const STATUS_PAGE_FILES: Readonly<Record<string, { type: string; body: string }>> = {
+  '/': { type: 'text/html; charset=utf-8', body: STATUS_PAGE_HTML },
+  '/status.js': { type: 'text/javascript; charset=utf-8', body: STATUS_PAGE_JS },
+  '/status.css': { type: 'text/css; charset=utf-8', body: STATUS_PAGE_CSS },
+};
 
 export interface AdminServerOptions {
   listen: HostPort;
@@ -15,7 +22,11 @@ export interface AdminServerOptions {
   probe: (route: string | undefined) => Promise<unknown>;
 }
 
-/** Plain HTTP for operators and probes: /metrics, /healthz, /readyz, /status (JSON). */
+/**
+ * Plain HTTP for operators and probes: the status page at / (status-page.ts), /status (JSON),
+ * /metrics, /healthz, /readyz, and POST /probe. It shows no token, key or cookie: agents are
+ * named by id, cluster and address only.
+ */
 export class AdminServer {
   private readonly server: http.Server;
 
@@ -54,6 +65,18 @@ export class AdminServer {
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const path = requestPath(req);
     if (path === undefined) return text(res, 400, 'malformed request target\n');
+    const page = Object.hasOwn(STATUS_PAGE_FILES, path) ? STATUS_PAGE_FILES[path] : undefined;
+    if (page !== undefined) {
+      res.writeHead(200, { 'Content-Type': page.type, ...STATUS_PAGE_HEADERS });
+      res.end(page.body);
+      return;
+    }
+    // Browsers ask for it with the page: nothing, rather than a 404 in their console.
+    if (path === '/favicon.ico') {
+      res.writeHead(204, STATUS_PAGE_HEADERS);
+      res.end();
+      return;
+    }
     if (path === '/healthz') return text(res, 200, 'ok\n');
     if (path === '/readyz')
       return this.o.isReady() ? text(res, 200, 'ready\n') : text(res, 503, 'not ready\n');

@@ -271,6 +271,11 @@ export class ServerMetrics {
     this.clusterBytes.set(cluster, b);
   }
 
+  /** User payload bytes per cluster with agents here, since it was first seen (the status page). */
+  trafficByCluster(): Record<string, { in: number; out: number }> {
+    return Object.fromEntries([...this.clusterBytes].map(([cluster, b]) => [cluster, { ...b }]));
+  }
+
   /** A cluster's last agent left this replica: its per-cluster series go (a counter reset). */
   forgetCluster(cluster: string): void {
     this.clusterBytes.delete(cluster);

@@ -61,6 +61,10 @@ export interface ServerStatus {
   modes: Record<string, unknown>;
   /** The last data-path probe of each agent route (route-prober.ts). */
   probes: ProbeResult[];
+  /** The route mode of each label held here. */
+  routeModes: Record<string, string>;
+  /** User payload bytes per cluster with agents here (in = from users). */
+  traffic: Record<string, { in: number; out: number }>;
 }
 
 /**
@@ -277,7 +281,11 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
         activeStreams: a.streams,
         rttMs: a.session.stats.rttMs,
       })),
+      routeModes: Object.fromEntries(
+        this.registry.labels().map((l) => [l, this.registry.modeOf(l) ?? 'passthrough']),
+      ),
       modes: Object.fromEntries(this.modes.map((m) => [m.name, m.status()])),
+      traffic: this.metrics.trafficByCluster(),
       probes: this.prober.latest(),
     };
   }

@@ -22,7 +22,11 @@ function loadModule(apiVersion: string): Promise<ModelModule> {
   let loaded = modules.get(apiVersion);
   if (loaded === undefined) {
     // A computed specifier: tell vite not to resolve it at transform time.
-    loaded = import(/* @vite-ignore */ `kubernetes-models/${apiVersion}`) as Promise<ModelModule>;
+    // The Prometheus Operator's kinds (ServiceMonitor, PodMonitor, PrometheusRule) have their own package.
+    const from = apiVersion.startsWith('monitoring.coreos.com/')
+      ? `@kubernetes-models/prometheus-operator/${apiVersion}`
+      : `kubernetes-models/${apiVersion}`;
+    loaded = import(/* @vite-ignore */ from) as Promise<ModelModule>;
     modules.set(apiVersion, loaded);
   }
   return loaded;

@@ -120,6 +120,11 @@ export class ServerMetrics {
     registers: [this.registry],
   });
 
+  readonly certificateExpiry = new Gauge({
+    name: 'tunnel_server_certificate_expiry_timestamp_seconds',
+    help: "When the server's TLS certificate (the public port's, for <domain> and *.<domain>) expires, as a Unix time",
+    registers: [this.registry],
+  });
   readonly probes = new Counter({
     name: 'tunnel_probes_total',
     help: 'Data-path probes of agent routes, by outcome (ok, failed)',

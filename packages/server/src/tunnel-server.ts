@@ -8,6 +8,7 @@
  * and closed, and 'agent' (AgentEvent) as agents register and leave, so callers and tests
  * observe routing without reading logs.
  */
+import { X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { mkdir, readFile, access } from 'node:fs/promises';
 import net, { type AddressInfo, type Socket } from 'node:net';
@@ -335,12 +336,17 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
     if (stillLoose.length > 0) {
       this.log.warn({ paths: stillLoose }, 'data directory readable by others: cannot change its mode');
     }
+    let cert: string;
+    let key: string;
     if (c.tlsCert && c.tlsKey) {
-      const [cert, key] = await Promise.all([readFile(c.tlsCert, 'utf8'), readFile(c.tlsKey, 'utf8')]);
-      return tls.createSecureContext({ cert, key });
+      [cert, key] = await Promise.all([readFile(c.tlsCert, 'utf8'), readFile(c.tlsKey, 'utf8')]);
+    } else {
+      const ca = await CertificateAuthority.loadOrCreate({ dataDir: c.dataDir, domain: c.domain });
+      [cert, key] = [ca.serverCertPem, ca.serverKeyPem];
     }
-    const ca = await CertificateAuthority.loadOrCreate({ dataDir: c.dataDir, domain: c.domain });
-    return tls.createSecureContext({ cert: ca.serverCertPem, key: ca.serverKeyPem });
+    // The leaf's expiry, for the alert long before users see it (the first PEM block is the leaf).
+    this.metrics.certificateExpiry.set(Date.parse(new X509Certificate(cert).validTo) / 1000);
+    return tls.createSecureContext({ cert, key });
   }
 
   private async loadTokenVerifier(): Promise<TokenVerifier> {

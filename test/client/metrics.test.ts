@@ -6,34 +6,17 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import net from 'node:net';
 import { join } from 'node:path';
-import { describe, expect, onTestFinished, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { startInProcessAgent, startInProcessServer } from '../helpers/in-process.js';
 import { pollUntil } from '../helpers/streams.js';
 import { freePort } from '../helpers/tunnel.js';
+import { echoTarget } from '../helpers/targets.js';
+import { parsePrometheus } from '../helpers/prometheus.js';
 
 async function scrape(port: number): Promise<{ text: string; values: Map<string, number> }> {
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const values = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const at = line.lastIndexOf(' ');
-    values.set(line.slice(0, at), Number(line.slice(at + 1)));
-  }
-  return { text, values };
-}
-
-async function echoTarget(): Promise<number> {
-  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
-    socket.on('error', () => undefined);
-    socket.pipe(socket);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  onTestFinished(() => {
-    server.close();
-  });
-  return (server.address() as net.AddressInfo).port;
+  return { text, values: parsePrometheus(text) };
 }
 
 describe('agent metrics', () => {

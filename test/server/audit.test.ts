@@ -9,11 +9,12 @@ import https from 'node:https';
 import net from 'node:net';
 import { join } from 'node:path';
 import tls from 'node:tls';
-import { describe, expect, onTestFinished, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import WebSocket from 'ws';
 import { startDashboard } from '../helpers/dashboard.js';
 import { startInProcessAgent, startInProcessServer, type InProcessServer } from '../helpers/in-process.js';
 import { pollUntil, readToEnd } from '../helpers/streams.js';
+import { echoTarget } from '../helpers/targets.js';
 
 const BASE = [
   'audit',
@@ -46,18 +47,6 @@ function expectShape(line: Record<string, unknown>, kind: keyof typeof FIELDS): 
       .filter((k) => !PINO.includes(k))
       .sort(),
   ).toEqual([...FIELDS[kind]].sort());
-}
-
-async function echoTarget(): Promise<number> {
-  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
-    socket.on('error', () => undefined);
-    socket.pipe(socket);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  onTestFinished(() => {
-    server.close();
-  });
-  return (server.address() as net.AddressInfo).port;
 }
 
 describe('audit lines', () => {

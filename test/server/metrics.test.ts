@@ -13,35 +13,15 @@ import tls from 'node:tls';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { startInProcessAgent, startInProcessServer, type InProcessServer } from '../helpers/in-process.js';
 import { pollUntil, readToEnd } from '../helpers/streams.js';
-import { tlsCredentials } from '../helpers/transports.js';
+import { echoTarget } from '../helpers/targets.js';
+import { parsePrometheus } from '../helpers/prometheus.js';
 import { captureClientHello } from '../../bench/lib/client-hello-capture.js';
 
-/** `name{labels} value` lines of the scrape, as name+labels → value. */
 async function scrape(s: InProcessServer): Promise<Map<string, number>> {
-  const text = await s.server.metrics.registry.metrics();
-  const values = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const at = line.lastIndexOf(' ');
-    values.set(line.slice(0, at), Number(line.slice(at + 1)));
-  }
-  return values;
+  return parsePrometheus(await s.server.metrics.registry.metrics());
 }
 
 const value = (m: Map<string, number>, series: string): number => m.get(series) ?? NaN;
-
-async function echoTarget(): Promise<number> {
-  const { key, cert } = await tlsCredentials();
-  const server = tls.createServer({ key, cert, allowHalfOpen: true }, (socket) => {
-    socket.on('error', () => undefined);
-    socket.pipe(socket);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  onTestFinished(() => {
-    server.close();
-  });
-  return (server.address() as net.AddressInfo).port;
-}
 
 function through(s: InProcessServer, host: string, payload: Buffer): Promise<Buffer> {
   const socket = tls.connect({
@@ -87,7 +67,10 @@ describe('server metrics', () => {
 
   test('a forwarded connection: counted, its bytes by mode and cluster, its open latency, the ClientHello time and the RTT', async () => {
     const s = await startInProcessServer();
-    await startInProcessAgent(s, { cluster: 'u1', routes: [`apiserver=127.0.0.1:${await echoTarget()}`] });
+    await startInProcessAgent(s, {
+      cluster: 'u1',
+      routes: [`apiserver=127.0.0.1:${await echoTarget({ tls: true })}`],
+    });
     const payload = randomBytes(64 * 1024);
     expect((await through(s, 'cluster-u1.proxy.localhost', payload)).length).toBeGreaterThan(0);
     await s.nextEvent((e) => e.type === 'closed');

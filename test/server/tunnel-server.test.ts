@@ -15,23 +15,7 @@ import { startInProcessAgent, startInProcessServer } from '../helpers/in-process
 import { pollUntil, readToEnd, withDeadline } from '../helpers/streams.js';
 import { registerRaw } from '../helpers/hostile.js';
 import { freePort } from '../helpers/tunnel.js';
-import { tlsCredentials } from '../helpers/transports.js';
-
-/** A target that echoes (TLS when `secure`), ending its side after the user's FIN. */
-async function echoTarget(secure = false): Promise<number> {
-  const onSocket = (socket: net.Socket): void => {
-    socket.on('error', () => undefined);
-    socket.pipe(socket);
-  };
-  const server = secure
-    ? tls.createServer({ ...(await tlsCredentials()), allowHalfOpen: true }, onSocket)
-    : net.createServer({ allowHalfOpen: true }, onSocket);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  onTestFinished(() => {
-    server.close();
-  });
-  return (server.address() as net.AddressInfo).port;
-}
+import { echoTarget } from '../helpers/targets.js';
 
 /** A port where nothing listens: the agent's dial is refused. */
 async function deadPort(): Promise<number> {
@@ -68,7 +52,7 @@ describe('the public port (passthrough mode)', () => {
     const s = await startInProcessServer();
     await startInProcessAgent(s, {
       cluster: 'u1',
-      routes: [`apiserver=127.0.0.1:${await echoTarget(true)}`],
+      routes: [`apiserver=127.0.0.1:${await echoTarget({ tls: true })}`],
     });
     const payload = randomBytes(256 * 1024);
     const result = await tlsThrough(s.port, 'cluster-u1.proxy.localhost', payload);
@@ -107,7 +91,7 @@ describe('the public port (passthrough mode)', () => {
     await pollUntil(() => s.server.status().pendingConnections === 1, 5_000, 'the connection to wait');
     await startInProcessAgent(s, {
       cluster: 'u1',
-      routes: [`apiserver=127.0.0.1:${await echoTarget(true)}`],
+      routes: [`apiserver=127.0.0.1:${await echoTarget({ tls: true })}`],
     });
     expect((await result).echoed?.equals(payload)).toBe(true);
     expect(s.events.filter((e) => e.type === 'refused')).toEqual([]);
@@ -124,7 +108,7 @@ describe('the public port (passthrough mode)', () => {
 
   it('counts a second session of one agent (it probes for a missing replica) in tunnel_agent_duplicate_sessions_total', async () => {
     const s = await startInProcessServer();
-    const target = `apiserver=127.0.0.1:${await echoTarget(true)}`;
+    const target = `apiserver=127.0.0.1:${await echoTarget({ tls: true })}`;
     const duplicates = async () => (await s.server.metrics.duplicateSessions.get()).values[0]?.value ?? 0;
     await startInProcessAgent(s, { cluster: 'u1', agentId: 'a', routes: [target] });
     await startInProcessAgent(s, { cluster: 'u1', agentId: 'b', routes: [target] });
@@ -150,7 +134,7 @@ describe('the public port (passthrough mode)', () => {
     await startInProcessAgent(s, {
       cluster: 'u1',
       agentId: 'healthy',
-      routes: [`apiserver=127.0.0.1:${await echoTarget(true)}`],
+      routes: [`apiserver=127.0.0.1:${await echoTarget({ tls: true })}`],
     });
     for (let i = 0; i < 4; i++) {
       const payload = Buffer.from(`request ${i}`);
@@ -171,7 +155,7 @@ describe('the public port (passthrough mode)', () => {
 describe('several agents of one cluster', () => {
   it('take turns: new connections rotate over the agents holding the route', async () => {
     const s = await startInProcessServer();
-    const target = `apiserver=127.0.0.1:${await echoTarget(true)}`;
+    const target = `apiserver=127.0.0.1:${await echoTarget({ tls: true })}`;
     await startInProcessAgent(s, { cluster: 'u1', agentId: 'a', routes: [target] });
     await startInProcessAgent(s, { cluster: 'u1', agentId: 'b', routes: [target] });
     for (let i = 0; i < 6; i++) {

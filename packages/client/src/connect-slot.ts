@@ -266,9 +266,9 @@ export class ConnectSlot {
   /** Logs why the attempt failed and picks the delay before the next one. */
   private failureDelay(err: TunnelError, phase: Phase): number {
     const authRetryMs = this.host.config.authRetryMs;
-    const refused = isCredentialRefusal(err) || phase === 'token' || OPERATOR_ERROR_CODES.has(err.code);
-    this.host.metrics.connects.inc({ outcome: refused ? 'refused' : 'failed' });
+    const { connects } = this.host.metrics;
     if (isCredentialRefusal(err)) {
+      connects.inc({ outcome: 'refused' });
       const { status, serverMessage } = err.details ?? {};
       this.log.error(
         { code: err.code, status, serverMessage, retryInMs: authRetryMs },
@@ -277,10 +277,12 @@ export class ConnectSlot {
       return authRetryMs;
     }
     if (phase === 'token' || OPERATOR_ERROR_CODES.has(err.code)) {
+      connects.inc({ outcome: 'refused' });
       const message = phase === 'token' ? 'agent token unusable' : 'registration refused';
       this.log.error({ code: err.code, err, retryInMs: authRetryMs }, message);
       return authRetryMs;
     }
+    connects.inc({ outcome: 'failed' });
     const delayMs = this.backoff.next();
     const what = phase === 'register' ? 'registration failed' : 'connect failed';
     this.log.warn({ err, attempt: this.backoff.attempt, delayMs }, what);

@@ -120,7 +120,7 @@ export class UserForwarder {
     // A reset stream resets the user connection too (a raw TCP client must not take a cut
     // exchange for a complete one); a finished one has already ended it ('end').
     const resetUser = (): void => {
-      code ??= (stream as { resetReason?: TunnelError }).resetReason?.code ?? 'TUN_ERR_STREAM_RESET';
+      code ??= stream.resetReason?.code ?? 'TUN_ERR_STREAM_RESET';
       if (!socket.destroyed) socket.resetAndDestroy();
     };
     stream.on('error', resetUser);

@@ -15,8 +15,7 @@ import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { TunnelError, spliceBytes, type ErrorCode } from '@cluster-tunnel/protocol';
 import type { LinkSession } from '../http-link.js';
-import type { AccessRefusal } from '../http-access.js';
-import { HttpAccess, SESSION_COOKIE, type Visitor } from '../http-access.js';
+import { HttpAccess, SESSION_COOKIE, type AccessRefusal, type Visitor } from '../http-access.js';
 import { MAX_REQUEST_HEADER_BYTES, answerBadRequest } from '../bad-request.js';
 import { auditHttpRequest, auditHttpUpgrade } from '../audit.js';
 import { requestPath } from '../request-path.js';
@@ -287,9 +286,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
     let bytesOut = 0;
     socket.once('close', () => {
       const clean = stream.readableEnded && stream.writableFinished;
-      const code = clean
-        ? null
-        : ((stream as { resetReason?: TunnelError }).resetReason?.code ?? 'ECONNRESET');
+      const code = clean ? null : (stream.resetReason?.code ?? 'ECONNRESET');
       audit(clean ? 'closed' : 'reset', {
         code,
         user: who.user ?? null,

@@ -128,7 +128,12 @@ describe('TunnelAgent', () => {
       clusterId: 'u1',
     });
     expect(held.labels).toEqual(['cluster-u1', 'cluster-u1-greeter', 'cluster-u1-dead']);
-    expect([...held.capabilities]).toEqual(['typed-stream-header', 'route-modes', 'probe-streams']);
+    expect([...held.capabilities]).toEqual([
+      'typed-stream-header',
+      'route-modes',
+      'probe-streams',
+      'route-certificates',
+    ]);
     expect(agentEvents.filter((e) => e.type === 'refused')).toEqual([]);
     expect((await seen)[0]).toEqual({
       serverId: s.server.config.serverId,
@@ -138,7 +143,7 @@ describe('TunnelAgent', () => {
     expect(line).toMatchObject({
       level: LEVEL.info,
       serverId: s.server.config.serverId,
-      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams'],
+      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams', 'route-certificates'],
     });
     expect(agent.servers.map((x) => x.serverId)).toEqual([s.server.config.serverId]);
     expect(await httpGet(healthPort, '/healthz')).toBe(200);

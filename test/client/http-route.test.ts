@@ -140,7 +140,7 @@ describe('an http route on the agent', () => {
     const port = await tlsEchoTarget({ key, cert });
     const raw = await RawServer.start(modeAware);
     const { logs } = await agentWith(raw, [`dash=https://127.0.0.1:${port},insecure`]);
-    expect(logs.find('https target not verified (insecure)')).toEqual([
+    expect(logs.find('target TLS not verified (insecure)')).toEqual([
       expect.objectContaining({ level: LEVEL.warn, route: 'dash' }),
     ]);
     const session = await raw.nextSession();

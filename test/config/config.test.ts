@@ -652,7 +652,12 @@ describe('http routes (URL targets with options)', () => {
     ['a path', 'dash=https://dash.svc/ui', /origin/],
     ['credentials', 'dash=https://u:p@dash.svc', /credentials/],
     ['another scheme', 'dash=ftp://dash.svc', /scheme/],
-    ['an option after host:port', 'api=10.0.0.2:6443,insecure', /http:\/\/ and https:\/\/ targets only/],
+    [
+      'TLS options on a passthrough host:port',
+      'api=10.0.0.2:6443,insecure',
+      /https targets and mode=agent-tls only/,
+    ],
+    ['a mode on a URL target', 'dash=https://dash.svc,mode=agent-tls', /a URL target is an http route/],
     // Not an option name: read as a route of its own, which fails as one.
     ['an unknown option', 'dash=https://dash.svc,verify=no', /route verify/],
     ['insecure with ca', 'dash=https://dash.svc,insecure,ca=/etc/hostname', /contradict/],
@@ -669,6 +674,126 @@ describe('http routes (URL targets with options)', () => {
     expect(() =>
       resolveServerConfig({ argv: ['--tcp-route', 'cluster-u1-db=http://db.svc:80'], env: {}, cwd: '/' }),
     ).toThrow(expect.objectContaining({ code: 'TUN_ERR_CONFIG' }));
+  });
+});
+
+describe('agent-tls routes (host:port targets with mode=agent-tls)', () => {
+  const agent = (routes: string[], env: Record<string, string> = {}, serviceAccountCaFile?: string) =>
+    resolveClientConfig({
+      argv: ['--server', 'wss://example.com', '--token', 't', ...routes.flatMap((r) => ['--route', r])],
+      env,
+      cwd: '/',
+      ...(serviceAccountCaFile === undefined ? {} : { serviceAccountCaFile }),
+    });
+
+  test('take mode=agent-tls and the TLS options after host:port, in flags, env and YAML', () => {
+    const dir = tempDir();
+    const ca = write(dir, 'ca.pem', 'not checked here');
+    const expected = [
+      {
+        name: 'apiserver',
+        host: 'api.example',
+        port: 443,
+        mode: 'agent-tls',
+        ca,
+        serverName: 'kube.example',
+      },
+      { name: 'other', host: '10.0.0.2', port: 6443 },
+    ];
+    expect(
+      agent([
+        `apiserver=api.example:443,mode=agent-tls,ca=${ca},serverName=Kube.Example`,
+        'other=10.0.0.2:6443,mode=passthrough',
+      ]).route,
+    ).toEqual(expected);
+    const fromEnv = resolveClientConfig({
+      argv: ['--server', 'wss://example.com', '--token', 't'],
+      env: {
+        TUNNEL_CLIENT_ROUTE: `apiserver=api.example:443,mode=agent-tls,ca=${ca},serverName=kube.example,other=10.0.0.2:6443`,
+      },
+      cwd: '/',
+    });
+    expect(fromEnv.route).toEqual(expected);
+    const file = write(
+      dir,
+      'agent.yaml',
+      `server: wss://example.com\ntoken: t\nroute:\n  apiserver:\n    target: api.example:443\n    mode: agent-tls\n    ca: ca.pem\n    serverName: kube.example\n  other: 10.0.0.2:6443\n`,
+    );
+    expect(resolveClientConfig({ argv: ['--config', file], env: {}, cwd: '/' }).route).toEqual(expected);
+  });
+
+  test.each([
+    ['an unknown mode', 'api=10.0.0.2:6443,mode=http', /mode must be passthrough or agent-tls/],
+    ['hostHeader', 'api=10.0.0.2:6443,mode=agent-tls,hostHeader=x', /not one of mode=agent-tls/],
+    ['insecure with ca', 'api=10.0.0.2:6443,mode=agent-tls,insecure,ca=/etc/hostname', /contradict/],
+    ['TLS options without the mode', 'api=10.0.0.2:6443,serverName=kube.example', /mode=agent-tls only/],
+  ])('refuses %s with a problem naming the route', (_what, route, reason) => {
+    expect(() => agent([route])).toThrow(
+      expect.objectContaining({ code: 'TUN_ERR_CONFIG', message: expect.stringMatching(reason) }),
+    );
+  });
+
+  test("in a pod, the cluster's own API server is verified against the cluster CA as kubernetes.default.svc", () => {
+    const dir = tempDir();
+    const saCa = write(dir, 'ca.crt', 'the cluster CA');
+    const pod = { KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: '443' };
+    expect(
+      agent(
+        ['apiserver=10.96.0.1:443,mode=agent-tls', 'byname=kubernetes.default.svc:443,mode=agent-tls'],
+        pod,
+        saCa,
+      ).route,
+    ).toEqual([
+      {
+        name: 'apiserver',
+        host: '10.96.0.1',
+        port: 443,
+        mode: 'agent-tls',
+        ca: saCa,
+        serverName: 'kubernetes.default.svc',
+      },
+      { name: 'byname', host: 'kubernetes.default.svc', port: 443, mode: 'agent-tls', ca: saCa },
+    ]);
+    // What the operator wrote wins; targets other than the cluster's API server are left alone.
+    const own = write(dir, 'own.pem', 'x');
+    expect(
+      agent(
+        [
+          `apiserver=10.96.0.1:443,mode=agent-tls,ca=${own},serverName=api.internal`,
+          'far=api.far.example:443,mode=agent-tls',
+        ],
+        pod,
+        saCa,
+      ).route,
+    ).toEqual([
+      {
+        name: 'apiserver',
+        host: '10.96.0.1',
+        port: 443,
+        mode: 'agent-tls',
+        ca: own,
+        serverName: 'api.internal',
+      },
+      { name: 'far', host: 'api.far.example', port: 443, mode: 'agent-tls' },
+    ]);
+    // Outside a pod nothing is filled in.
+    expect(agent(['apiserver=10.96.0.1:443,mode=agent-tls'], {}, saCa).route).toEqual([
+      { name: 'apiserver', host: '10.96.0.1', port: 443, mode: 'agent-tls' },
+    ]);
+  });
+
+  test('in a pod without the cluster CA mounted, the problem says which component mounts it', () => {
+    const pod = { KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: '443' };
+    expect(() =>
+      agent(['apiserver=kubernetes.default.svc:443,mode=agent-tls'], pod, '/no/such/ca.crt'),
+    ).toThrow(
+      expect.objectContaining({
+        code: 'TUN_ERR_CONFIG',
+        message: expect.stringMatching(
+          /route apiserver: .*\/no\/such\/ca.crt is not mounted \(deploy\/client\/components\/agent-tls/,
+        ),
+      }),
+    );
   });
 });
 

@@ -17,6 +17,7 @@ import {
   SIGNING_KEY_FILES,
   type UserConnectionEvent,
 } from '@cluster-tunnel/server';
+import type { Clock } from '@cluster-tunnel/protocol';
 import { withDeadline } from './streams.js';
 import { tempDir } from './temp-dir.js';
 
@@ -58,7 +59,10 @@ export interface InProcessServer {
 }
 
 /** Starts a TunnelServer with `args` (server flags) on top of loopback defaults. */
-export async function startInProcessServer(args: readonly string[] = []): Promise<InProcessServer> {
+export async function startInProcessServer(
+  args: readonly string[] = [],
+  deps: { now?: () => number } = {},
+): Promise<InProcessServer> {
   const dataDir = tempDir('tunnel-server-');
   const config = resolveServerConfig({
     // No wait for agents unless a test asks (--agent-wait-ms later in args wins): a refusal is at once.
@@ -78,7 +82,7 @@ export async function startInProcessServer(args: readonly string[] = []): Promis
     hostname: 'server-test',
   });
   const logs: LogRecord[] = [];
-  const server = new TunnelServer(config, { log: quietLogger('tunnel-server', logs) });
+  const server = new TunnelServer(config, { log: quietLogger('tunnel-server', logs), ...deps });
   const events: UserConnectionEvent[] = [];
   const waiters = new Set<() => void>();
   server.on('user-connection', (e) => {
@@ -87,12 +91,13 @@ export async function startInProcessServer(args: readonly string[] = []): Promis
   });
   defer(() => server.destroy());
   await server.start();
-  const privateKeyPem = await readFile(join(dataDir, SIGNING_KEY_FILES.privateKey), 'utf8');
+  // A --data-dir in `args` wins over the fresh one (a server restarted on its old directory).
+  const privateKeyPem = await readFile(join(config.dataDir, SIGNING_KEY_FILES.privateKey), 'utf8');
   return {
     server,
-    dataDir,
+    dataDir: config.dataDir,
     port: server.address.port,
-    caFile: join(dataDir, 'ca.crt'),
+    caFile: join(config.dataDir, 'ca.crt'),
     events,
     logs,
     nextEvent(match, timeoutMs = 10_000) {
@@ -120,6 +125,11 @@ export interface InProcessAgentOptions {
   agentId?: string;
   /** More client flags. */
   args?: readonly string[];
+  /** Timers and wall-clock time of the agent (TunnelAgentOptions). */
+  clock?: Clock;
+  now?: () => number;
+  /** Every line the agent logs, parsed, is pushed here. */
+  logs?: LogRecord[];
 }
 
 /** Starts a TunnelAgent against `s` and resolves once the server has registered it. */
@@ -150,7 +160,11 @@ export async function startInProcessAgent(
     cwd: dir,
     hostname: agentId,
   });
-  const agent = new TunnelAgent(config, { logger: quietLogger('tunnel-client') });
+  const agent = new TunnelAgent(config, {
+    logger: quietLogger('tunnel-client', o.logs),
+    ...(o.clock === undefined ? {} : { clock: o.clock }),
+    ...(o.now === undefined ? {} : { now: o.now }),
+  });
   defer(() => agent.destroy());
   const registered = new Promise<void>((resolve) => agent.once('registered', () => resolve()));
   await agent.start();

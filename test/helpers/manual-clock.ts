@@ -11,7 +11,9 @@ interface Timer {
 
 /** `advance(ms)` runs every timer that falls due, in order, with `now()` at each one's due time. */
 export class ManualClock implements Clock {
-  private nowMs = 0;
+  /** `startMs`: where time starts (Date.now() for code that reads wall-clock times, such as certificates). */
+  constructor(private nowMs = 0) {}
+
   private nextHandle = 1;
   private readonly timers = new Map<number, Timer>();
 

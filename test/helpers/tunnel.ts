@@ -266,23 +266,39 @@ export function liveServers(agent: CliProcess): string[] {
     .sort();
 }
 
-/** Prints a kubeconfig with the real CLI (`tunnel-server kubeconfig`). */
+/**
+ * Prints a kubeconfig with the real CLI (`tunnel-server kubeconfig`). Passthrough trusts
+ * `caPem` (the API server's CA); agent-tls trusts the route CA in `dataDir` (the server's).
+ */
 export async function tunnelKubeconfig(
   dir: string,
-  o: { cluster: string; port: number; caPem: string; certPem?: string; keyPem?: string; token?: string },
+  o: {
+    cluster: string;
+    port: number;
+    caPem?: string;
+    certPem?: string;
+    keyPem?: string;
+    token?: string;
+    mode?: 'passthrough' | 'agent-tls';
+    dataDir?: string;
+    exec?: { command: string; args: string[] };
+  },
 ): Promise<string> {
-  const caFile = join(dir, `${o.cluster}-apiserver-ca.pem`);
-  await writeFile(caFile, o.caPem);
   const args = [
     SERVER_BIN,
     'kubeconfig',
     '--cluster',
     o.cluster,
-    '--ca-file',
-    caFile,
     '--server-url',
     `https://127.0.0.1:${o.port}`,
   ];
+  if (o.mode !== undefined) args.push('--mode', o.mode);
+  if (o.dataDir !== undefined) args.push('--data-dir', o.dataDir);
+  if (o.caPem !== undefined) {
+    const caFile = join(dir, `${o.cluster}-apiserver-ca.pem`);
+    await writeFile(caFile, o.caPem);
+    args.push('--ca-file', caFile);
+  }
   if (o.certPem && o.keyPem) {
     await writeFile(join(dir, `${o.cluster}-client.crt`), o.certPem);
     await writeFile(join(dir, `${o.cluster}-client.key`), o.keyPem, { mode: 0o600 });
@@ -294,6 +310,7 @@ export async function tunnelKubeconfig(
     );
   }
   if (o.token) args.push('--token', o.token);
+  if (o.exec) args.push('--exec-command', o.exec.command, ...o.exec.args.flatMap((a) => ['--exec-arg', a]));
   const { stdout } = await execFileAsync(process.execPath, args);
   const file = join(dir, `${o.cluster}.kubeconfig`);
   await writeFile(file, stdout, { mode: 0o600 });

@@ -231,7 +231,7 @@ describe('an old agent and a new server', () => {
     const old = await registerRaw(target, token, ['cluster-u1']);
     expect(old.registered).toMatchObject({
       type: 'registered',
-      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams'],
+      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams', 'route-certificates'],
     });
     const [agent] = server.registry.all();
     expect(agent!.capabilities.size).toBe(0);
@@ -271,7 +271,7 @@ describe('a new agent and an old server', () => {
     const session = await old.nextSession();
     expect(session.register).toMatchObject({
       protocolVersion: CONTROL_PROTOCOL_VERSION,
-      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams'],
+      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams', 'route-certificates'],
     });
     const registered = await pollUntil(
       () => logs.find('agent registered')[0],
@@ -305,13 +305,18 @@ describe('a new agent and a new server', () => {
     );
     expect(registered).toMatchObject({
       serverId: 'server-new',
-      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams'],
+      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams', 'route-certificates'],
     });
     const [agent] = server.registry.all();
-    expect([...agent!.capabilities]).toEqual(['typed-stream-header', 'route-modes', 'probe-streams']);
+    expect([...agent!.capabilities]).toEqual([
+      'typed-stream-header',
+      'route-modes',
+      'probe-streams',
+      'route-certificates',
+    ]);
     expect(agent!.streamHeaderVersion).toBe(2);
     expect(serverLogs.find('agent connected')[0]).toMatchObject({
-      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams'],
+      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams', 'route-certificates'],
     });
 
     // A user connection: the server's own v2 header (a route stream, no metadata).
@@ -391,7 +396,7 @@ describe('unknown capabilities', () => {
     const raw = await registerRaw(target, token, ['cluster-u1'], { capabilities });
     expect(raw.registered).toMatchObject({
       type: 'registered',
-      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams'],
+      capabilities: ['typed-stream-header', 'route-modes', 'probe-streams', 'route-certificates'],
     });
     expect([...server.registry.all()[0]!.capabilities]).toEqual(['typed-stream-header']);
   });

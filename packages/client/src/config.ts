@@ -3,6 +3,8 @@
  * problem reported in one TUN_ERR_CONFIG, resolved once into a deeply frozen ClientConfig.
  * Only this file and bin.ts read argv/env, so the egress proxy variables are resolved here too.
  */
+import { existsSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
@@ -79,7 +81,7 @@ export const CLIENT_CONFIG_SCHEMA = {
     defaultText: 'apiserver=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT',
     urlTargets: true,
     description:
-      'route the agent serves: name=host:port, or an http route name=http(s)://host[:port][,ca=FILE,serverName=NAME,insecure,hostHeader=NAME]; the in-cluster apiserver by default',
+      'route the agent serves: name=host:port[,mode=agent-tls[,ca=FILE,serverName=NAME,insecure]], or an http route name=http(s)://host[:port][,ca=FILE,serverName=NAME,insecure,hostHeader=NAME]; the in-cluster apiserver by default',
   },
   agentId: {
     type: 'string',
@@ -199,7 +201,45 @@ export interface ClientConfig {
   readonly noProxy: readonly string[];
 }
 
-export type ResolveClientConfigInput = CliConfigInput;
+export type ResolveClientConfigInput = CliConfigInput & {
+  /** Where a pod finds its cluster's CA (tests point it elsewhere). */
+  serviceAccountCaFile?: string;
+};
+
+/** The cluster CA in a pod: the service account mount, or the agent-tls component's (deploy/). */
+export const SERVICE_ACCOUNT_CA_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/ca.crt';
+/** The name every API server certificate carries for its in-cluster Service. */
+export const IN_CLUSTER_API_SERVER_NAME = 'kubernetes.default.svc';
+const IN_CLUSTER_API_HOST = /^kubernetes(\.default(\.svc(\.cluster\.local)?)?)?$/;
+
+/**
+ * In a pod, an agent-tls route to the cluster's own API server (its Service name or
+ * KUBERNETES_SERVICE_HOST) verifies it as in-cluster clients do: against the cluster CA, for
+ * kubernetes.default.svc when the target is an address. Routes elsewhere are left as written.
+ */
+function inClusterAgentTls(
+  routes: readonly RouteTarget[],
+  env: ResolveClientConfigInput['env'],
+  caFile: string,
+  problems: string[],
+): RouteTarget[] {
+  const apiHost = env.KUBERNETES_SERVICE_HOST?.trim().toLowerCase();
+  if (!apiHost) return [...routes];
+  return routes.map((r) => {
+    if (r.mode !== 'agent-tls' || (r.host !== apiHost && !IN_CLUSTER_API_HOST.test(r.host))) return r;
+    const filled: { -readonly [K in keyof RouteTarget]: RouteTarget[K] } = { ...r };
+    if (r.ca === undefined && !r.insecure) {
+      if (existsSync(caFile)) filled.ca = caFile;
+      else {
+        problems.push(
+          `route ${r.name}: mode=agent-tls needs ca=FILE; the cluster CA ${caFile} is not mounted (deploy/client/components/agent-tls mounts it)`,
+        );
+      }
+    }
+    if (r.serverName === undefined && isIP(r.host) !== 0) filled.serverName = IN_CLUSTER_API_SERVER_NAME;
+    return filled;
+  });
+}
 
 /** In a pod, kubelet sets KUBERNETES_SERVICE_HOST/PORT: serve the apiserver unless told otherwise. */
 function inClusterRoute(env: ResolveClientConfigInput['env']): string | undefined {
@@ -278,10 +318,14 @@ export function resolveClientConfig(input: ResolveClientConfigInput): Readonly<C
     );
   }
   const proxy = resolveProxy(input.env, problems);
+  const route = failed.has('route')
+    ? v.route
+    : inClusterAgentTls(v.route, input.env, input.serviceAccountCaFile ?? SERVICE_ACCOUNT_CA_FILE, problems);
   throwIfConfigProblems(problems);
 
   const config: ClientConfig = {
     ...v,
+    route,
     server: v.server,
     agentId: v.agentId ?? hostname,
     ...proxy,

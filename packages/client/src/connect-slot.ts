@@ -31,6 +31,7 @@ import type { AgentMetrics } from './metrics.js';
 import { Backoff } from './backoff.js';
 import type { ClientConfig } from './config.js';
 import { dial, isCredentialRefusal } from './server-dialer.js';
+import type { RouteCertificate } from './route-certificate.js';
 import { RouteTable } from './route-table.js';
 
 /** Quick dials in a probe burst are this far apart at most (jittered from 0). */
@@ -67,6 +68,8 @@ export interface SlotHost {
   /** Shared by every session: spare target connections are bounded per agent. */
   readonly targetDialer: TargetDialer;
   readonly metrics: AgentMetrics;
+  /** The agent's route certificate, when it serves agent-tls routes. */
+  readonly routeCertificate: RouteCertificate | undefined;
   /** The agent is shutting down: no more dials. */
   isStopping(): boolean;
   /** Whether this slot should dial (again); false ends its loop. */
@@ -187,6 +190,7 @@ export class ConnectSlot {
       targetDialer: this.host.targetDialer,
       logger: this.log,
       metrics: this.host.metrics,
+      routeCertificate: this.host.routeCertificate,
     });
     this.host.track(session);
     const ended = session.whenClosed();

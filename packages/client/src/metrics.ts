@@ -52,6 +52,22 @@ export class AgentMetrics {
     labelNames: ['direction'] as const,
     registers: [this.registry],
   });
+  readonly routeCertificateExpiry = new Gauge({
+    name: 'tunnel_agent_route_certificate_expiry_timestamp_seconds',
+    help: 'When the route certificate served on agent-tls routes expires, as a Unix time (0: none held yet); renewed at two thirds of its life',
+    registers: [this.registry],
+  });
+  readonly routeCertificateRequests = new Counter({
+    name: 'tunnel_agent_route_certificate_requests_total',
+    help: 'Route certificate requests to the servers, by outcome: issued, failed',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly agentTlsHandshakeFailures = new Counter({
+    name: 'tunnel_agent_tls_handshake_failures_total',
+    help: "Users' TLS handshakes on agent-tls routes that failed (the user refused the certificate, or went away)",
+    registers: [this.registry],
+  });
   readonly targetDialSeconds = new Histogram({
     name: 'tunnel_agent_target_dial_seconds',
     help: 'Connects to route targets (TCP, and the TLS handshake for https targets), spares included',

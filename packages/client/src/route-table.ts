@@ -3,7 +3,8 @@
  * an address, and a label that is not in this table is refused: the agent dials only what its
  * operator configured. A URL target makes an http route: the server speaks HTTP to the user and
  * sends the agent plain HTTP bytes; for an `https://` target the agent originates TLS,
- * verifying the target as configured.
+ * verifying the target as configured. An agent-tls route (`mode=agent-tls`) is a host:port
+ * target the agent reaches over TLS, after ending the user's TLS with its route certificate.
  */
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
@@ -26,11 +27,14 @@ export interface RouteEntry {
   readonly name: string;
   /** Hostname label the server publishes it under (`cluster-u1`, `cluster-u1-dashboard`). */
   readonly label: string;
-  /** The route mode the server serves it with on the public port. */
-  readonly mode: 'passthrough' | 'http';
+  /**
+   * The route mode the server serves it with on the public port. For agent-tls the agent ends
+   * the user's TLS itself (agent-tls.ts) and `tls` says how it opens TLS to the target.
+   */
+  readonly mode: 'passthrough' | 'http' | 'agent-tls';
   readonly host: string;
   readonly port: number;
-  /** Set for an `https://` target. */
+  /** Set for an `https://` target and for agent-tls. */
   readonly tls: TargetTls | undefined;
   /** For an http route: the Host the server sends the target instead of the user's. */
   readonly hostHeader: string | undefined;
@@ -62,16 +66,21 @@ export class RouteTable {
         return Object.freeze({
           name: r.name,
           label,
-          mode: r.scheme === undefined ? 'passthrough' : 'http',
+          mode: r.scheme !== undefined ? 'http' : (r.mode ?? 'passthrough'),
           host: r.host,
           port: r.port,
-          tls: r.scheme === 'https' ? targetTls(r) : undefined,
+          tls: r.scheme === 'https' || r.mode === 'agent-tls' ? targetTls(r) : undefined,
           hostHeader: r.hostHeader,
           target: targetOf(r),
         });
       }),
     ];
     this.byLabel = new Map(entries.map((e) => [e.label, e]));
+  }
+
+  /** Labels of the agent-tls routes: the names the agent's route certificate is for. */
+  get agentTlsLabels(): string[] {
+    return [...this.byLabel.values()].filter((e) => e.mode === 'agent-tls').map((e) => e.label);
   }
 
   /** The labels to register, in configuration order. */

@@ -11,6 +11,7 @@ import {
   CAPABILITIES,
   CONTROL_PROTOCOL_VERSION,
   ControlChannel,
+  MAX_REQUEST_ID,
   SUPPORTED_CAPABILITIES,
   TunnelError,
   YamuxSession,
@@ -24,6 +25,7 @@ import { forwardStream } from './forward.js';
 import type { RouteTable } from './route-table.js';
 import { TargetDialer } from './target-dialer.js';
 import type { AgentMetrics } from './metrics.js';
+import type { RouteCertificate } from './route-certificate.js';
 
 export interface ServerSessionOptions {
   /** The socket the dialer upgraded to a WebSocket (DialedServer). */
@@ -47,6 +49,14 @@ export interface ServerSessionOptions {
   logger: Logger;
   /** The agent's metrics: streams, bytes and round trips of this session are counted there. */
   metrics?: AgentMetrics;
+  /** The agent's route certificate, which agent-tls streams are served with (route-certificate.ts). */
+  routeCertificate?: RouteCertificate;
+}
+
+interface PendingRequest {
+  resolve: (pem: string) => void;
+  reject: (err: TunnelError) => void;
+  timer: NodeJS.Timeout;
 }
 
 export class ServerSession extends EventEmitter {
@@ -63,6 +73,9 @@ export class ServerSession extends EventEmitter {
   private activeStreams = 0;
   /** Set once the session is gone; why, if it failed. */
   private ended: { err: TunnelError | undefined } | undefined;
+  /** `certificate-request`s waiting for their answer, by requestId. */
+  private readonly certificateRequests = new Map<number, PendingRequest>();
+  private nextRequestId = 1;
 
   constructor(options: ServerSessionOptions) {
     super();
@@ -109,6 +122,11 @@ export class ServerSession extends EventEmitter {
     return this.options.routes.labels.filter(
       (label) => this.served.lookup(label) === undefined || !hostnames.some((h) => h.startsWith(`${label}.`)),
     );
+  }
+
+  /** Labels of the agent-tls routes this server may be given streams for. */
+  get agentTlsLabels(): string[] {
+    return this.served.agentTlsLabels;
   }
 
   get hostnames(): readonly string[] {
@@ -183,6 +201,37 @@ export class ServerSession extends EventEmitter {
     return message;
   }
 
+  /**
+   * Asks the server to sign `csr` (PEM) with its route CA; resolves with the certificate (PEM).
+   * Rejects with the server's code (TUN_ERR_CERT_NAME_FORBIDDEN, TUN_ERR_CSR_INVALID,
+   * TUN_ERR_CERT_SIGNING_REFUSED), TUN_ERR_TIMEOUT, or the session's end.
+   */
+  requestCertificate(csr: string, timeoutMs: number): Promise<string> {
+    if (this.ended || this.registration === undefined) {
+      return Promise.reject(new TunnelError('TUN_ERR_SESSION_CLOSED', 'the session is not registered'));
+    }
+    if (!this.negotiated.has(CAPABILITIES.routeCertificates)) {
+      return Promise.reject(
+        new TunnelError(
+          'TUN_ERR_CERT_SIGNING_REFUSED',
+          'this server does not sign route certificates (an older version)',
+        ),
+      );
+    }
+    const requestId = this.nextRequestId;
+    this.nextRequestId = requestId >= MAX_REQUEST_ID ? 1 : requestId + 1;
+    return new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.certificateRequests.delete(requestId);
+        reject(
+          new TunnelError('TUN_ERR_TIMEOUT', `no answer to the certificate request within ${timeoutMs} ms`),
+        );
+      }, timeoutMs);
+      this.certificateRequests.set(requestId, { resolve, reject, timer });
+      this.control.send({ type: 'certificate-request', requestId, csr });
+    });
+  }
+
   /** Resolves when the session has ended, with its failure (undefined after a clean close). */
   whenClosed(): Promise<TunnelError | undefined> {
     if (this.ended) return Promise.resolve(this.ended.err);
@@ -221,6 +270,8 @@ export class ServerSession extends EventEmitter {
       logger: this.log,
       headerTimeoutMs: this.options.streamHeaderTimeoutMs,
       dialer: this.dialer,
+      routeCertificate: this.options.routeCertificate,
+      metrics: this.options.metrics,
     })
       .then((done) => {
         const metrics = this.options.metrics;
@@ -241,10 +292,24 @@ export class ServerSession extends EventEmitter {
   };
 
   private readonly onLateControlMessage = (message: ControlMessage): void => {
-    // Before registration the answer is taken by next(). After it the server says nothing more
-    // unless it ends the session (an `error` with the reason: a revoked or expired token); any
-    // other message is a protocol violation, and a server that sends one is not talked to.
+    // Before registration the answer is taken by next(). After it the server answers our
+    // certificate requests, and otherwise says nothing unless it ends the session (an `error`
+    // with the reason: a revoked or expired token); any other message is a protocol violation,
+    // and a server that sends one is not talked to.
     if (this.registration === undefined) return;
+    if (message.type === 'certificate' || (message.type === 'error' && message.requestId !== undefined)) {
+      const pending = this.certificateRequests.get(message.requestId!);
+      // An answer after our timeout: nobody waits for it any more.
+      if (pending === undefined) return;
+      this.certificateRequests.delete(message.requestId!);
+      clearTimeout(pending.timer);
+      if (message.type === 'certificate') pending.resolve(message.certificate);
+      else
+        pending.reject(
+          new TunnelError(message.code, message.message, { details: { serverCode: message.code } }),
+        );
+      return;
+    }
     if (message.type === 'error') {
       this.log.warn({ code: message.code, err: message.message }, 'server ended the session');
       this.session.destroy(new TunnelError(message.code, `the server ended the session: ${message.message}`));
@@ -266,6 +331,11 @@ export class ServerSession extends EventEmitter {
 
   private readonly onSessionClose = (err: TunnelError | undefined): void => {
     this.ended = { err };
+    for (const pending of this.certificateRequests.values()) {
+      clearTimeout(pending.timer);
+      pending.reject(err ?? new TunnelError('TUN_ERR_SESSION_CLOSED', 'the session ended'));
+    }
+    this.certificateRequests.clear();
     this.session.off('goaway', this.onGoAway);
     this.session.off('stream', this.onStream);
     this.control.off('message', this.onLateControlMessage);

@@ -48,7 +48,7 @@ export interface TargetConnection {
 }
 
 interface Spare {
-  /** The target, `host:port`: the key of the list holding this spare. */
+  /** The target, `host:port` (and the ALPN offer): the key of the list holding this spare. */
   key: string;
   socket: net.Socket;
   /** Connected: it may be handed out. A spare still connecting is not waited for. */
@@ -90,15 +90,17 @@ export class TargetDialer {
    * A connected socket to the route's target: a ready spare when there is one, else a new
    * connection (a spare still connecting is left alone: it has no deadline of dialTimeoutMs,
    * only spareIdleMs). Either way the route counts as in use, so a spare is (re)opened behind
-   * it. Rejects with the connect error (`code` ETIMEDOUT after dialTimeoutMs).
+   * it. Rejects with the connect error (`code` ETIMEDOUT after dialTimeoutMs). `alpn`: the
+   * protocols to offer an agent-tls target; spares are kept per offer.
    */
-  async dial(entry: RouteEntry): Promise<TargetConnection> {
-    const spare = this.takeSpare(entry.target);
+  async dial(entry: RouteEntry, alpn?: readonly string[]): Promise<TargetConnection> {
+    const target: DialTarget = { entry, alpn, key: spareKey(entry, alpn) };
+    const spare = this.takeSpare(target.key);
     // After this turn's I/O: the caller's first writes to the target (a ClientHello) go
     // before the cost of opening another connection.
-    if (!this.closed && this.o.spareConnections > 0) setImmediate(() => this.topUp(entry));
+    if (!this.closed && this.o.spareConnections > 0) setImmediate(() => this.topUp(target));
     if (spare) return { socket: spare, spare: true };
-    return { socket: await this.connect(entry), spare: false };
+    return { socket: await this.connect(target), spare: false };
   }
 
   /**
@@ -107,7 +109,7 @@ export class TargetDialer {
    */
   async probe(entry: RouteEntry): Promise<number> {
     const startedAt = performance.now();
-    const socket = await this.connect(entry);
+    const socket = await this.connect({ entry, alpn: undefined, key: entry.target });
     const ms = performance.now() - startedAt;
     socket.destroy();
     return ms;
@@ -130,16 +132,17 @@ export class TargetDialer {
     return spare.socket;
   }
 
-  private topUp(entry: RouteEntry): void {
+  private topUp(target: DialTarget): void {
     if (this.closed || this.o.spareConnections <= 0) return;
-    let list = this.spares.get(entry.target);
-    if (!list) this.spares.set(entry.target, (list = []));
-    while (list.length < this.o.spareConnections) list.push(this.openSpare(entry));
+    let list = this.spares.get(target.key);
+    if (!list) this.spares.set(target.key, (list = []));
+    while (list.length < this.o.spareConnections) list.push(this.openSpare(target));
   }
 
-  private openSpare(entry: RouteEntry): Spare {
+  private openSpare(target: DialTarget): Spare {
+    const { entry } = target;
     const startedAt = performance.now();
-    const socket = openSocket(entry);
+    const socket = openSocket(target);
     const gone = (): void => {
       if (this.remove(spare)) this.drop(spare);
     };
@@ -161,7 +164,7 @@ export class TargetDialer {
       socket.on('data', onData);
     };
     const spare: Spare = {
-      key: entry.target,
+      key: target.key,
       socket,
       ready: false,
       timer: this.o.clock.setTimeout(() => {
@@ -204,10 +207,11 @@ export class TargetDialer {
   }
 
   /** A new connection, bounded by dialTimeoutMs (a real timer: connects are real I/O). */
-  private connect(entry: RouteEntry): Promise<net.Socket> {
+  private connect(target: DialTarget): Promise<net.Socket> {
+    const { entry } = target;
     const startedAt = performance.now();
     return new Promise<net.Socket>((resolve, reject) => {
-      const socket = openSocket(entry);
+      const socket = openSocket(target);
       const timer = setTimeout(() => {
         const err = new Error(`connect to ${entry.target} timed out`) as NodeJS.ErrnoException;
         err.code = 'ETIMEDOUT';
@@ -243,21 +247,38 @@ export class TargetDialer {
  * connected), so a spare carries them ready-made: no Nagle delay on small writes, and TCP
  * keepalive so a long-lived idle watch notices a dead peer.
  */
-function openSocket(entry: RouteEntry): net.Socket {
+function openSocket({ entry, alpn }: DialTarget): net.Socket {
   const socket = entry.tls
-    ? // An https target: TLS from the agent, verified as the route says (route-table.ts).
+    ? // An https or agent-tls target: TLS from the agent, verified as the route says (route-table.ts).
       tls.connect({
         host: entry.host,
         port: entry.port,
         ...(entry.tls.servername === undefined ? {} : { servername: entry.tls.servername }),
         ...(entry.tls.ca === undefined ? {} : { ca: entry.tls.ca }),
         rejectUnauthorized: entry.tls.rejectUnauthorized,
-        ALPNProtocols: ['http/1.1'],
+        // The http mode speaks HTTP/1.1; agent-tls offers what its user offered (agent-tls.ts).
+        ...(entry.mode === 'agent-tls'
+          ? alpn && alpn.length > 0
+            ? { ALPNProtocols: [...alpn] }
+            : {}
+          : { ALPNProtocols: ['http/1.1'] }),
       })
     : net.connect({ host: entry.host, port: entry.port, allowHalfOpen: true });
   socket.setNoDelay(true);
   socket.setKeepAlive(true, 30_000);
   return socket;
+}
+
+/** A target as one dial sees it: spares are kept per target and ALPN offer (`key`). */
+interface DialTarget {
+  entry: RouteEntry;
+  /** The ALPN protocols to offer an agent-tls target. */
+  alpn: readonly string[] | undefined;
+  key: string;
+}
+
+function spareKey(entry: RouteEntry, alpn: readonly string[] | undefined): string {
+  return alpn === undefined || alpn.length === 0 ? entry.target : `${entry.target} alpn=${alpn.join(',')}`;
 }
 
 /** When a target socket is ready for bytes: connected, and for an https target, TLS done. */

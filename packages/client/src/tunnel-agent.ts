@@ -22,6 +22,7 @@ import type { SlotHost } from './connect-slot.js';
 import { HealthServer } from './health.js';
 import { TargetDialer } from './target-dialer.js';
 import { AgentMetrics } from './metrics.js';
+import { RouteCertificate } from './route-certificate.js';
 import { targetOf } from './route-table.js';
 
 /** The package version, sent in `register` and shown by --version. */
@@ -61,6 +62,8 @@ export interface TunnelAgentOptions {
   replicaProbeMaxMs?: number;
   /** A replica missing this long is reported (default 60 s). */
   replicaMissingWarnMs?: number;
+  /** Epoch milliseconds, for route certificate lifetimes (default Date.now). */
+  now?: () => number;
 }
 
 export interface AgentRegisteredEvent {
@@ -90,6 +93,8 @@ export class TunnelAgent extends EventEmitter {
   private readonly slots = new Map<number, ConnectSlot>();
   private wantedSlots = 1;
   private health: HealthServer | undefined;
+  /** What agent-tls routes end users' TLS with; undefined without such routes. */
+  readonly routeCertificate: RouteCertificate | undefined;
   private started = false;
   private stopping = false;
   private closePromise: Promise<void> | undefined;
@@ -118,9 +123,19 @@ export class TunnelAgent extends EventEmitter {
         [...this.sessions].map((s) => ({ serving: s.isServing, streams: s.streams, stats: s.session.stats })),
       wantedSessions: () => this.wantedSlots,
     });
+    this.routeCertificate = config.route.some((r) => r.mode === 'agent-tls')
+      ? new RouteCertificate({
+          clock: this.clock,
+          now: options.now ?? Date.now,
+          log: this.log,
+          metrics: this.metrics,
+          sessions: () => this.sessions,
+        })
+      : undefined;
     this.host = {
       config,
       clock: this.clock,
+      routeCertificate: this.routeCertificate,
       random: options.random ?? Math.random,
       timeouts: {
         registerTimeoutMs: options.registerTimeoutMs ?? 10_000,
@@ -192,11 +207,10 @@ export class TunnelAgent extends EventEmitter {
     this.started = true;
     for (const r of this.config.route) {
       if (r.insecure)
-        this.log.warn(
-          { route: r.name, target: `https://${r.host}:${r.port}` },
-          'https target not verified (insecure)',
-        );
+        this.log.warn({ route: r.name, target: targetOf(r) }, 'target TLS not verified (insecure)');
     }
+    // The key pair first: the first registration asks for a certificate with it.
+    await this.routeCertificate?.start();
     if (this.config.healthListen !== undefined) {
       this.health = new HealthServer({
         listen: this.config.healthListen,
@@ -276,6 +290,7 @@ export class TunnelAgent extends EventEmitter {
       );
     }
     this.emit('registered', { serverId, hostnames } satisfies AgentRegisteredEvent);
+    this.routeCertificate?.onRegistered(hostnames, session.agentTlsLabels);
     void session.whenClosed().then((err) => {
       const upMs = Math.round(this.clock.now() - upSince);
       this.metrics.sessionEnds.inc({ cause: err?.code ?? (session.isGoingAway ? 'goaway' : 'clean') });
@@ -310,6 +325,7 @@ export class TunnelAgent extends EventEmitter {
 
   private stop(): void {
     this.stopping = true;
+    this.routeCertificate?.close();
     // Draining: no new streams will come, so no spare will be used.
     this.dialer.close();
     for (const slot of this.slots.values()) slot.stop();

@@ -21,11 +21,16 @@ export interface RouteTarget {
   readonly port: number;
   /** Set for a URL target: the route is an http route; `https` makes the agent originate TLS. */
   readonly scheme?: 'http' | 'https';
-  /** `ca=FILE`: verify an https target against this CA (absolute path). */
+  /**
+   * `mode=agent-tls` on a host:port target: the agent ends the user's TLS with a route
+   * certificate and opens TLS to the target (absent: passthrough, or http for a URL target).
+   */
+  readonly mode?: 'agent-tls';
+  /** `ca=FILE`: verify an https or agent-tls target against this CA (absolute path). */
   readonly ca?: string;
-  /** `serverName=NAME`: the name an https target's certificate is checked for (SNI too). */
+  /** `serverName=NAME`: the name an https or agent-tls target's certificate is checked for (SNI too). */
   readonly serverName?: string;
-  /** `insecure`: skip verifying an https target (logged as a warning at start). */
+  /** `insecure`: skip verifying an https or agent-tls target (logged as a warning at start). */
   readonly insecure?: boolean;
   /** `hostHeader=NAME`: the Host header the target gets, instead of the user's. */
   readonly hostHeader?: string;

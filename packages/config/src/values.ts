@@ -93,9 +93,78 @@ export function parseRoute(
   return typeof hp === 'string' ? `route ${name}: ${hp}` : { name, ...hp };
 }
 
-/** Options a URL route target may carry after a comma; their names can never be route names. */
-export const ROUTE_OPTIONS = ['ca', 'serverName', 'insecure', 'hostHeader'] as const;
-const OPTION_KEY = /^(ca|servername|insecure|hostheader)(=|$)/i;
+/** Options a route target may carry after a comma; their names can never be route names. */
+export const ROUTE_OPTIONS = ['mode', 'ca', 'serverName', 'insecure', 'hostHeader'] as const;
+const OPTION_KEY = /^(mode|ca|servername|insecure|hostheader)(=|$)/i;
+/** The modes a host:port route may name (a URL target is always an http route). */
+export const HOST_PORT_ROUTE_MODES = ['passthrough', 'agent-tls'] as const;
+
+type MutableRoute = { -readonly [K in keyof RouteTarget]: RouteTarget[K] };
+
+/**
+ * Applies `ca=FILE`, `serverName=NAME` and `insecure` to `route`; true when `option` was one of
+ * them and well formed.
+ */
+function applyTlsOption(
+  route: MutableRoute,
+  key: string,
+  value: string | undefined,
+  baseDir: string,
+): boolean {
+  if (key === 'insecure' && value === undefined) route.insecure = true;
+  else if (key === 'ca' && value) route.ca = resolve(baseDir, value);
+  else if (key === 'servername' && value && isDnsName(value.toLowerCase()))
+    route.serverName = value.toLowerCase();
+  else return false;
+  return true;
+}
+
+function splitOption(option: string): { key: string; value: string | undefined } {
+  const eq = option.indexOf('=');
+  return {
+    key: (eq < 0 ? option : option.slice(0, eq)).trim().toLowerCase(),
+    value: eq < 0 ? undefined : option.slice(eq + 1).trim(),
+  };
+}
+
+/**
+ * `name=host:port` plus options: `mode=agent-tls` (then `ca=FILE`, `serverName=NAME`,
+ * `insecure` say how the agent verifies the target), or `mode=passthrough`, the default.
+ */
+export function parseHostPortRoute(
+  name: string,
+  target: string,
+  options: readonly string[],
+  baseDir: string,
+  namePattern = ROUTE_NAME_PATTERN,
+): RouteTarget | string {
+  const parsed = parseRoute(name, target, namePattern);
+  if (typeof parsed === 'string' || options.length === 0) return parsed;
+  const route: MutableRoute = { ...parsed };
+  let mode: string | undefined;
+  const tlsOptions: string[] = [];
+  for (const option of options) {
+    const { key, value } = splitOption(option);
+    if (
+      key === 'mode' &&
+      value !== undefined &&
+      (HOST_PORT_ROUTE_MODES as readonly string[]).includes(value)
+    ) {
+      mode = value;
+    } else if (applyTlsOption(route, key, value, baseDir)) tlsOptions.push(key);
+    else if (key === 'mode') {
+      return `route ${name}: mode must be ${HOST_PORT_ROUTE_MODES.join(' or ')} (an http route is a URL target), got ${JSON.stringify(value ?? '')}`;
+    } else {
+      return `route ${name}: option ${JSON.stringify(option)} is not one of mode=agent-tls, ca=FILE, serverName=NAME, insecure`;
+    }
+  }
+  if (mode !== 'agent-tls' && tlsOptions.length > 0) {
+    return `route ${name}: ca, serverName and insecure apply to https targets and mode=agent-tls only`;
+  }
+  if (route.insecure && route.ca) return `route ${name}: insecure and ca contradict each other`;
+  if (mode === 'agent-tls') route.mode = 'agent-tls';
+  return route;
+}
 
 /**
  * `name=http(s)://host[:port]` plus options (`ca=FILE`, `serverName=NAME`, `insecure`,
@@ -124,19 +193,17 @@ export function parseUrlRoute(
   }
   const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
   const port = url.port === '' ? (scheme === 'https' ? 443 : 80) : Number(url.port);
-  const route: { -readonly [K in keyof RouteTarget]: RouteTarget[K] } = { name, host, port, scheme };
+  const route: MutableRoute = { name, host, port, scheme };
   for (const option of options) {
-    const eq = option.indexOf('=');
-    const key = (eq < 0 ? option : option.slice(0, eq)).trim().toLowerCase();
-    const value = eq < 0 ? undefined : option.slice(eq + 1).trim();
-    if (key === 'insecure' && value === undefined) route.insecure = true;
-    else if (key === 'ca' && value) route.ca = resolve(baseDir, value);
-    else if (key === 'servername' && value && isDnsName(value.toLowerCase()))
-      route.serverName = value.toLowerCase();
-    else if (key === 'hostheader' && value && /^[A-Za-z0-9.:[\]-]{1,255}$/.test(value))
-      route.hostHeader = value;
-    else
+    const { key, value } = splitOption(option);
+    if (applyTlsOption(route, key, value, baseDir)) continue;
+    if (key === 'hostheader' && value && /^[A-Za-z0-9.:[\]-]{1,255}$/.test(value)) route.hostHeader = value;
+    else if (key === 'mode' && value === 'http') continue;
+    else if (key === 'mode') {
+      return `route ${name}: a URL target is an http route; mode=${value ?? ''} applies to host:port targets`;
+    } else {
       return `route ${name}: option ${JSON.stringify(option)} is not one of ca=FILE, serverName=NAME, insecure, hostHeader=NAME`;
+    }
   }
   if (scheme === 'http' && (route.ca || route.serverName || route.insecure)) {
     return `route ${name}: ca, serverName and insecure apply to https targets only`;
@@ -267,7 +334,7 @@ function parseScalar(raw: unknown, ctx: ParseContext): Parsed {
   }
 }
 
-/** `{ target, ca, serverName, insecure, hostHeader }` → the one-line form; anything else stays as is. */
+/** `{ target, mode, ca, serverName, insecure, hostHeader }` → the one-line form; anything else stays as is. */
 function routeFromYamlObject(name: string, value: unknown): unknown {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) return value;
   const o = value as Record<string, unknown>;
@@ -352,8 +419,8 @@ function parseList(raw: unknown, ctx: ParseContext): Parsed {
           ? `${name} is a route option, not a route name (options follow a URL target)`
           : spec.urlTargets && /^[a-z][a-z0-9+.-]*:\/\//i.test(target)
             ? parseUrlRoute(name, target, options, ctx.baseDir, spec.pattern)
-            : options.length > 0
-              ? `route ${name}: options apply to http:// and https:// targets only`
+            : spec.urlTargets
+              ? parseHostPortRoute(name, target, options, ctx.baseDir, spec.pattern)
               : parseRoute(name, target, spec.pattern, spec.min ?? 1);
     const caProblem = typeof route !== 'string' && route.ca ? checkFile(route.ca, ctx) : undefined;
     if (typeof route === 'string') reasons.push(route);

@@ -66,6 +66,29 @@ export const ERROR_CODES = {
     retryable: false,
     summary: 'the agent does not know the stream type the server asked for',
   },
+  // agent-tls route certificates (docs/ARCHITECTURE.md, "Route certificates").
+  TUN_ERR_CSR_INVALID: {
+    retryable: false,
+    summary:
+      'a certificate signing request was malformed, too large, unsigned by its key, or of a key type not accepted',
+  },
+  TUN_ERR_CERT_NAME_FORBIDDEN: {
+    retryable: false,
+    summary: "a certificate signing request named a hostname that is not one of the agent's agent-tls routes",
+  },
+  TUN_ERR_CERT_SIGNING_REFUSED: {
+    retryable: true,
+    summary: 'the server will not sign route certificates now (no shared route CA, or too many requests)',
+  },
+  TUN_ERR_ROUTE_CERT_PENDING: {
+    retryable: true,
+    summary: 'a user reached an agent-tls route before the agent held a valid route certificate',
+  },
+  TUN_ERR_ROUTE_CERT_RENEWAL: {
+    retryable: true,
+    summary:
+      'the agent could not renew its route certificate (it retries, serving the old one until it expires)',
+  },
   TUN_ERR_ACCESS_DENIED: {
     retryable: false,
     summary: 'an http route request without a valid session (or with a link for another route, or expired)',

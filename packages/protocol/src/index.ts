@@ -1,4 +1,5 @@
 export * from './errors.js';
+export { TokenBucket } from './token-bucket.js';
 export * from './yamux/constants.js';
 export { encodeHeader, decodeHeader, describeHeader, type FrameHeader } from './yamux/frame.js';
 export { FrameDecoder, type FrameSink } from './yamux/decoder.js';

@@ -1,10 +1,12 @@
 import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import {
+  CAPABILITIES,
   CONTROL_PROTOCOL_VERSION,
   ControlChannel,
   MIN_PROTOCOL_VERSION,
   SUPPORTED_CAPABILITIES,
+  TokenBucket,
   TunnelError,
   WEBSOCKET_VERSION,
   YamuxSession,
@@ -13,6 +15,7 @@ import {
   createWebSocketDuplex,
   negotiateCapabilities,
   upgradeResponseHead,
+  type CertificateRequestMessage,
   type ControlMessage,
   type ErrorCode,
   type YamuxStream,
@@ -22,11 +25,18 @@ import { RegisteredAgent, type AgentIdentity } from './registered-agent.js';
 import type { AgentRegistry } from './agent-registry.js';
 import type { ServerMetrics } from './metrics.js';
 import { requestPath } from './request-path.js';
+import type { RouteCertificateAuthority } from './route-ca.js';
 import type { TokenVerifier, VerifiedToken } from './token-verifier.js';
 
 export const AGENT_PATH = '/connect';
 /** How long a new agent has to open its control stream and register. */
 const REGISTER_TIMEOUT_MS = 10_000;
+/**
+ * Route certificate requests one session may make: a burst of 5, then one a minute. An agent
+ * asks once per registration without a valid certificate and once per renewal (docs/SECURITY.md).
+ */
+const CERTIFICATE_REQUEST_BURST = 5;
+const CERTIFICATE_REQUESTS_PER_SECOND = 1 / 60;
 
 const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   TUN_ERR_AUTH_REQUIRED: 401,
@@ -60,6 +70,15 @@ export interface AgentEndpointOptions {
   routeModes: ReadonlySet<string>;
   /** Called for every agent refused or ended for a reason of its own (also counted in metrics). */
   onRefusal?: (refusal: AgentRefusal) => void;
+  /** Signing agents' agent-tls route certificates (route-ca.ts). */
+  routeCertificates: RouteCertificateSigning;
+}
+
+export interface RouteCertificateSigning {
+  /** undefined: this server signs none, and `unavailable` says why. */
+  ca: RouteCertificateAuthority | undefined;
+  unavailable: string;
+  lifetimeMs: number;
 }
 
 /** An agent refused at the upgrade or at registration, or whose session was ended (its token). */
@@ -79,6 +98,9 @@ interface Connected {
   control: ControlChannel | undefined;
   /** Set once registered. */
   agent: RegisteredAgent | undefined;
+  /** Route certificate requests: the rate limit, and whether one is being signed now. */
+  certificateRequests: TokenBucket;
+  signing: boolean;
 }
 
 /**
@@ -202,6 +224,12 @@ export class AgentEndpoint {
       expiryTimer: undefined,
       control: undefined,
       agent: undefined,
+      certificateRequests: new TokenBucket(
+        CERTIFICATE_REQUESTS_PER_SECOND,
+        CERTIFICATE_REQUEST_BURST,
+        Date.now,
+      ),
+      signing: false,
     };
     this.sessions.set(session, connected);
     const { clusterId } = token;
@@ -276,11 +304,15 @@ export class AgentEndpoint {
     const controlStream = await Promise.race([firstStream(session, REGISTER_TIMEOUT_MS), ended]);
     const control = new ControlChannel(controlStream);
     c.control = control;
-    // The agent says one thing, `register`, and nothing after it: a second message (before or
-    // after the answer) or a malformed one is a protocol violation that ends the session.
+    // The agent says `register`, then only `certificate-request` once registered with the
+    // capability: anything else, or a malformed message, is a protocol violation that ends the session.
     let messages = 0;
     control.on('message', (m: ControlMessage) => {
       if (++messages === 1) return; // next() takes it
+      if (m.type === 'certificate-request' && c.agent?.capabilities.has(CAPABILITIES.routeCertificates)) {
+        void this.signRouteCertificate(session, c, c.agent, m);
+        return;
+      }
       this.end(session, c, 'TUN_ERR_BAD_CONTROL_MESSAGE', `unexpected ${m.type} after register`);
     });
     control.on('error', (err: TunnelError) => this.end(session, c, err.code, err.message));
@@ -394,6 +426,63 @@ export class AgentEndpoint {
     if (this.o.verifier.isRevoked(token.tokenId)) {
       this.end(session, c, 'TUN_ERR_TOKEN_REVOKED', `token ${token.tokenId} was revoked`);
     }
+  }
+
+  /**
+   * Answers one `certificate-request`: a certificate for the agent's agent-tls route hostnames,
+   * or a coded `error` with its requestId. A refused request ends nothing: the agent may retry.
+   */
+  private async signRouteCertificate(
+    session: YamuxSession,
+    c: Connected,
+    agent: RegisteredAgent,
+    m: CertificateRequestMessage,
+  ): Promise<void> {
+    const { agentId, clusterId } = agent.identity;
+    const { requestId } = m;
+    const refuse = (code: ErrorCode, message: string): void => {
+      this.o.metrics.routeCertificateRequests.inc({ outcome: code });
+      this.o.log.warn({ agentId, clusterId, requestId, code, err: message }, 'route certificate refused');
+      c.control?.send({ type: 'error', code, message, requestId });
+    };
+    const signing = this.o.routeCertificates;
+    if (signing.ca === undefined) return refuse('TUN_ERR_CERT_SIGNING_REFUSED', signing.unavailable);
+    if (c.signing) return refuse('TUN_ERR_CERT_SIGNING_REFUSED', 'one request at a time per session');
+    if (!c.certificateRequests.take()) {
+      return refuse(
+        'TUN_ERR_CERT_SIGNING_REFUSED',
+        `more than ${CERTIFICATE_REQUEST_BURST} certificate requests, then one a minute, per session`,
+      );
+    }
+    // Registration allowed only the token's cluster's labels; of those, the agent-tls ones.
+    const allowed = new Set(
+      agent.labels.filter((l) => agent.modeOf(l) === 'agent-tls').map((l) => `${l}.${this.o.domain}`),
+    );
+    c.signing = true;
+    let pem: string;
+    try {
+      const issued = await signing.ca.sign(m.csr, allowed, signing.lifetimeMs);
+      pem = issued.pem;
+      this.o.log.info(
+        {
+          agentId,
+          clusterId,
+          requestId,
+          hostnames: issued.hostnames,
+          serialNumber: issued.serialNumber,
+          notAfter: issued.notAfter.toISOString(),
+        },
+        'route certificate issued',
+      );
+    } catch (err) {
+      const e = err instanceof TunnelError ? err : new TunnelError('TUN_ERR_CSR_INVALID', String(err));
+      return refuse(e.code, e.message);
+    } finally {
+      c.signing = false;
+    }
+    if (session.isClosed) return;
+    this.o.metrics.routeCertificateRequests.inc({ outcome: 'issued' });
+    c.control?.send({ type: 'certificate', requestId, certificate: pem });
   }
 }
 

@@ -120,7 +120,7 @@ export class CertificateAuthority {
       const cert = await issue(caCert, caKey, now(), {
         subject: `CN=${domain}`,
         publicKey: keys.publicKey,
-        validityDays: SERVER_VALIDITY_DAYS,
+        validityMs: SERVER_VALIDITY_DAYS * DAY_MS,
         extendedKeyUsage: ExtendedKeyUsage.serverAuth,
         subjectAltNames: expectedNames,
       });
@@ -139,26 +139,27 @@ export class CertificateAuthority {
   }
 }
 
-interface IssueParams {
+export interface IssueParams {
   subject: string;
   publicKey: CryptoKey | PublicKeyType;
-  validityDays: number;
+  validityMs: number;
   extendedKeyUsage: ExtendedKeyUsage;
   subjectAltNames?: JsonGeneralNames;
   keyEncipherment?: boolean;
 }
 
-async function issue(
+/** A leaf certificate signed by `caKey`, never outliving `caCert`. */
+export async function issue(
   caCert: X509Certificate,
   caKey: CryptoKey,
   nowMs: number,
   params: IssueParams,
 ): Promise<X509Certificate> {
-  if (!Number.isInteger(params.validityDays) || params.validityDays < 1) {
-    throw configError(`validityDays must be a positive integer, not ${params.validityDays}`);
+  if (!Number.isInteger(params.validityMs) || params.validityMs < 1) {
+    throw configError(`validityMs must be a positive integer, not ${params.validityMs}`);
   }
   // A certificate never outlives its issuer: clients would reject the chain before it expires anyway.
-  const notAfterMs = Math.min(nowMs + params.validityDays * DAY_MS, caCert.notAfter.getTime());
+  const notAfterMs = Math.min(nowMs + params.validityMs, caCert.notAfter.getTime());
   const publicKey = params.publicKey as PublicKeyType;
   const extensions: Extension[] = [
     new BasicConstraintsExtension(false, undefined, true),
@@ -184,13 +185,19 @@ async function issue(
   });
 }
 
-async function createCaCert(caKeyPem: string, caKey: CryptoKey, nowMs: number): Promise<X509Certificate> {
+/** A self-signed CA certificate for `caKey`, named `<name> <8 hex digits>`, valid 10 years. */
+export async function createCaCert(
+  caKeyPem: string,
+  caKey: CryptoKey,
+  nowMs: number,
+  name = 'cluster-tunnel CA',
+): Promise<X509Certificate> {
   const publicKeyDer = createPublicKey(caKeyPem).export({ type: 'spki', format: 'der' });
   const publicKey = await webcrypto.subtle.importKey('spki', publicKeyDer, EC_KEY, true, ['verify']);
   return X509CertificateGenerator.createSelfSigned({
     serialNumber: randomSerialNumber(),
     // A per-install suffix tells two tunnel CAs apart in a trust store.
-    name: `CN=cluster-tunnel CA ${randomBytes(4).toString('hex')}`,
+    name: `CN=${name} ${randomBytes(4).toString('hex')}`,
     notBefore: new Date(nowMs - BACKDATE_MS),
     notAfter: new Date(nowMs + CA_VALIDITY_DAYS * DAY_MS),
     keys: { publicKey, privateKey: caKey },
@@ -206,7 +213,7 @@ async function createCaCert(caKeyPem: string, caKey: CryptoKey, nowMs: number): 
   });
 }
 
-async function generateEcKeyPair(): Promise<webcrypto.CryptoKeyPair> {
+export async function generateEcKeyPair(): Promise<webcrypto.CryptoKeyPair> {
   return (await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
 }
 
@@ -237,7 +244,7 @@ async function serverCertIsCurrent(
   );
 }
 
-function keyMatchesCert(keyPem: string, cert: X509Certificate): boolean {
+export function keyMatchesCert(keyPem: string, cert: X509Certificate): boolean {
   try {
     const spki = createPublicKey(createPrivateKey(keyPem)).export({ type: 'spki', format: 'der' });
     return spki.equals(Buffer.from(cert.publicKey.rawData));
@@ -246,7 +253,7 @@ function keyMatchesCert(keyPem: string, cert: X509Certificate): boolean {
   }
 }
 
-function parseCertificate(pem: string, file: string): X509Certificate {
+export function parseCertificate(pem: string, file: string): X509Certificate {
   try {
     return new X509Certificate(pem);
   } catch (cause) {
@@ -254,7 +261,7 @@ function parseCertificate(pem: string, file: string): X509Certificate {
   }
 }
 
-async function importPrivateKey(pem: string, file: string): Promise<CryptoKey> {
+export async function importPrivateKey(pem: string, file: string): Promise<CryptoKey> {
   try {
     // Through node:crypto first so SEC1 ("EC PRIVATE KEY") files work as well as PKCS#8.
     const der = createPrivateKey(pem).export({ type: 'pkcs8', format: 'der' });
@@ -264,7 +271,7 @@ async function importPrivateKey(pem: string, file: string): Promise<CryptoKey> {
   }
 }
 
-async function exportPrivateKeyPem(key: CryptoKey): Promise<string> {
+export async function exportPrivateKeyPem(key: CryptoKey): Promise<string> {
   const der = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', key));
   const lines = der.toString('base64').match(/.{1,64}/g) ?? [];
   return `-----BEGIN PRIVATE KEY-----\n${lines.join('\n')}\n-----END PRIVATE KEY-----\n`;
@@ -277,6 +284,6 @@ function randomSerialNumber(): string {
   return bytes.toString('hex');
 }
 
-function configError(message: string, cause?: unknown): TunnelError {
+export function configError(message: string, cause?: unknown): TunnelError {
   return new TunnelError('TUN_ERR_CONFIG', message, cause === undefined ? {} : { cause });
 }

@@ -23,6 +23,7 @@ import {
 } from '@cluster-tunnel/config';
 import { SERVER_CONFIG_SCHEMA, resolveServerConfig, type ServerConfig } from './config.js';
 import { buildKubeconfig } from './kubeconfig.js';
+import { ROUTE_CA_FILES, RouteCertificateAuthority } from './route-ca.js';
 import { createLink, linkIdOf } from './http-link.js';
 import { LOGIN_PATH } from './modes/http.js';
 import { SIGNING_KEY_FILES, createToken, loadOrCreateSigningKeyPair } from './token-issuer.js';
@@ -169,10 +170,29 @@ function buildProgram(io: ServerCliIo): Command {
     .command('kubeconfig')
     .description("print a kubeconfig that reaches a cluster's API server through the tunnel")
     .requiredOption('--cluster <uid>', 'cluster id')
-    .requiredOption('--ca-file <file>', "PEM of the CA that signed the cluster's API server certificate")
-    .option('--client-cert <file>', 'client certificate (PEM)')
-    .option('--client-key <file>', 'client key (PEM)')
+    .option(
+      '--mode <mode>',
+      "the route's mode on the agent: passthrough (TLS ends at the API server) or agent-tls (TLS ends at the agent)",
+      'passthrough',
+    )
+    .option(
+      '--ca-file <file>',
+      "PEM CA to trust: the API server's CA (passthrough, required); the route CA (agent-tls, default <data-dir>/route-ca.crt)",
+    )
+    .option('--data-dir <dir>', 'server data directory holding the route CA (agent-tls)', './.tunnel')
+    .option('--client-cert <file>', 'client certificate (PEM; passthrough only)')
+    .option('--client-key <file>', 'client key (PEM; passthrough only)')
     .option('--token <token>', 'bearer token for the API server')
+    .option(
+      '--exec-command <command>',
+      'client-go exec credential plugin (OIDC, cloud IAM) that prints a token',
+    )
+    .option('--exec-arg <arg>', 'an argument of the exec command (repeat for more)', collect, [])
+    .option(
+      '--exec-api-version <version>',
+      "the plugin's ExecCredential API version",
+      'client.authentication.k8s.io/v1',
+    )
     .option('--server-url <url>', 'server URL (default https://cluster-<uid>.<domain>:<port>)')
     .option('--domain <domain>', 'tunnel domain', 'proxy.localhost')
     .option(
@@ -180,34 +200,62 @@ function buildProgram(io: ServerCliIo): Command {
       'the server listen address (its port goes into the URL)',
       '127.0.0.1:8443',
     )
-    .action(
-      async (o: {
-        cluster: string;
-        caFile: string;
-        clientCert?: string;
-        clientKey?: string;
-        token?: string;
-        serverUrl?: string;
-        domain: string;
-        listen: string;
-      }) => {
-        const listen = parseHostPort(o.listen);
-        if (typeof listen === 'string') throw new TunnelError('TUN_ERR_CONFIG', `--listen: ${listen}`);
-        const read = (f?: string) => (f === undefined ? undefined : readFile(resolve(io.cwd, f), 'utf8'));
-        io.stdout.write(
-          buildKubeconfig({
-            clusterId: o.cluster,
-            domain: o.domain,
-            port: listen.port,
-            caPem: await readFile(resolve(io.cwd, o.caFile), 'utf8'),
-            clientCertPem: await read(o.clientCert),
-            clientKeyPem: await read(o.clientKey),
-            token: o.token,
-            serverUrl: o.serverUrl,
-          }),
+    .action(async (o: KubeconfigFlags) => {
+      const listen = parseHostPort(o.listen);
+      if (typeof listen === 'string') throw new TunnelError('TUN_ERR_CONFIG', `--listen: ${listen}`);
+      if (o.mode !== 'passthrough' && o.mode !== 'agent-tls') {
+        throw new TunnelError(
+          'TUN_ERR_CONFIG',
+          `--mode: ${JSON.stringify(o.mode)} is not passthrough or agent-tls`,
         );
-      },
-    );
+      }
+      if (o.execArg.length > 0 && o.execCommand === undefined) {
+        throw new TunnelError('TUN_ERR_CONFIG', '--exec-arg needs --exec-command');
+      }
+      const caFile = o.caFile ?? (o.mode === 'agent-tls' ? join(o.dataDir, ROUTE_CA_FILES.cert) : undefined);
+      if (caFile === undefined) {
+        throw new TunnelError(
+          'TUN_ERR_CONFIG',
+          "--ca-file: the API server's CA is required in passthrough mode",
+        );
+      }
+      const read = (f?: string) => (f === undefined ? undefined : readFile(resolve(io.cwd, f), 'utf8'));
+      io.stdout.write(
+        buildKubeconfig({
+          clusterId: o.cluster,
+          domain: o.domain,
+          port: listen.port,
+          mode: o.mode,
+          caPem: await readFile(resolve(io.cwd, caFile), 'utf8'),
+          clientCertPem: await read(o.clientCert),
+          clientKeyPem: await read(o.clientKey),
+          token: o.token,
+          ...(o.execCommand === undefined
+            ? {}
+            : { exec: { command: o.execCommand, args: o.execArg, apiVersion: o.execApiVersion } }),
+          serverUrl: o.serverUrl,
+        }),
+      );
+    });
+
+  program
+    .command('route-ca')
+    .description('the route CA that signs agent-tls route certificates')
+    .command('create')
+    .description('make the route CA in the data directory (if it is not there), to share with every replica')
+    .option('--data-dir <dir>', 'directory to write route-ca.crt and route-ca.key (0600) into', './.tunnel')
+    .action(async (o: { dataDir: string }) => {
+      const files = await RouteCertificateAuthority.dataDirFiles(resolve(io.cwd, o.dataDir));
+      const ca = await RouteCertificateAuthority.load(files, { create: true });
+      io.stdout.write(`${files.cert}\n${files.key}\n`);
+      io.stderr.write(
+        [
+          `route CA valid until ${ca.notAfter.toISOString()}. Give every replica both files (routeCaCert, routeCaKey), e.g.:`,
+          `  kubectl -n tunnel-server create secret tls tunnel-server-route-ca --cert=${files.cert} --key=${files.key}`,
+          '',
+        ].join('\n'),
+      );
+    });
   return program;
 }
 
@@ -264,6 +312,27 @@ interface LinkCreateFlags {
   port: string;
   dataDir: string;
   signingKey?: string;
+}
+
+interface KubeconfigFlags {
+  cluster: string;
+  mode: string;
+  caFile?: string;
+  dataDir: string;
+  clientCert?: string;
+  clientKey?: string;
+  token?: string;
+  execCommand?: string;
+  execArg: string[];
+  execApiVersion: string;
+  serverUrl?: string;
+  domain: string;
+  listen: string;
+}
+
+/** commander's repeatable option: each use adds one value. */
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
 }
 
 interface TokenCreateFlags {

@@ -166,6 +166,30 @@ export const SERVER_CONFIG_SCHEMA = {
     mustExist: false,
     description: 'file of revoked agent token and link ids, one per line (a missing file revokes nothing)',
   },
+  routeCaCert: {
+    type: 'file',
+    flag: 'route-ca-cert',
+    env: 'TUNNEL_SERVER_ROUTE_CA_CERT',
+    defaultText: '<dataDir>/route-ca.crt when serverCount is 1',
+    description:
+      "PEM certificate of the route CA that signs agents' agent-tls route certificates (with routeCaKey; every replica the same)",
+  },
+  routeCaKey: {
+    type: 'file',
+    flag: 'route-ca-key',
+    env: 'TUNNEL_SERVER_ROUTE_CA_KEY',
+    description: 'PEM ECDSA P-256 private key of routeCaCert (set both or neither)',
+  },
+  routeCertLifetimeMs: {
+    type: 'duration-ms',
+    flag: 'route-cert-lifetime-ms',
+    env: 'TUNNEL_SERVER_ROUTE_CERT_LIFETIME_MS',
+    default: '24h',
+    min: 2000,
+    max: 30 * 86_400_000,
+    description:
+      'lifetime of the agent-tls route certificates this server signs; agents renew at two thirds of it',
+  },
   tcpRoutes: {
     type: 'route-list',
     flag: 'tcp-route',
@@ -345,6 +369,10 @@ export interface ServerConfig {
   readonly tokenPublicKey: readonly string[];
   /** Absolute path; the file may not exist. */
   readonly revokedFile: string | undefined;
+  /** Absolute paths; both set or both undefined (then the data directory's, when serverCount is 1). */
+  readonly routeCaCert: string | undefined;
+  readonly routeCaKey: string | undefined;
+  readonly routeCertLifetimeMs: number;
   /** Raw TCP routes: `name` is the route label, host:port where the server listens for it. */
   readonly tcpRoutes: readonly RouteTarget[];
   readonly metricsClusterLabelLimit: number;
@@ -393,6 +421,14 @@ export function resolveServerConfig(input: ResolveServerConfigInput): Readonly<S
   if (!tlsBroken && (v.tlsCert === undefined) !== (v.tlsKey === undefined)) {
     const [set, unset] =
       v.tlsCert !== undefined ? (['tlsCert', 'tlsKey'] as const) : (['tlsKey', 'tlsCert'] as const);
+    problems.push(`${set} (${origins[set]}): set without ${unset}; give both or neither`);
+  }
+  const routeCaBroken = failed.has('routeCaCert') || failed.has('routeCaKey');
+  if (!routeCaBroken && (v.routeCaCert === undefined) !== (v.routeCaKey === undefined)) {
+    const [set, unset] =
+      v.routeCaCert !== undefined
+        ? (['routeCaCert', 'routeCaKey'] as const)
+        : (['routeCaKey', 'routeCaCert'] as const);
     problems.push(`${set} (${origins[set]}): set without ${unset}; give both or neither`);
   }
   if (!failed.has('tcpRoutes')) problems.push(...tcpRouteProblems(v.tcpRoutes, v.listen, v.adminListen));

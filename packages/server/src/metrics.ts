@@ -125,6 +125,17 @@ export class ServerMetrics {
     help: "When the server's TLS certificate (the public port's, for <domain> and *.<domain>) expires, as a Unix time",
     registers: [this.registry],
   });
+  readonly routeCaExpiry = new Gauge({
+    name: 'tunnel_route_ca_expiry_timestamp_seconds',
+    help: 'When the route CA (it signs agent-tls route certificates) expires, as a Unix time; 0 when this server signs none',
+    registers: [this.registry],
+  });
+  readonly routeCertificateRequests = new Counter({
+    name: 'tunnel_route_certificate_requests_total',
+    help: 'Route certificate requests from agents, by outcome (issued, or the refusal code)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
   readonly probes = new Counter({
     name: 'tunnel_probes_total',
     help: 'Data-path probes of agent routes, by outcome (ok, failed)',

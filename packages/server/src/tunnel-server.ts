@@ -35,12 +35,15 @@ import { SIGNING_KEY_FILES, loadOrCreateSigningKeyPair } from './token-issuer.js
 import { TokenVerifier } from './token-verifier.js';
 import { UserForwarder, type UserConnectionEvent } from './user-forwarder.js';
 import { RouteProber, type ProbeResult } from './route-prober.js';
+import { ROUTE_CA_FILES, RouteCertificateAuthority } from './route-ca.js';
 
 /** `start --print-next-steps` writes a demo agent token here, in the data directory (mode 0600). */
 export const DEMO_TOKEN_FILE = 'demo.token';
 
 export interface TunnelServerDeps {
   log: Logger;
+  /** Epoch milliseconds for the route certificates this server signs; injectable for tests. */
+  now?: () => number;
 }
 
 /** What /status shows: this replica, its agents and each route mode's own status. */
@@ -86,6 +89,7 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
   readonly registry = new AgentRegistry();
   readonly metrics = new ServerMetrics();
   private readonly log: Logger;
+  private readonly now: () => number;
   private readonly publicServer: net.Server;
   private readonly modes: readonly RouteMode[];
   readonly prober: RouteProber;
@@ -107,6 +111,7 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
   ) {
     super();
     this.log = deps.log;
+    this.now = deps.now ?? Date.now;
     this.ownNames = new Set([config.domain, 'localhost']);
     const forwarder = new UserForwarder({
       serverId: config.serverId,
@@ -175,6 +180,7 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
     const secureContext = await this.loadServerCertificate();
     this.secureContext = secureContext;
     this.verifier = await this.loadTokenVerifier();
+    const routeCa = await this.loadRouteCa();
     this.endpoint = new AgentEndpoint({
       serverId: c.serverId,
       serverCount: c.serverCount,
@@ -192,6 +198,11 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
       onRefusal: (refusal) => this.emit('agent', { type: 'refused', ...refusal }),
       // The modes that serve route hostnames on the public port.
       routeModes: new Set(this.modes.filter((m) => m.accept !== undefined).map((m) => m.name)),
+      routeCertificates: {
+        ca: routeCa,
+        unavailable: `${c.serverCount} replicas need one shared route CA to sign agent-tls certificates: set routeCaCert and routeCaKey`,
+        lifetimeMs: c.routeCertLifetimeMs,
+      },
     });
     this.ownNameServer = new OwnNameServer({
       secureContext,
@@ -330,7 +341,13 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
   private async loadServerCertificate(): Promise<tls.SecureContext> {
     const c = this.config;
     await mkdir(c.dataDir, { recursive: true, mode: 0o700 });
-    const secrets = [CA_FILES.caKey, CA_FILES.serverKey, SIGNING_KEY_FILES.privateKey, DEMO_TOKEN_FILE];
+    const secrets = [
+      CA_FILES.caKey,
+      CA_FILES.serverKey,
+      ROUTE_CA_FILES.key,
+      SIGNING_KEY_FILES.privateKey,
+      DEMO_TOKEN_FILE,
+    ];
     const { tightened, stillLoose } = await tightenPermissions(c.dataDir, secrets);
     if (tightened.length > 0) this.log.warn({ paths: tightened }, 'data directory permissions tightened');
     if (stillLoose.length > 0) {
@@ -347,6 +364,33 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
     // The leaf's expiry, for the alert long before users see it (the first PEM block is the leaf).
     this.metrics.certificateExpiry.set(Date.parse(new X509Certificate(cert).validTo) / 1000);
     return tls.createSecureContext({ cert, key });
+  }
+
+  /**
+   * The route CA: the configured files; else, for a lone replica, the data directory's (made on
+   * first start). Several replicas without configured files sign nothing: each would make its own
+   * CA, and a kubeconfig trusts one.
+   */
+  private async loadRouteCa(): Promise<RouteCertificateAuthority | undefined> {
+    const c = this.config;
+    let ca: RouteCertificateAuthority;
+    if (c.routeCaCert !== undefined && c.routeCaKey !== undefined) {
+      ca = await RouteCertificateAuthority.load(
+        { cert: c.routeCaCert, key: c.routeCaKey },
+        { create: false, now: this.now },
+      );
+    } else if (c.serverCount === 1) {
+      const files = await RouteCertificateAuthority.dataDirFiles(c.dataDir);
+      ca = await RouteCertificateAuthority.load(files, { create: true, now: this.now });
+    } else {
+      this.log.info(
+        { serverCount: c.serverCount },
+        'no routeCaCert: agent-tls route certificates are not signed here',
+      );
+      return undefined;
+    }
+    this.metrics.routeCaExpiry.set(ca.notAfter.getTime() / 1000);
+    return ca;
   }
 
   private async loadTokenVerifier(): Promise<TokenVerifier> {
@@ -466,7 +510,7 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
       socket.end(TLS_ALERT.unrecognizedName);
       return;
     }
-    mode.accept(socket, route, hello.bytes);
+    mode.accept(socket, route, hello.bytes, hello.alpn);
   }
 }
 

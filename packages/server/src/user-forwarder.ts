@@ -45,6 +45,8 @@ export interface ForwardRequest {
   route: string;
   /** Bytes already read from the user (a ClientHello); the agent gets them first. */
   firstBytes?: Buffer | undefined;
+  /** Stream header metadata for the agent (RouteStreamRequest). */
+  metadata?: Readonly<Record<string, string>>;
   /** Ends a connection no agent took, in the way the mode's clients understand. */
   refuse: (socket: Socket, code: ErrorCode) => void;
 }
@@ -63,7 +65,13 @@ export class UserForwarder {
     const startedAt = Date.now();
     let routed: RouteStream;
     try {
-      routed = await o.openRouteStream({ mode, route, remoteAddress, firstBytes: request.firstBytes });
+      routed = await o.openRouteStream({
+        mode,
+        route,
+        remoteAddress,
+        firstBytes: request.firstBytes,
+        ...(request.metadata === undefined ? {} : { metadata: request.metadata }),
+      });
     } catch (err) {
       const e = err instanceof TunnelError ? err : new TunnelError('TUN_ERR_DIAL_FAILED', String(err));
       o.metrics.connections.inc({ mode, outcome: 'no-agent' });

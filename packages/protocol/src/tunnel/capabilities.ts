@@ -14,6 +14,8 @@ export const CAPABILITIES = {
   routeModes: 'route-modes',
   /** The agent serves `probe` streams: it connects to a route's target and says how it went. */
   probeStreams: 'probe-streams',
+  /** The agent may send `certificate-request` after registering; the server signs with its route CA. */
+  routeCertificates: 'route-certificates',
 } as const;
 
 export type Capability = (typeof CAPABILITIES)[keyof typeof CAPABILITIES];

@@ -60,12 +60,37 @@ export interface RegisteredMessage {
   /** Capabilities the server speaks (capabilities.ts); absent from older servers, meaning none. */
   capabilities?: string[];
 }
+/**
+ * An error. With `requestId` it answers that `certificate-request` only and the session goes on;
+ * without, it ends the session (a refused registration, a revoked or expired token).
+ */
 export interface ErrorMessage {
   type: 'error';
   code: ErrorCode;
   message: string;
+  requestId?: number;
 }
-export type ControlMessage = RegisterMessage | RegisteredMessage | ErrorMessage;
+/**
+ * Agent → server, after `registered` (capability `route-certificates`): sign this PKCS#10 CSR
+ * (PEM) for the agent's agent-tls route hostnames. Answered by `certificate` or `error` with
+ * the same `requestId`; the server checks the CSR itself (docs/PROTOCOL.md, "Route certificates").
+ */
+export interface CertificateRequestMessage {
+  type: 'certificate-request';
+  requestId: number;
+  csr: string;
+}
+/** Server → agent: the certificate (PEM) the route CA issued for a `certificate-request`. */
+export interface CertificateMessage {
+  type: 'certificate';
+  requestId: number;
+  certificate: string;
+}
+export type ControlMessage =
+  RegisterMessage | RegisteredMessage | ErrorMessage | CertificateRequestMessage | CertificateMessage;
+
+/** A request id: a positive 31-bit integer, chosen by the agent. */
+export const MAX_REQUEST_ID = 0x7fffffff;
 
 type Validator = (m: Record<string, unknown>) => string | undefined;
 
@@ -74,6 +99,9 @@ const isString = (v: unknown, max = 253): v is string =>
 
 const isCount = (v: unknown, max: number): v is number =>
   Number.isInteger(v) && (v as number) >= 1 && (v as number) <= max;
+
+/** The largest PEM a `certificate` may carry (a leaf with a few dozen names is under 4 KiB). */
+export const MAX_CERTIFICATE_PEM_BYTES = 16 * 1024;
 
 /** Optional everywhere: absent is none. Names we do not know pass (they are ignored later). */
 const badCapabilities = (v: unknown): boolean =>
@@ -130,7 +158,23 @@ export const CONTROL_MESSAGES: Readonly<Record<ControlMessage['type'], Validator
   error: (m) =>
     typeof m.code !== 'string' || !Object.hasOwn(ERROR_CODES, m.code) || typeof m.message !== 'string'
       ? 'code must be a known TUN_ERR_* code'
-      : undefined,
+      : m.requestId !== undefined && !isCount(m.requestId, MAX_REQUEST_ID)
+        ? `requestId must be an integer from 1 to ${MAX_REQUEST_ID}`
+        : undefined,
+  // The CSR is only checked to be a string here: its size and content are the server's to judge,
+  // so a bad one gets its own coded answer (TUN_ERR_CSR_INVALID) instead of ending the session.
+  'certificate-request': (m) =>
+    !isCount(m.requestId, MAX_REQUEST_ID)
+      ? `requestId must be an integer from 1 to ${MAX_REQUEST_ID}`
+      : typeof m.csr !== 'string' || m.csr.length === 0
+        ? 'csr must be a PEM string'
+        : undefined,
+  certificate: (m) =>
+    !isCount(m.requestId, MAX_REQUEST_ID)
+      ? `requestId must be an integer from 1 to ${MAX_REQUEST_ID}`
+      : !isString(m.certificate, MAX_CERTIFICATE_PEM_BYTES)
+        ? `certificate must be a PEM string of at most ${MAX_CERTIFICATE_PEM_BYTES} characters`
+        : undefined,
 };
 
 export function encodeControlMessage(message: ControlMessage): Buffer {

@@ -36,8 +36,11 @@ export interface RouteMode {
    * which is whether the label's agents registered it in this mode (`registry.modeOf`).
    */
   claims?(route: string): boolean;
-  /** Takes a claimed connection: paused, its ClientHello read (`helloBytes`) and not yet answered. */
-  accept?(socket: Socket, route: string, helloBytes: Buffer): void;
+  /**
+   * Takes a claimed connection: paused, its ClientHello read (`helloBytes`, offering the ALPN
+   * protocols `alpn`) and not yet answered.
+   */
+  accept?(socket: Socket, route: string, helloBytes: Buffer, alpn: readonly string[]): void;
   /**
    * The token and link ids now revoked (the whole set, after every change of the revocation
    * file): a mode whose users hold sessions ends the revoked ones.

@@ -4,6 +4,7 @@
  * route label goes to the mode that claims it: the one its agents registered it with
  * (`routeModes`), passthrough when they named none. A mode with `accept` may be named by agents.
  */
+import { createAgentTlsMode } from './agent-tls.js';
 import { createHttpMode } from './http.js';
 import { createPassthroughMode } from './passthrough.js';
 import type { RouteModeFactory } from './route-mode.js';
@@ -16,6 +17,8 @@ export const ROUTE_MODES = {
   passthrough: createPassthroughMode,
   /** The public TLS port, for routes agents registered as `http`: TLS ends here, HTTP is forwarded. */
   http: createHttpMode,
+  /** The public TLS port, for routes agents registered as `agent-tls`: forwarded unread; TLS ends at the agent. */
+  'agent-tls': createAgentTlsMode,
 } as const satisfies Record<string, RouteModeFactory>;
 
 export type RouteModeName = keyof typeof ROUTE_MODES;

@@ -38,13 +38,14 @@ import * as s7 from './lib/scenarios/s7-delay.js';
 import * as s8 from './lib/scenarios/s8-http-route.js';
 import * as s9 from './lib/scenarios/s9-restart.js';
 import * as s10 from './lib/scenarios/s10-chaos.js';
+import * as s11 from './lib/scenarios/s11-agent-tls.js';
 
 const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
-const SCENARIOS = [s1, s2, s3, s4, s5, s6, s7, s8, s9, s10];
+const SCENARIOS = [s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11];
 
 const HELP = `usage: node bench/run.js [options]   (npm run bench -- [options])
   --quick            smoke version: smaller sizes, 3 rounds, no settling (< 3 minutes)
-  --only <list>      scenarios to run, e.g. S1,S3 (default: all, S1..S10)
+  --only <list>      scenarios to run, e.g. S1,S3 (default: all, S1..S11)
   --paths <list>     paths to compare (default: ${ALL_PATHS.join(',')})
   --reps <n>         rounds per scenario (default 5; --quick 3)
   --bytes <n>        bytes per bulk transfer in S1/S2 (suffix K, M, G; default 1G; --quick 64M)

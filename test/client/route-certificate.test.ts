@@ -66,7 +66,7 @@ describe('the route certificate under a fake clock', () => {
     expect(await expiryMetric(agent)).toBe(c2.notAfterMs / 1000);
   });
 
-  test('a renewal that fails is a warning long before expiry, the old one is served, and a server that comes back renews it', async () => {
+  test('a renewal that fails is a warning long before expiry, the old one is served until it expires, and a server that comes back replaces it', async () => {
     const clock = new ManualClock(Date.now());
     const now = (): number => clock.now();
     const s = await startInProcessServer([], { now });
@@ -113,8 +113,18 @@ describe('the route certificate under a fake clock', () => {
     await pollUntil(() => warnings().length === 3 || undefined, 10_000, 'the third warning');
     expect(warnings().map((l) => l.retryInMs)).toEqual([5_000, 10_000, 20_000]);
 
+    // Still no server when it expires: it is no longer served (users are refused, another agent
+    // may take them), and the warnings say there is none.
+    clock.advance(c1.notAfterMs - clock.now() + 1);
+    expect(agent.routeCertificate!.current).toBeUndefined();
+    await pollUntil(
+      () => logs.find((l) => l.msg.startsWith('no route certificate: agent-tls routes refuse users')),
+      10_000,
+      'the no-certificate warning',
+    );
+
     // The server is back on the same port and data directory; the agent's reconnect (on the
-    // fake clock) registers, and the overdue renewal goes out at once.
+    // fake clock) registers, and a new certificate is asked for at once.
     await startInProcessServer(['--listen', `127.0.0.1:${port}`, '--data-dir', dataDir], { now });
     for (let i = 0; i < 100 && agent.servers.length === 0; i++) {
       clock.advance(1_000);

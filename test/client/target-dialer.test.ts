@@ -116,6 +116,28 @@ describe('TargetDialer', () => {
     expect(d.spareCount).toBe(1);
   });
 
+  test('two routes to one address never share a spare: one speaks plain TCP to it, the other TLS', async () => {
+    // Found by bench S11: a passthrough and an agent-tls route to the same API server, and the
+    // first user of each after the other was handed the other's spare (a TLS socket for raw
+    // bytes, a plain one for the agent's TLS).
+    const target = await countingTarget();
+    const d = dialer();
+    const table = new RouteTable('u1', [
+      { name: 'apiserver', host: '127.0.0.1', port: target.port },
+      { name: 'tls', host: '127.0.0.1', port: target.port, mode: 'agent-tls', insecure: true },
+    ]);
+    const plain = table.lookup('cluster-u1')!;
+    const tlsRoute = table.lookup('cluster-u1-tls')!;
+    await roundTrip((await d.dial(plain)).socket, 'one');
+    await pollUntil(() => d.spareCount === 1, 5_000, 'the passthrough route spare');
+    // The TLS route's dial does not take it (the echo target cannot speak TLS: the dial fails),
+    // and the passthrough route's spare is still there for its next user.
+    await expect(d.dial(tlsRoute)).rejects.toThrow();
+    const next = await d.dial(plain);
+    expect(next.spare).toBe(true);
+    await roundTrip(next.socket, 'two');
+  });
+
   test('never hands out a spare the target closed, and opens no new one until the next stream', async () => {
     const target = await countingTarget();
     const d = dialer();

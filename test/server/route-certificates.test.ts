@@ -35,7 +35,10 @@ async function csr(
   names: JsonGeneralNames,
   algorithm: webcrypto.EcKeyGenParams | webcrypto.RsaHashedKeyGenParams = EC_P256,
 ): Promise<{ pem: string; spki: Buffer }> {
-  const keys = (await webcrypto.subtle.generateKey(algorithm, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+  const keys = (await webcrypto.subtle.generateKey(algorithm, true, [
+    'sign',
+    'verify',
+  ])) as webcrypto.CryptoKeyPair;
   const request = await Pkcs10CertificateRequestGenerator.create({
     name: 'CN=whatever-the-agent-says',
     keys,

@@ -21,10 +21,17 @@ import {
   SubjectAlternativeNameExtension,
   cryptoProvider,
 } from '@peculiar/x509';
-import { CAPABILITIES, TunnelError, type Clock } from '@cluster-tunnel/protocol';
+import { CAPABILITIES, TunnelError, type Capability, type Clock } from '@cluster-tunnel/protocol';
 import type { Logger } from '@cluster-tunnel/config';
 import type { AgentMetrics } from './metrics.js';
-import type { ServerSession } from './server-session.js';
+
+/** What a request goes over: a session to a server replica (ServerSession). */
+export interface SigningSession {
+  readonly isServing: boolean;
+  readonly capabilities: ReadonlySet<Capability>;
+  readonly serverId: string | undefined;
+  requestCertificate(csr: string, timeoutMs: number): Promise<string>;
+}
 
 // x509 signs through WebCrypto; use Node's rather than whatever global a test runner installs.
 cryptoProvider.set(webcrypto as unknown as Parameters<typeof cryptoProvider.set>[0]);
@@ -45,7 +52,7 @@ export interface RouteCertificateOptions {
   log: Logger;
   metrics?: AgentMetrics;
   /** The sessions a request may go over: every session the agent holds now. */
-  sessions: () => Iterable<ServerSession>;
+  sessions: () => Iterable<SigningSession>;
   retryInitialMs?: number;
   retryMaxMs?: number;
 }

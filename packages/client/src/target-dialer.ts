@@ -4,10 +4,11 @@
  * connect, which otherwise sits on every new user connection's critical path (bench S4: the
  * connect starts only once the stream header has crossed the tunnel).
  *
- * Policy, per target (invariants the tests hold us to):
+ * Policy, per route (invariants the tests hold us to):
  * - a spare is opened only because a stream for the route just arrived: an idle route holds
  *   none, and the agent never connects to a target nobody is using;
- * - at most `spareConnections` spares per target, ready or still connecting;
+ * - at most `spareConnections` spares per route, ready or still connecting; two routes to one
+ *   address never share one (one may speak TLS to it, the other not);
  * - a spare nobody took within `spareIdleMs` of being opened is closed and not replaced, so a
  *   route stops holding one `spareIdleMs` after its last stream;
  * - a spare the target closed, reset or that failed is dropped at once, never handed out, and
@@ -29,7 +30,7 @@ import type { Logger } from '@cluster-tunnel/config';
 import type { RouteEntry } from './route-table.js';
 
 export interface TargetDialerOptions {
-  /** Spares kept per target while its route is in use; 0 disables them. */
+  /** Spares kept per route while it is in use; 0 disables them. */
   spareConnections: number;
   /** How long a spare may wait for a stream before it is closed. */
   spareIdleMs: number;
@@ -48,7 +49,7 @@ export interface TargetConnection {
 }
 
 interface Spare {
-  /** The target, `host:port` (and the ALPN offer): the key of the list holding this spare. */
+  /** The route label (and the ALPN offer): the key of the list holding this spare. */
   key: string;
   socket: net.Socket;
   /** Connected: it may be handed out. A spare still connecting is not waited for. */
@@ -109,7 +110,7 @@ export class TargetDialer {
    */
   async probe(entry: RouteEntry): Promise<number> {
     const startedAt = performance.now();
-    const socket = await this.connect({ entry, alpn: undefined, key: entry.target });
+    const socket = await this.connect({ entry, alpn: undefined, key: entry.label });
     const ms = performance.now() - startedAt;
     socket.destroy();
     return ms;
@@ -269,7 +270,12 @@ function openSocket({ entry, alpn }: DialTarget): net.Socket {
   return socket;
 }
 
-/** A target as one dial sees it: spares are kept per target and ALPN offer (`key`). */
+/**
+ * A target as one dial sees it. Spares are kept per route and ALPN offer (`key`), not per
+ * address: two routes to one address may differ in how they connect (plain TCP for passthrough,
+ * TLS for an https or agent-tls route, with their own CA and name), and a spare of one must never
+ * be handed to the other.
+ */
 interface DialTarget {
   entry: RouteEntry;
   /** The ALPN protocols to offer an agent-tls target. */
@@ -278,7 +284,7 @@ interface DialTarget {
 }
 
 function spareKey(entry: RouteEntry, alpn: readonly string[] | undefined): string {
-  return alpn === undefined || alpn.length === 0 ? entry.target : `${entry.target} alpn=${alpn.join(',')}`;
+  return alpn === undefined || alpn.length === 0 ? entry.label : `${entry.label} alpn=${alpn.join(',')}`;
 }
 
 /** When a target socket is ready for bytes: connected, and for an https target, TLS done. */

@@ -8,19 +8,23 @@
  */
 import { X509Certificate, createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { cp, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { sharedFixture } from '../helpers/cleanup.js';
 import { BEARER_TOKEN, setupClusterTunnel } from '../helpers/cluster-tunnel.js';
+import { startFakeApiServer } from '../helpers/fake-apiserver.js';
 import { runKubectl, spawnKubectl } from '../helpers/kubectl.js';
+import { startLoadBalancer } from '../helpers/load-balancer.js';
 import { pollUntil } from '../helpers/streams.js';
 import { tempDir } from '../helpers/temp-dir.js';
 import {
   SERVER_BIN,
   createToken,
+  liveServers,
   startAgent,
   startServer,
   tunnelKubeconfig,
@@ -162,6 +166,84 @@ describe('an agent-tls route', () => {
     );
     expect(cli.code).toBe(2);
     expect(cli.stderr).toMatch(/client certificate cannot reach the API server through agent-tls/);
+  });
+});
+
+describe('route certificates with several replicas', () => {
+  test('replicas sharing a route CA (route-ca create) all serve the route, and renewal goes over whichever is up', async () => {
+    const caDir = tempDir();
+    await execFileAsync(process.execPath, [SERVER_BIN, 'route-ca', 'create', '--data-dir', caDir]);
+    const replicaArgs = (id: string) => [
+      ...['--server-id', id, '--server-count', '2', '--route-cert-lifetime-ms', '4s'],
+      ...['--route-ca-cert', join(caDir, 'route-ca.crt'), '--route-ca-key', join(caDir, 'route-ca.key')],
+    ];
+    const a = await startServer({ args: replicaArgs('server-a') });
+    // Same CA, server certificate and token key: the second replica runs on a copy of the data dir.
+    const bDataDir = join(tempDir(), 'data');
+    await cp(a.dataDir, bDataDir, { recursive: true });
+    const b = await startServer({ dataDir: bDataDir, args: replicaArgs('server-b') });
+    const lb = await startLoadBalancer([a.port, b.port]);
+    const api = await startFakeApiServer({ hostnames: [], bearerToken: BEARER_TOKEN });
+    onTestFinished(() => api.close());
+    api.addPod({ name: 'u1-web-1' });
+    const dir = tempDir();
+    const apiCa = join(dir, 'api-ca.pem');
+    await writeFile(apiCa, api.caCertPem);
+    const agent = await startAgent(
+      {
+        server: { ...a, url: `wss://127.0.0.1:${lb.port}/connect` },
+        tokenFile: await writeTokenFile(dir, await createToken(a.dataDir, 'u1')),
+        routes: [
+          `apiserver=127.0.0.1:${api.port},mode=agent-tls,ca=${apiCa},serverName=kubernetes.default.svc`,
+        ],
+        agentId: 'agent-u1',
+      },
+      false,
+    );
+    await pollUntil(
+      () => liveServers(agent).length === 2 || undefined,
+      runTimeoutMs,
+      'sessions to both replicas',
+    );
+    await agent.waitForLog((l) => l.msg === 'route certificate installed');
+    const kubeconfigFor = (port: number) =>
+      tunnelKubeconfig(tempDir(), {
+        cluster: 'u1',
+        port,
+        caPem: readFileSync(join(caDir, 'route-ca.crt'), 'utf8'),
+        mode: 'agent-tls',
+        token: BEARER_TOKEN,
+      });
+    const viaA = await kubeconfigFor(a.port);
+    const viaB = await kubeconfigFor(b.port);
+    for (const kubeconfig of [viaA, viaB]) {
+      const r = await runKubectl(['get', 'pods', '-o', 'name'], { kubeconfig, timeoutMs: runTimeoutMs });
+      expect(r.stderr).toBe('');
+      expect(r.stdout.trim()).toBe('pod/u1-web-1');
+    }
+
+    // server-a goes away for good: the next renewals go over server-b, and users of server-b
+    // are served past the expiry of every certificate server-a signed.
+    expect(await a.proc.stop()).toBe(0);
+    const stoppedAt = Date.now();
+    const fromB = await b.proc.waitForLog(
+      (l) => l.msg === 'route certificate issued' && Date.parse(l.time as string) > stoppedAt,
+      runTimeoutMs,
+    );
+    const installed = await agent.waitForLog(
+      (l) => l.msg === 'route certificate installed' && l.serialNumber === fromB.serialNumber,
+      runTimeoutMs,
+    );
+    expect(installed.serverId).toBe('server-b');
+    await pollUntil(
+      () => Date.now() > stoppedAt + 4_500 || undefined,
+      10_000,
+      'the older certificates to expire',
+    );
+    const r = await runKubectl(['get', 'pods', '-o', 'name'], { kubeconfig: viaB, timeoutMs: runTimeoutMs });
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim()).toBe('pod/u1-web-1');
+    expect(agent.logs.filter((l) => l.code === 'TUN_ERR_ROUTE_CERT_PENDING')).toEqual([]);
   });
 });
 

@@ -176,6 +176,28 @@ describe('route certificate requests', () => {
     expect(codeOf(await other.ask(pem))).toBe('certificate');
   });
 
+  test('an agent that keeps asking far beyond its allowance loses its session, and the log says so once', async () => {
+    const s = await startInProcessServer();
+    const agent = await agentOfA(s);
+    const pem = (await csr(dns(HOST_A))).pem;
+    const closed = closeOf(agent.session);
+    // Written at once, without waiting for answers: a flood.
+    for (let requestId = 1; requestId <= 40; requestId++) {
+      agent.control.send({ type: 'certificate-request', requestId, csr: pem });
+    }
+    await closed;
+    expect(agent.session.isClosed).toBe(true);
+    expect(
+      s.logs.filter((l) => l.msg === 'route certificate refused' && l.level >= 40).map((l) => l.code),
+    ).toEqual(['TUN_ERR_CERT_SIGNING_REFUSED']);
+    expect(s.logs.find((l) => l.msg === 'agent session ended')).toMatchObject({
+      code: 'TUN_ERR_LIMIT_EXCEEDED',
+    });
+    // Another agent of the cluster is not harmed.
+    const other = await agentOfA(s);
+    expect(codeOf(await other.ask(pem))).toBe('certificate');
+  });
+
   test('an agent that did not announce route-certificates and asks anyway is a protocol violation', async () => {
     const s = await startInProcessServer();
     const agent = await agentOfA(s, ['typed-stream-header', 'route-modes']);

@@ -37,6 +37,12 @@ const REGISTER_TIMEOUT_MS = 10_000;
  */
 const CERTIFICATE_REQUEST_BURST = 5;
 const CERTIFICATE_REQUESTS_PER_SECOND = 1 / 60;
+/**
+ * Requests refused for the rate (or for one being signed already) after which the session ends:
+ * our agent backs off for seconds to minutes between tries and never comes near; one that keeps
+ * asking is flooding, and would otherwise cost a log line each.
+ */
+const MAX_CERTIFICATE_REQUESTS_OVER_LIMIT = 16;
 
 const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   TUN_ERR_AUTH_REQUIRED: 401,
@@ -98,9 +104,10 @@ interface Connected {
   control: ControlChannel | undefined;
   /** Set once registered. */
   agent: RegisteredAgent | undefined;
-  /** Route certificate requests: the rate limit, and whether one is being signed now. */
+  /** Route certificate requests: the rate limit, whether one is being signed now, refusals for either. */
   certificateRequests: TokenBucket;
   signing: boolean;
+  certificateRequestsOverLimit: number;
 }
 
 /**
@@ -230,6 +237,7 @@ export class AgentEndpoint {
         Date.now,
       ),
       signing: false,
+      certificateRequestsOverLimit: 0,
     };
     this.sessions.set(session, connected);
     const { clusterId } = token;
@@ -440,17 +448,27 @@ export class AgentEndpoint {
   ): Promise<void> {
     const { agentId, clusterId } = agent.identity;
     const { requestId } = m;
-    const refuse = (code: ErrorCode, message: string): void => {
+    const refuse = (code: ErrorCode, message: string, quiet = false): void => {
       this.o.metrics.routeCertificateRequests.inc({ outcome: code });
-      this.o.log.warn({ agentId, clusterId, requestId, code, err: message }, 'route certificate refused');
+      const fields = { agentId, clusterId, requestId, code, err: message };
+      if (quiet) this.o.log.debug(fields, 'route certificate refused');
+      else this.o.log.warn(fields, 'route certificate refused');
       c.control?.send({ type: 'error', code, message, requestId });
+    };
+    /** Too soon: refused, said once per session; far too often, the session ends. */
+    const overLimit = (message: string): void => {
+      const times = ++c.certificateRequestsOverLimit;
+      if (times > MAX_CERTIFICATE_REQUESTS_OVER_LIMIT) {
+        this.end(session, c, 'TUN_ERR_LIMIT_EXCEEDED', `certificate requests far over the limit: ${message}`);
+        return;
+      }
+      refuse('TUN_ERR_CERT_SIGNING_REFUSED', message, times > 1);
     };
     const signing = this.o.routeCertificates;
     if (signing.ca === undefined) return refuse('TUN_ERR_CERT_SIGNING_REFUSED', signing.unavailable);
-    if (c.signing) return refuse('TUN_ERR_CERT_SIGNING_REFUSED', 'one request at a time per session');
+    if (c.signing) return overLimit('one request at a time per session');
     if (!c.certificateRequests.take()) {
-      return refuse(
-        'TUN_ERR_CERT_SIGNING_REFUSED',
+      return overLimit(
         `more than ${CERTIFICATE_REQUEST_BURST} certificate requests, then one a minute, per session`,
       );
     }

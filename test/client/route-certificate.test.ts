@@ -115,8 +115,12 @@ describe('the route certificate under a fake clock', () => {
 
     // Still no server when it expires: it is no longer served (users are refused, another agent
     // may take them), and the warnings say there is none.
+    expect(agent.routeCertificateMissing).toBe(false);
     clock.advance(c1.notAfterMs - clock.now() + 1);
     expect(agent.routeCertificate!.current).toBeUndefined();
+    // Not ready (/readyz) without one: a rollout stops at an agent that cannot get certificates.
+    expect(agent.routeCertificateMissing).toBe(true);
+    expect(agent.isReady).toBe(false);
     await pollUntil(
       () => logs.find((l) => l.msg.startsWith('no route certificate: agent-tls routes refuse users')),
       10_000,
@@ -133,5 +137,6 @@ describe('the route certificate under a fake clock', () => {
     const second = await nextSerial(agent, first);
     expect(second).not.toBe(first);
     expect(agent.routeCertificate!.current!.notAfterMs).toBeGreaterThan(c1.notAfterMs);
+    expect(agent.isReady).toBe(true);
   });
 });

@@ -158,12 +158,23 @@ export class TunnelAgent extends EventEmitter {
   }
 
   /**
-   * Registered with at least one server that may route new streams to us, and not cut off from
-   * every target: the last connect to each configured target (by users, spares or the servers'
-   * probes) failed. A target not dialed yet counts as reachable.
+   * Registered with at least one server that may route new streams to us, not cut off from
+   * every target (the last connect to each configured target, by users, spares or the servers'
+   * probes, failed; a target not dialed yet counts as reachable), and holding a valid route
+   * certificate when it serves agent-tls routes.
    */
   get isReady(): boolean {
-    return !this.stopping && [...this.sessions].some((s) => s.isServing) && !this.targetsUnreachable;
+    return (
+      !this.stopping &&
+      [...this.sessions].some((s) => s.isServing) &&
+      !this.targetsUnreachable &&
+      !this.routeCertificateMissing
+    );
+  }
+
+  /** It serves agent-tls routes and holds no valid certificate for them (none yet, or expired). */
+  get routeCertificateMissing(): boolean {
+    return this.routeCertificate !== undefined && this.routeCertificate.current === undefined;
   }
 
   /** Every configured target's last connect failed. */
@@ -216,7 +227,11 @@ export class TunnelAgent extends EventEmitter {
         listen: this.config.healthListen,
         isReady: () => this.isReady,
         notReadyReason: () =>
-          this.targetsUnreachable ? 'no route target reachable' : 'not registered with any server',
+          this.targetsUnreachable
+            ? 'no route target reachable'
+            : [...this.sessions].some((s) => s.isServing)
+              ? 'no valid route certificate'
+              : 'not registered with any server',
         metrics: this.metrics.registry,
         logger: this.log,
       });

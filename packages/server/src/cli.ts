@@ -297,6 +297,10 @@ async function printSteps(config: ServerConfig, server: TunnelServer, io: Server
       '4. Open a dashboard: give the agent an http route (e.g. --route dash=http://127.0.0.1:8080),',
       '   then open the link this prints in a browser (*.localhost resolves to this machine):',
       `   npx tunnel-server link create --cluster demo --route dash --port ${port} --domain ${config.domain}`,
+      '5. An API server whose certificate cannot carry the route name (EKS, AKS, GKE): end TLS at the agent',
+      '   with --route apiserver=<host>:443,mode=agent-tls,ca=<apiserver-ca.pem>, then trust the route CA:',
+      `   npx tunnel-server kubeconfig --cluster demo --mode agent-tls --token <bearer-token> \\`,
+      `     --data-dir ${rel(config.dataDir)} --server-url https://${host}:${port} --domain ${config.domain}`,
       '',
     ].join('\n'),
   );

@@ -2,14 +2,17 @@
 // valid against the Kubernetes schemas (kubernetes-models) with no unknown field, every pod
 // template is hardened, and the agent and server keep the shape the deployment promises.
 // kubectl is required: without it these tests fail, they do not skip.
-import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, relative } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { resolveClientConfig } from '../../packages/client/src/config.js';
+import { resolveServerConfig } from '../../packages/server/src/config.js';
+import { tempDir } from '../helpers/temp-dir.js';
 import { validateObject } from './k8s-schema.js';
 import type { K8sObject, PodTemplate } from './kustomize.js';
 import {
   DEPLOY_DIR,
+  REPO_DIR,
   findObject,
   listKustomizations,
   podTemplates,
@@ -147,19 +150,162 @@ describe.each(agentDirs.filter((d) => d.includes('/overlays/')))('agent %s', (di
   });
 });
 
-test('the agent-tls component adds its RBAC to an agent overlay and still validates', async () => {
-  const objects = renderComposed(
-    ['deploy/client/overlays/in-cluster'],
-    ['deploy/client/components/agent-tls'],
+describe.each(['deploy/client/overlays/in-cluster', 'deploy/client/overlays/behind-proxy'])(
+  'the agent-tls component on %s',
+  (overlay) => {
+    const objects = renderComposed([overlay], ['deploy/client/components/agent-tls']);
+    const base = render(overlay);
+
+    test('validates, and grants the agent no API permission and no token', async () => {
+      expect(await schemaProblems(objects)).toEqual([]);
+      // Users' credentials pass through to the API server; the agent acts in nobody's name.
+      expect(objects.filter((o) => /Role(Binding)?$/.test(o.kind))).toEqual([]);
+      const t = workload(objects, 'tunnel-agent');
+      expect(hardeningViolations(t)).toEqual([]);
+      expect(t.spec.automountServiceAccountToken).toBe(false);
+      const projected = JSON.stringify(t.spec.volumes);
+      expect(projected).not.toMatch(/serviceAccountToken/);
+    });
+
+    test('mounts the cluster CA alone where in-cluster clients find it, read-only', () => {
+      const t = workload(objects, 'tunnel-agent');
+      const before = workload(base, 'tunnel-agent');
+      const added = t.spec.volumes.filter(
+        (v: K8sObject) => !before.spec.volumes.some((b: K8sObject) => b.name === v.name),
+      );
+      expect(added).toEqual([
+        {
+          name: 'cluster-ca',
+          projected: {
+            defaultMode: 0o444,
+            sources: [
+              { configMap: { name: 'kube-root-ca.crt', items: [{ key: 'ca.crt', path: 'ca.crt' }] } },
+            ],
+          },
+        },
+      ]);
+      const mount = t.spec.containers[0].volumeMounts.find((m: K8sObject) => m.name === 'cluster-ca');
+      expect(mount).toEqual({
+        name: 'cluster-ca',
+        mountPath: '/var/run/secrets/kubernetes.io/serviceaccount',
+        readOnly: true,
+      });
+    });
+
+    test("switches the API server route to agent-tls, which the agent resolves to the mounted CA and the Service's name", () => {
+      const t = workload(objects, 'tunnel-agent');
+      const args = t.spec.containers[0].args as string[];
+      const routes = args.filter((a) => a.startsWith('--route='));
+      expect(routes).toEqual(['--route=apiserver=kubernetes.default.svc:443,mode=agent-tls']);
+      // As in the pod: the kubelet sets KUBERNETES_SERVICE_HOST; the mounted CA is a file here.
+      const caFile = join(tempDir(), 'ca.crt');
+      writeFileSync(caFile, 'the cluster CA');
+      const config = resolveClientConfig({
+        argv: [...routes, '--server', 'wss://tunnel.example.com', '--token', 't'],
+        env: { KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: '443' },
+        cwd: '/',
+        serviceAccountCaFile: caFile,
+      });
+      expect(config.route).toEqual([
+        { name: 'apiserver', host: 'kubernetes.default.svc', port: 443, mode: 'agent-tls', ca: caFile },
+      ]);
+      // Everything else of the agent is the overlay's, unchanged.
+      const before = workload(base, 'tunnel-agent');
+      expect(args.filter((a) => !a.startsWith('--route='))).toEqual(
+        (before.spec.containers[0].args as string[]).filter((a) => !a.startsWith('--route=')),
+      );
+    });
+  },
+);
+
+test('the agent-tls component refuses to apply where the API server route is not the base one', () => {
+  // Its patch tests the argument before replacing it: a base whose route moved fails to render
+  // instead of silently replacing another flag.
+  const dir = tempDir();
+  const deployment = readFileSync(join(DEPLOY_DIR, 'client/base/deployment.yaml'), 'utf8').replace(
+    '--route=apiserver=kubernetes.default.svc:443',
+    '--route=apiserver=10.0.0.1:6443',
   );
-  expect(await schemaProblems(objects)).toEqual([]);
-  const binding = findObject(objects, 'ClusterRoleBinding', 'tunnel-agent-tls');
-  const sa = findObject(objects, 'ServiceAccount', 'tunnel-agent');
-  expect(binding?.subjects).toEqual([
-    { kind: 'ServiceAccount', name: 'tunnel-agent', namespace: sa?.metadata.namespace },
-  ]);
-  expect(findObject(objects, 'ClusterRole', binding?.roleRef.name)).toBeDefined();
+  expect(deployment).toContain('--route=apiserver=10.0.0.1:6443');
+  writeFileSync(join(dir, 'deployment.yaml'), deployment);
+  writeFileSync(
+    join(dir, 'kustomization.yaml'),
+    [
+      'apiVersion: kustomize.config.k8s.io/v1beta1',
+      'kind: Kustomization',
+      'resources: [deployment.yaml]',
+      'components:',
+      `  - ${relative(dir, join(DEPLOY_DIR, 'client/components/agent-tls'))}`,
+      '',
+    ].join('\n'),
+  );
+  expect(() => render(relative(REPO_DIR, dir))).toThrow(
+    /testing value \/spec\/template\/spec\/containers\/0\/args\/2 failed/,
+  );
 });
+
+describe.each(['deploy/server/base', 'deploy/server/overlays/ha'])(
+  'the server agent-tls component on %s',
+  (dir) => {
+    const objects = renderComposed([dir], ['deploy/server/components/agent-tls']);
+    const base = render(dir);
+
+    test('validates, and gives every replica the route CA from the Secret tunnel-server-route-ca', async () => {
+      expect(await schemaProblems(objects)).toEqual([]);
+      const t = workload(objects, 'tunnel-server');
+      expect(t.spec.volumes.find((v: K8sObject) => v.name === 'route-ca')).toEqual({
+        name: 'route-ca',
+        secret: {
+          secretName: 'tunnel-server-route-ca',
+          defaultMode: 0o440,
+          items: [
+            { key: 'tls.crt', path: 'tls.crt' },
+            { key: 'tls.key', path: 'tls.key' },
+          ],
+        },
+      });
+      const container = t.spec.containers[0];
+      expect(container.volumeMounts.find((m: K8sObject) => m.name === 'route-ca')).toEqual({
+        name: 'route-ca',
+        mountPath: '/etc/tunnel/route-ca',
+        readOnly: true,
+      });
+      const env = Object.fromEntries(
+        (container.env as K8sObject[]).filter((e) => e.value !== undefined).map((e) => [e.name, e.value]),
+      );
+      expect(env).toMatchObject({
+        TUNNEL_SERVER_ROUTE_CA_CERT: '/etc/tunnel/route-ca/tls.crt',
+        TUNNEL_SERVER_ROUTE_CA_KEY: '/etc/tunnel/route-ca/tls.key',
+      });
+    });
+
+    test('the server resolves its config with the route CA from those paths; without the component it has none', () => {
+      const caDir = tempDir();
+      writeFileSync(join(caDir, 'tls.crt'), 'x');
+      writeFileSync(join(caDir, 'tls.key'), 'x');
+      const env = (t: ReturnType<typeof workload>): Record<string, string> =>
+        Object.fromEntries(
+          (t.spec.containers[0].env as K8sObject[])
+            .filter((e) => e.value !== undefined)
+            .map((e) => [e.name, String(e.value).replace('/etc/tunnel/route-ca', caDir)]),
+        );
+      const withCa = resolveServerConfig({
+        argv: [],
+        env: env(workload(objects, 'tunnel-server')),
+        cwd: '/',
+      });
+      expect(withCa).toMatchObject({
+        routeCaCert: join(caDir, 'tls.crt'),
+        routeCaKey: join(caDir, 'tls.key'),
+      });
+      const without = resolveServerConfig({ argv: [], env: env(workload(base, 'tunnel-server')), cwd: '/' });
+      expect(without.routeCaCert).toBeUndefined();
+      expect(workload(base, 'tunnel-server').spec.volumes.map((v: K8sObject) => v.name)).not.toContain(
+        'route-ca',
+      );
+    });
+  },
+);
 
 test('the dashboard component adds an http route the agent accepts, and egress to the dashboard only', async () => {
   const objects = renderComposed(

@@ -11,7 +11,13 @@ export interface FuzzTarget {
 
 export const FUZZ_TARGETS: Readonly<
   Record<
-    'yamux-decoder' | 'yamux-session' | 'websocket-decoder' | 'client-hello' | 'control' | 'stream-prefix',
+    | 'yamux-decoder'
+    | 'yamux-session'
+    | 'websocket-decoder'
+    | 'client-hello'
+    | 'control'
+    | 'csr'
+    | 'stream-prefix',
     FuzzTarget
   >
 >;

@@ -11,6 +11,8 @@
  * - a session fed anything ends with a coded error or carries on, never throws, and holds a
  *   bounded amount of memory.
  */
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
 import { Duplex, PassThrough } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -365,6 +367,63 @@ function jsonMutator(prefixBytes, writeLength) {
   };
 }
 
+/**
+ * A certificate signing request as an agent sends it (DER here; PEM-wrapped per case) to a route
+ * CA that allows one hostname: what comes out is a certificate or a coded refusal, never another
+ * error. The CA lives in a temporary directory made once.
+ */
+const CSR_HOST = 'cluster-u1.proxy.localhost';
+let routeCa;
+async function csrSeeds() {
+  const { Pkcs10CertificateRequestGenerator, SubjectAlternativeNameExtension, cryptoProvider } =
+    await import('@peculiar/x509');
+  const { webcrypto } = await import('node:crypto');
+  cryptoProvider.set(webcrypto);
+  const seeds = [];
+  for (const [curve, hash] of [
+    ['P-256', 'SHA-256'],
+    ['P-384', 'SHA-384'],
+  ]) {
+    const keys = await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: curve }, true, [
+      'sign',
+      'verify',
+    ]);
+    for (const names of [[CSR_HOST], [CSR_HOST, 'cluster-u2.proxy.localhost']]) {
+      const csr = await Pkcs10CertificateRequestGenerator.create({
+        name: `CN=${names[0]}`,
+        keys,
+        signingAlgorithm: { name: 'ECDSA', hash },
+        extensions: [new SubjectAlternativeNameExtension(names.map((value) => ({ type: 'dns', value })))],
+      });
+      seeds.push(Buffer.from(csr.rawData));
+    }
+  }
+  return seeds;
+}
+
+async function runCsr(input) {
+  const server = await import('@cluster-tunnel/server');
+  routeCa ??= await server.RouteCertificateAuthority.load(
+    await server.RouteCertificateAuthority.dataDirFiles(
+      mkdtempSync(path.join(os.tmpdir(), 'fuzz-route-ca-')),
+    ),
+    { create: true },
+  );
+  const lines = input.toString('base64').match(/.{1,64}/g) ?? [];
+  const pem = `-----BEGIN CERTIFICATE REQUEST-----\n${lines.join('\n')}\n-----END CERTIFICATE REQUEST-----\n`;
+  try {
+    const issued = await routeCa.sign(pem, new Set([CSR_HOST]), 60_000);
+    if (issued.hostnames.some((h) => h !== CSR_HOST))
+      return `signed a name it does not allow: ${issued.hostnames}`;
+    return undefined;
+  } catch (err) {
+    if (!coded(err)) return `sign threw ${err?.name}: ${err?.message}`;
+    if (err.code !== 'TUN_ERR_CSR_INVALID' && err.code !== 'TUN_ERR_CERT_NAME_FORBIDDEN')
+      return `sign refused with ${err.code}`;
+    return undefined;
+  }
+}
+
 /** Every target: name → { seeds(), files, run(input, random) (may return a promise), mutate? }. */
 export const FUZZ_TARGETS = {
   'yamux-decoder': {
@@ -392,6 +451,11 @@ export const FUZZ_TARGETS = {
     files: [DIST('packages/protocol/dist/tunnel/control.js')],
     run: runControl,
     mutate: jsonMutator(4, (head, n) => head.writeUInt32BE(n, 0)),
+  },
+  csr: {
+    seeds: csrSeeds,
+    files: [DIST('packages/server/dist/route-ca.js')],
+    run: runCsr,
   },
   'stream-prefix': {
     seeds: async () => streamSeeds,

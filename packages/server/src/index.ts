@@ -13,6 +13,7 @@ export { UserForwarder, type UserConnectionEvent } from './user-forwarder.js';
 export { ROUTE_MODES, type RouteModeName } from './modes/route-modes.js';
 export type { RouteMode, RouteModeContext, RouteModeFactory } from './modes/route-mode.js';
 export { CertificateAuthority } from './certificate-authority.js';
+export { RouteCertificateAuthority, ROUTE_CA_FILES, MAX_CSR_BYTES } from './route-ca.js';
 export { TokenVerifier, type VerifiedToken } from './token-verifier.js';
 export { createToken, loadOrCreateSigningKeyPair, SIGNING_KEY_FILES } from './token-issuer.js';
 export { resolveServerConfig, SERVER_CONFIG_SCHEMA, type ServerConfig } from './config.js';

@@ -145,4 +145,50 @@ describe('tunnel-server (in-process)', () => {
       .map((l) => (JSON.parse(l) as { msg: string }).msg);
     expect(messages).toEqual(expect.arrayContaining(['tunnel server listening', 'draining', 'stopped']));
   });
+
+  it('kubeconfig --mode agent-tls trusts the route CA of the data directory; bad combinations exit 2 with the reason', async () => {
+    const dir = tempDir('tunnel-server-cli-');
+    const made = await run(['route-ca', 'create', '--data-dir', 'data'], dir);
+    expect(made.code).toBe(EXIT_OK);
+    expect(made.stderr).toMatch(/kubectl -n tunnel-server create secret tls tunnel-server-route-ca/);
+    const ok = await run(
+      ['kubeconfig', '--cluster', 'u1', '--mode', 'agent-tls', '--data-dir', 'data', '--token', 'tok'],
+      dir,
+    );
+    expect(ok.code).toBe(EXIT_OK);
+    const routeCa = await readFile(join(dir, 'data', 'route-ca.crt'), 'utf8');
+    expect(ok.stdout).toContain(`certificate-authority-data: ${Buffer.from(routeCa).toString('base64')}`);
+    expect(ok.stdout).toContain('server: https://cluster-u1.proxy.localhost:8443');
+    expect(ok.stdout).toMatch(/token: tok/);
+
+    const refused = async (argv: string[]) => {
+      const r = await run(['kubeconfig', '--cluster', 'u1', ...argv], dir);
+      expect(r.code).toBe(EXIT_USAGE);
+      return r.stderr;
+    };
+    expect(await refused(['--mode', 'agent-tls', '--data-dir', 'nowhere'])).toMatch(
+      /no route CA at .*nowhere\/route-ca.crt \(ENOENT\): give --data-dir of a server that made one, or --ca-file/,
+    );
+    expect(await refused(['--token', 'tok'])).toMatch(
+      /--ca-file: the API server's CA is required in passthrough mode/,
+    );
+    expect(await refused(['--mode', 'tls', '--data-dir', 'data'])).toMatch(
+      /--mode: "tls" is not passthrough or agent-tls/,
+    );
+    expect(await refused(['--mode', 'agent-tls', '--data-dir', 'data', '--exec-arg', 'x'])).toMatch(
+      /--exec-arg needs --exec-command/,
+    );
+    expect(
+      await refused([
+        '--mode',
+        'agent-tls',
+        '--data-dir',
+        'data',
+        '--token',
+        't',
+        '--exec-command',
+        'oidc-login',
+      ]),
+    ).toMatch(/give one of a client certificate, a token or an exec command/);
+  });
 });

@@ -220,13 +220,22 @@ function buildProgram(io: ServerCliIo): Command {
         );
       }
       const read = (f?: string) => (f === undefined ? undefined : readFile(resolve(io.cwd, f), 'utf8'));
+      const caPem = await read(caFile)!.catch((cause: NodeJS.ErrnoException) => {
+        throw new TunnelError(
+          'TUN_ERR_CONFIG',
+          o.caFile === undefined
+            ? `no route CA at ${caFile} (${cause.code}): give --data-dir of a server that made one, or --ca-file`
+            : `--ca-file: cannot read ${caFile} (${cause.code})`,
+          { cause },
+        );
+      });
       io.stdout.write(
         buildKubeconfig({
           clusterId: o.cluster,
           domain: o.domain,
           port: listen.port,
           mode: o.mode,
-          caPem: await readFile(resolve(io.cwd, caFile), 'utf8'),
+          caPem,
           clientCertPem: await read(o.clientCert),
           clientKeyPem: await read(o.clientKey),
           token: o.token,

@@ -123,3 +123,48 @@ describe('ALPN through an agent-tls route', () => {
     expect(body).toBe('served over HTTP/1.1');
   });
 });
+
+describe('a cluster whose agents differ in mode (a rollout from passthrough to agent-tls)', () => {
+  test("each user connection goes only to agents of the mode that claimed it: never a passthrough user's TLS to an agent that ends it", async () => {
+    const t = await target('http/1.1');
+    const s = await startInProcessServer();
+    const old = await startInProcessAgent(s, {
+      cluster: 'u1',
+      agentId: 'agent-passthrough',
+      routes: [`apiserver=127.0.0.1:${t.port}`],
+    });
+    const renewed = await startInProcessAgent(s, {
+      cluster: 'u1',
+      agentId: 'agent-tls',
+      routes: [`apiserver=127.0.0.1:${t.port},mode=agent-tls,ca=${t.caFile},serverName=api.internal`],
+    });
+    await pollUntil(() => renewed.routeCertificate?.current, 10_000, 'the route certificate');
+    const connect = async (): Promise<void> => {
+      const socket = tls.connect({
+        host: '127.0.0.1',
+        port: s.port,
+        servername: 'cluster-u1.proxy.localhost',
+        rejectUnauthorized: false,
+      });
+      socket.on('error', () => undefined);
+      await Promise.race([once(socket, 'secureConnect'), once(socket, 'close')]);
+      socket.destroy();
+    };
+    const forwardedTo = (): string[] =>
+      s.events.flatMap((e) => (e.type === 'forwarded' && e.route === 'cluster-u1' ? [e.agentId] : []));
+    // The first agent registered passthrough: its mode claims the route, and only it serves it.
+    for (let i = 0; i < 6; i++) await connect();
+    await pollUntil(() => forwardedTo().length === 6 || undefined, 10_000, 'six forwarded connections');
+    expect(new Set(forwardedTo())).toEqual(new Set(['agent-passthrough']));
+    // The old agent leaves: agent-tls claims the route, and users get the route certificate.
+    old.destroy();
+    await pollUntil(
+      () => s.server.registry.candidates('cluster-u1').length === 1 || undefined,
+      10_000,
+      'one agent',
+    );
+    for (let i = 0; i < 3; i++) await connect();
+    await pollUntil(() => forwardedTo().length === 9 || undefined, 10_000, 'three more');
+    expect(forwardedTo().slice(6)).toEqual(['agent-tls', 'agent-tls', 'agent-tls']);
+  });
+});

@@ -84,9 +84,14 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
     this.emit('removed', agent);
   }
 
-  /** Usable agents for a label, in the order to try them (rotated per call to spread load). */
-  candidates(label: string): RegisteredAgent[] {
-    const list = this.byLabel.get(label)?.filter((a) => a.usable) ?? [];
+  /**
+   * Usable agents for a label, in the order to try them (rotated per call to spread load); with
+   * `mode`, only those that registered the label in that mode.
+   */
+  candidates(label: string, mode?: string): RegisteredAgent[] {
+    const list =
+      this.byLabel.get(label)?.filter((a) => a.usable && (mode === undefined || a.modeOf(label) === mode)) ??
+      [];
     if (list.length < 2) return list;
     const start = this.turn++ % list.length;
     return [...list.slice(start), ...list.slice(0, start)];
@@ -94,7 +99,9 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> {
 
   /**
    * The route mode the agents holding `label` registered it with, or undefined when none holds
-   * it. Agents of one cluster run one configuration; should they differ, the first one counts.
+   * it. Agents of one cluster run one configuration; should they differ (a rollout from one mode
+   * to another), the first one's claims the label, and candidates(label, mode) keeps its
+   * connections to the agents of that mode.
    */
   modeOf(label: string): string | undefined {
     return this.firstUsable(label)?.modeOf(label);

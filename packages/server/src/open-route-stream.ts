@@ -38,6 +38,12 @@ export interface RouteStreamRequest {
   metadata?: Readonly<Record<string, string>>;
   /** Bytes the mode read from the user before it knew the route; sent right behind the header. */
   firstBytes?: Buffer | undefined;
+  /**
+   * Only agents that registered the route in this mode (the public-port modes: what the user's
+   * bytes are depends on it). Agents of one cluster may differ for a while, during a rollout
+   * from one mode to another: a passthrough user must never reach an agent that ends TLS.
+   */
+  registeredAs?: string | undefined;
 }
 
 /** A stream the agent accepted: it reached the route's target and raw bytes follow. Paused. */
@@ -66,7 +72,7 @@ export function openRouteStream(
 ): Promise<RouteStream> {
   const { route, remoteAddress, firstBytes } = request;
   const header = { type: request.type ?? 'route', route, remoteAddress, metadata: request.metadata };
-  const candidates = o.registry.candidates(route);
+  const candidates = o.registry.candidates(route, request.registeredAs);
   return new Promise((resolve, reject) => {
     let next = 0;
     let waiting = 0;

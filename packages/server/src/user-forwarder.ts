@@ -47,6 +47,8 @@ export interface ForwardRequest {
   firstBytes?: Buffer | undefined;
   /** Stream header metadata for the agent (RouteStreamRequest). */
   metadata?: Readonly<Record<string, string>>;
+  /** Only agents that registered the route in this mode (RouteStreamRequest). */
+  registeredAs?: string;
   /** Ends a connection no agent took, in the way the mode's clients understand. */
   refuse: (socket: Socket, code: ErrorCode) => void;
 }
@@ -70,6 +72,7 @@ export class UserForwarder {
         route,
         remoteAddress,
         firstBytes: request.firstBytes,
+        registeredAs: request.registeredAs,
         ...(request.metadata === undefined ? {} : { metadata: request.metadata }),
       });
     } catch (err) {

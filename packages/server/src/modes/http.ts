@@ -117,7 +117,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
       const remoteAddress = socketAddress(user);
       agent = new http.Agent({ keepAlive: true, maxFreeSockets: 4, timeout: config.httpIdleTimeoutMs });
       agent.createConnection = ((_options: unknown, done: (err: Error | null, s?: Duplex) => void) => {
-        context.openRouteStream({ mode: 'http', route, remoteAddress }).then(
+        context.openRouteStream({ mode: 'http', route, remoteAddress, registeredAs: 'http' }).then(
           ({ stream, agent }) => {
             agentIdOf.set(stream, agent.identity.agentId);
             done(null, socketLike(stream));
@@ -274,7 +274,12 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
     if (who.session !== undefined) sessionOf.set(socket, who.session);
     let routed;
     try {
-      routed = await context.openRouteStream({ mode: 'http', route, remoteAddress: address(req) });
+      routed = await context.openRouteStream({
+        mode: 'http',
+        route,
+        remoteAddress: address(req),
+        registeredAs: 'http',
+      });
     } catch (err) {
       const code = err instanceof TunnelError ? err.code : 'TUN_ERR_DIAL_FAILED';
       socket.end(rawAnswer(502, code));

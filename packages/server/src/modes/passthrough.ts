@@ -41,6 +41,7 @@ export function createSniForwardingMode(context: RouteModeContext, o: SniForward
           route,
           firstBytes: helloBytes,
           refuse,
+          registeredAs: o.name,
           ...(metadata === undefined ? {} : { metadata }),
         })
         .catch((err: unknown) => {

@@ -7,7 +7,6 @@
  * `httpAccess` chooses for every route, `httpRouteAccess` overrides it per route label.
  */
 import type http from 'node:http';
-import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { TunnelError } from '@cluster-tunnel/protocol';
 import type { RouteAccessKind } from '@cluster-tunnel/config';
@@ -56,10 +55,12 @@ export class HttpAccess {
     );
   }
 
-  /** Reads the keys and htpasswd files; a bad file stops the start (TUN_ERR_CONFIG). */
-  async start(): Promise<void> {
-    const pems = await Promise.all(this.config.tokenPublicKey.map((f) => readFile(f, 'utf8')));
-    this.verifier = new LinkVerifier(pems);
+  /**
+   * Takes the token public keys the server read (links are signed with the token keys) and reads
+   * the htpasswd files; a bad file stops the start (TUN_ERR_CONFIG).
+   */
+  async start(tokenPublicKeyPems: readonly string[]): Promise<void> {
+    this.verifier = new LinkVerifier(tokenPublicKeyPems);
     const events: HtpasswdEvents = {
       onReloadFailed: (file, reason) =>
         this.log.error({ file, reason }, 'htpasswd file not reloaded; its previous users stay'),

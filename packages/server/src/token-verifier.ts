@@ -87,7 +87,11 @@ export class TokenVerifier {
   private watchTimer: unknown;
   private closed = false;
 
+  /** The trusted public keys as given (PEM): links are verified with the same keys (http-link.ts). */
+  readonly publicKeyPems: readonly string[];
+
   constructor(options: TokenVerifierOptions) {
+    this.publicKeyPems = Object.freeze([...options.publicKeyPems]);
     if (options.publicKeyPems.length === 0)
       throw new TunnelError('TUN_ERR_CONFIG', 'no token verification key configured');
     if (typeof options.audience !== 'string' || options.audience.length === 0)

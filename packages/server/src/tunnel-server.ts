@@ -131,6 +131,10 @@ export class TunnelServer extends EventEmitter<TunnelServerEvents> {
         if (!this.secureContext) throw new Error('the server certificate is not loaded yet');
         return this.secureContext;
       },
+      tokenPublicKeyPems: () => {
+        if (!this.verifier) throw new Error('the token keys are not loaded yet');
+        return this.verifier.publicKeyPems;
+      },
     };
     this.modes = Object.values(ROUTE_MODES).map((create) => create(context));
     const agentEvent = (type: 'registered' | 'left', a: RegisteredAgent): AgentEvent => ({

@@ -327,7 +327,7 @@ export function createHttpMode(context: RouteModeContext): RouteMode {
   return {
     name: 'http',
     async start() {
-      await access.start();
+      await access.start(context.tokenPublicKeyPems());
     },
     claims: (route) => registry.modeOf(route) === 'http',
     accept(socket, route, helloBytes) {

@@ -25,6 +25,8 @@ export interface RouteModeContext {
   readonly forwarder: UserForwarder;
   /** The server certificate, for modes that end TLS themselves (loaded before any mode starts). */
   serverSecureContext(): SecureContext;
+  /** The token public keys (PEM) the server trusts, which also verify links (read before any mode starts). */
+  tokenPublicKeyPems(): readonly string[];
 }
 
 export interface RouteMode {

@@ -9,8 +9,8 @@
  * by `tunnel-server kubeconfig`. Passthrough (the Spectro Proxy "Palette-deployed" mode): an API
  * server whose certificate carries the route hostname; TLS runs from kubectl to the API server
  * and the API server sees kubectl's client certificate. agent-tls (a managed cluster): the API
- * server's certificate lacks the route hostname; TLS ends at the agent and kubectl's bearer token
- * reaches the API server. Neither is decrypted by the tunnel server. List, watch, logs -f,
+ * server's certificate lacks the route hostname and it speaks HTTP/2 as a real one does (HTTP/1.1
+ * for exec's WebSocket); TLS ends at the agent and kubectl's bearer token reaches the API server. Neither is decrypted by the tunnel server. List, watch, logs -f,
  * exec -i and an 8 MiB read each run once per mode. One tunnel per mode serves them all: each test
  * uses its own namespace, pod or object, so their order does not matter.
  */
@@ -239,6 +239,9 @@ describe.each(['passthrough', 'agent-tls'] as const)('kubectl through the %s rou
     expect(result.stderr).toBe('');
     expect(result.stdout.split('\n').filter(Boolean)).toEqual(['pod/u1-web-1', 'pod/u1-web-2']);
     expect(t.api.seenIdentities).toContain(t.identity);
+    // kubectl offers h2 and the API server picks it; through agent-tls both TLS legs agree on it
+    // (the fixture speaks HTTP/2 there, as a real kube-apiserver does).
+    expect(new Set(t.api.seenHttpVersions)).toEqual(new Set([mode === 'agent-tls' ? '2.0' : '1.1']));
     // The server logged this user connection with its byte counts.
     const closed = await t.server.proc.waitForLog(
       (l) => l.msg === 'user connection closed' && l.route === 'cluster-u1',

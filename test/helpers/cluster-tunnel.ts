@@ -54,6 +54,8 @@ export async function setupClusterTunnel(
   const api = await startFakeApiServer({
     hostnames: mode === 'passthrough' ? [`cluster-${uid}.proxy.localhost`] : [],
     bearerToken: BEARER_TOKEN,
+    // agent-tls carries the user's ALPN offer to the API server: HTTP/2, as a real one speaks.
+    http2: mode === 'agent-tls',
   });
   defer(() => api.close());
   api.addPod({ name: `${uid}-web-1` });

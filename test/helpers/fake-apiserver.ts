@@ -10,6 +10,7 @@
 // implementation. Both upgrades are refused with a 400 Status. Port-forward bytes are as
 // opaque to a TLS-passthrough tunnel as exec bytes, so exec covers that path.
 import { createHash, randomUUID } from 'node:crypto';
+import { createSecureServer } from 'node:http2';
 import { createServer } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -23,6 +24,11 @@ export interface FakeApiServerOptions {
   /** DNS SANs of the serving certificate; 127.0.0.1 and localhost are always added. */
   hostnames: string[];
   bearerToken?: string;
+  /**
+   * Speak HTTP/2 to clients that offer it, as a real kube-apiserver does (kubectl then multiplexes
+   * its requests on one connection), and HTTP/1.1 to the others (exec's WebSocket upgrade).
+   */
+  http2?: boolean;
 }
 
 export interface FakePodSpec {
@@ -48,6 +54,8 @@ export interface FakeApiServer {
   seenIdentities: string[];
   /** Per request: `METHOD /path?query`. */
   seenRequests: string[];
+  /** Per request other than an upgrade: its HTTP version (`1.1`, `2.0`). */
+  seenHttpVersions: string[];
   addPod(pod: FakePodSpec): void;
   modifyPod(name: string, change: Omit<FakePodSpec, 'name' | 'namespace'>, namespace?: string): void;
   deletePod(name: string, namespace?: string): void;
@@ -246,6 +254,7 @@ export async function startFakeApiServer(options: FakeApiServerOptions): Promise
   const sockets = new Set<Socket>();
   const seenIdentities: string[] = [];
   const seenRequests: string[] = [];
+  const seenHttpVersions: string[] = [];
   let resourceVersion = 1;
   const startedAt = timestamp(new Date());
   let closing: Promise<void> | undefined;
@@ -378,6 +387,7 @@ export async function startFakeApiServer(options: FakeApiServerOptions): Promise
   function handleRequest(req: IncomingMessage, res: ServerResponse): void {
     const url = new URL(req.url ?? '/', 'https://fake');
     record(seenRequests, `${req.method ?? 'GET'} ${url.pathname}${url.search}`);
+    record(seenHttpVersions, req.httpVersion);
     if (['/healthz', '/livez', '/readyz'].includes(url.pathname)) {
       res.writeHead(200, { 'Content-Type': 'text/plain' });
       return void res.end('ok');
@@ -503,16 +513,16 @@ export async function startFakeApiServer(options: FakeApiServerOptions): Promise
     wss.handleUpgrade(req, socket, head, (ws) => runExec(ws, url));
   }
 
-  const server = createServer(
-    {
-      key: serving.keyPem,
-      cert: serving.certPem,
-      ca: [ca.certPem],
-      requestCert: true,
-      rejectUnauthorized: false,
-    },
-    handleRequest,
-  );
+  const tlsOptions = {
+    key: serving.keyPem,
+    cert: serving.certPem,
+    ca: [ca.certPem],
+    requestCert: true,
+    rejectUnauthorized: false,
+  };
+  const server = options.http2
+    ? createSecureServer({ ...tlsOptions, allowHTTP1: true }, handleRequest as never)
+    : createServer(tlsOptions, handleRequest);
   server.on('upgrade', handleUpgrade);
   // Raw TCP sockets, so close() also ends connections still in the TLS handshake.
   server.on('connection', function track(socket: Socket) {
@@ -544,6 +554,7 @@ export async function startFakeApiServer(options: FakeApiServerOptions): Promise
       ca.issue({ commonName: user, organizations: groups, client: true }),
     seenIdentities,
     seenRequests,
+    seenHttpVersions,
     addPod(spec) {
       const namespace = spec.namespace ?? 'default';
       if (pods.has(key(namespace, spec.name))) {
@@ -601,7 +612,7 @@ export async function startFakeApiServer(options: FakeApiServerOptions): Promise
         wss.close();
         for (const socket of sockets) socket.destroy();
         server.close(() => resolve());
-        server.closeAllConnections();
+        if ('closeAllConnections' in server) server.closeAllConnections();
       });
       return closing;
     },

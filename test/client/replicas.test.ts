@@ -215,6 +215,14 @@ describe('TunnelAgent behind a load balancer', () => {
     expect(agent.isReady).toBe(true);
   });
 
+  test('close() right after start() dials nothing: the first dial, still reading the token file, does not begin', async () => {
+    const { agent, lb } = await setupReplicas({ serverCount: 2 });
+    // The slot is reading its token file now (async); close() comes before it has dialed.
+    await agent.close();
+    await flushIo();
+    expect(lb.routed).toEqual([]);
+  });
+
   test(`runs at most ${MAX_SLOTS} slots whatever the count, and close() ends every one: GoAway on each session, no dial after`, async () => {
     const { agent, peers, lb, logs } = await setupReplicas({
       serverCount: 64,

@@ -156,6 +156,8 @@ export class ConnectSlot {
     const { config, timeouts } = this.host;
     this.phase = 'token';
     const token = await this.readToken();
+    // close() may have come while the token file was read: no dial may start after it.
+    if (this.host.isStopping()) return 'stopped';
     const routes = new RouteTable(clusterIdOf(token), config.route);
     this.phase = 'dial';
     this.dialAbort = new AbortController();

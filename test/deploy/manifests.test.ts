@@ -5,7 +5,7 @@
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { resolveClientConfig } from '../../packages/client/src/config.js';
+import { SERVICE_ACCOUNT_CA_FILE, resolveClientConfig } from '../../packages/client/src/config.js';
 import { resolveServerConfig } from '../../packages/server/src/config.js';
 import { tempDir } from '../helpers/temp-dir.js';
 import { validateObject } from './k8s-schema.js';
@@ -42,6 +42,19 @@ function workload(objects: K8sObject[], name: string): PodTemplate {
   const t = podTemplates(objects).find((p) => p.name === `Deployment/${name}`);
   if (t === undefined) throw new Error(`no Deployment/${name} rendered`);
   return t;
+}
+
+/**
+ * `objects` with one Deployment replaced by `undo` applied to a copy of it: what a component's
+ * render must equal once its own changes are taken back, to prove it changed nothing else.
+ */
+function undoneIn(objects: K8sObject[], name: string, undo: (deployment: K8sObject) => void): K8sObject[] {
+  return objects.map((o) => {
+    if (o.kind !== 'Deployment' || o.metadata?.name !== name) return o;
+    const copy = structuredClone(o);
+    undo(copy);
+    return copy;
+  });
 }
 
 function filesUnder(dir: string): string[] {
@@ -163,8 +176,25 @@ describe.each(['deploy/client/overlays/in-cluster', 'deploy/client/overlays/behi
       const t = workload(objects, 'tunnel-agent');
       expect(hardeningViolations(t)).toEqual([]);
       expect(t.spec.automountServiceAccountToken).toBe(false);
-      const projected = JSON.stringify(t.spec.volumes);
-      expect(projected).not.toMatch(/serviceAccountToken/);
+      expect(
+        findObject(objects, 'ServiceAccount', t.spec.serviceAccountName)?.automountServiceAccountToken,
+      ).toBe(false);
+      // No projected token anywhere, and nothing but ca.crt where in-cluster clients look for one.
+      const sources = t.spec.volumes.flatMap((v: K8sObject) => v.projected?.sources ?? []);
+      expect(sources.filter((src: K8sObject) => src.serviceAccountToken !== undefined)).toEqual([]);
+      const saMounts = t.spec.containers[0].volumeMounts.filter((m: K8sObject) =>
+        m.mountPath.startsWith('/var/run/secrets/kubernetes.io/'),
+      );
+      // Each file those mounts expose, as "ConfigMap name:path" (any other source by its kind).
+      const saPaths = saMounts.flatMap((m: K8sObject) => {
+        const v = t.spec.volumes.find((vol: K8sObject) => vol.name === m.name);
+        return (v?.projected?.sources ?? [v]).flatMap((src: K8sObject) =>
+          src?.configMap
+            ? src.configMap.items.map((i: K8sObject) => `${src.configMap.name}:${i.path}`)
+            : [JSON.stringify(src)],
+        );
+      });
+      expect(saPaths).toEqual(['kube-root-ca.crt:ca.crt']);
     });
 
     test('mounts the cluster CA alone where in-cluster clients find it, read-only', () => {
@@ -190,6 +220,24 @@ describe.each(['deploy/client/overlays/in-cluster', 'deploy/client/overlays/behi
         mountPath: '/var/run/secrets/kubernetes.io/serviceaccount',
         readOnly: true,
       });
+      // Where the agent looks for the cluster CA when a route names none (its in-pod default).
+      expect(join(mount.mountPath, 'ca.crt')).toBe(SERVICE_ACCOUNT_CA_FILE);
+    });
+
+    test('changes nothing else: without its route, volume and mount the render is the overlay', () => {
+      const undone = undoneIn(objects, 'tunnel-agent', (d) => {
+        const spec = d.spec.template.spec;
+        spec.volumes = spec.volumes.filter((v: K8sObject) => v.name !== 'cluster-ca');
+        const c = spec.containers[0];
+        c.volumeMounts = c.volumeMounts.filter((m: K8sObject) => m.name !== 'cluster-ca');
+        c.args = c.args.map((a: string) =>
+          a === '--route=apiserver=kubernetes.default.svc:443,mode=agent-tls'
+            ? '--route=apiserver=kubernetes.default.svc:443'
+            : a,
+        );
+      });
+      // The egress policy among them: the base's rule to the API server serves both modes.
+      expect(undone).toEqual(base);
     });
 
     test("switches the API server route to agent-tls, which the agent resolves to the mounted CA and the Service's name", () => {
@@ -197,7 +245,10 @@ describe.each(['deploy/client/overlays/in-cluster', 'deploy/client/overlays/behi
       const args = t.spec.containers[0].args as string[];
       const routes = args.filter((a) => a.startsWith('--route='));
       expect(routes).toEqual(['--route=apiserver=kubernetes.default.svc:443,mode=agent-tls']);
-      // As in the pod: the kubelet sets KUBERNETES_SERVICE_HOST; the mounted CA is a file here.
+      // As in the pod: the kubelet sets KUBERNETES_SERVICE_HOST, so the resolver fills in the
+      // cluster CA and checks that the file exists. Nothing is at the pod's path on this machine,
+      // so serviceAccountCaFile points it at a stand-in; the test above pins that the mount puts
+      // the CA at the real default (SERVICE_ACCOUNT_CA_FILE).
       const caFile = join(tempDir(), 'ca.crt');
       writeFileSync(caFile, 'the cluster CA');
       const config = resolveClientConfig({
@@ -253,6 +304,7 @@ describe.each(['deploy/server/base', 'deploy/server/overlays/ha'])(
     test('validates, and gives every replica the route CA from the Secret tunnel-server-route-ca', async () => {
       expect(await schemaProblems(objects)).toEqual([]);
       const t = workload(objects, 'tunnel-server');
+      expect(hardeningViolations(t)).toEqual([]);
       expect(t.spec.volumes.find((v: K8sObject) => v.name === 'route-ca')).toEqual({
         name: 'route-ca',
         secret: {
@@ -302,6 +354,27 @@ describe.each(['deploy/server/base', 'deploy/server/overlays/ha'])(
       expect(without.routeCaCert).toBeUndefined();
       expect(workload(base, 'tunnel-server').spec.volumes.map((v: K8sObject) => v.name)).not.toContain(
         'route-ca',
+      );
+    });
+
+    test('changes nothing else: without its volume, mount and two variables the render is the base', () => {
+      const undone = undoneIn(objects, 'tunnel-server', (d) => {
+        const spec = d.spec.template.spec;
+        spec.volumes = spec.volumes.filter((v: K8sObject) => v.name !== 'route-ca');
+        const c = spec.containers[0];
+        c.volumeMounts = c.volumeMounts.filter((m: K8sObject) => m.name !== 'route-ca');
+        c.env = c.env.filter((e: K8sObject) => !e.name.startsWith('TUNNEL_SERVER_ROUTE_CA_'));
+      });
+      expect(undone).toEqual(base);
+    });
+
+    test('its Secret is one deploy/README.md tells how to create', () => {
+      const names = workload(objects, 'tunnel-server')
+        .spec.volumes.filter((v: K8sObject) => v.secret)
+        .map((v: K8sObject) => v.secret.secretName);
+      expect(names).toContain('tunnel-server-route-ca');
+      expect(readFileSync(join(DEPLOY_DIR, 'README.md'), 'utf8')).toMatch(
+        /create secret tls tunnel-server-route-ca\b/,
       );
     });
   },

@@ -70,7 +70,9 @@ export interface InstalledCertificate {
 
 export class RouteCertificate {
   private readonly o: RouteCertificateOptions;
-  private keys: { keyPem: string; pair: webcrypto.CryptoKeyPair; spki: Buffer } | undefined;
+  /** `spkiSha256`: which key certificates are for, logged without the key (TLS clients can match it). */
+  private keys:
+    { keyPem: string; pair: webcrypto.CryptoKeyPair; spki: Buffer; spkiSha256: string } | undefined;
   private installed: InstalledCertificate | undefined;
   /** The full hostnames to ask for, learnt from the first server that published them. */
   private hostnames: string[] | undefined;
@@ -96,18 +98,13 @@ export class RouteCertificate {
       .export({ format: 'pem', type: 'pkcs8' })
       .toString();
     const spki = Buffer.from(await webcrypto.subtle.exportKey('spki', pair.publicKey));
-    this.keys = { keyPem, pair, spki };
+    this.keys = { keyPem, pair, spki, spkiSha256: createHash('sha256').update(spki).digest('hex') };
   }
 
   /** The certificate served now: undefined before the first arrives and once it has expired. */
   get current(): InstalledCertificate | undefined {
     const c = this.installed;
     return c !== undefined && c.notAfterMs > this.o.now() ? c : undefined;
-  }
-
-  /** The agent's public key (SPKI, DER): what every certificate it serves must carry. */
-  get publicKeySpki(): Buffer | undefined {
-    return this.keys?.spki;
   }
 
   /**
@@ -174,8 +171,7 @@ export class RouteCertificate {
         serverId: session.serverId,
         hostnames,
         serialNumber: installed.serialNumber,
-        // Which key the certificate is for, without the key: a reader can match it to what TLS clients see.
-        publicKeySha256: createHash('sha256').update(this.keys!.spki).digest('hex'),
+        publicKeySha256: this.keys!.spkiSha256,
         notAfter: new Date(installed.notAfterMs).toISOString(),
         renewAt: new Date(installed.renewAtMs).toISOString(),
       },

@@ -78,29 +78,14 @@ export class CertificateAuthority {
     const path = (name: keyof typeof CA_FILES): string => join(options.dataDir, CA_FILES[name]);
     await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
 
-    let caKeyPem = await readOptional(path('caKey'));
-    let caCertPem = await readOptional(path('caCert'));
-    if (caCertPem !== undefined && caKeyPem === undefined) {
-      throw configError(`${path('caCert')} exists but its key ${path('caKey')} does not`);
-    }
-    if (caKeyPem === undefined) {
-      const keys = await generateEcKeyPair();
-      caKeyPem = await exportPrivateKeyPem(keys.privateKey);
-      await writeAtomic(path('caKey'), caKeyPem, 0o600);
-    }
-    const caKey = await importPrivateKey(caKeyPem, path('caKey'));
-    if (caCertPem === undefined) {
-      // A key without a certificate (a crash between the two writes): nobody trusts a cert yet, so make one.
-      caCertPem = (await createCaCert(caKeyPem, caKey, now())).toString('pem');
-      await writeAtomic(path('caCert'), caCertPem, 0o644);
-    }
-    const caCert = parseCertificate(caCertPem, path('caCert'));
-    if (!keyMatchesCert(caKeyPem, caCert)) {
-      throw configError(`${path('caKey')} is not the key of ${path('caCert')}`);
-    }
-    if (caCert.notAfter.getTime() <= now()) {
-      throw configError(`the tunnel CA in ${path('caCert')} expired on ${caCert.notAfter.toISOString()}`);
-    }
+    const {
+      cert: caCert,
+      certPem: caCertPem,
+      key: caKey,
+    } = await loadCaKeyPair(
+      { cert: path('caCert'), key: path('caKey') },
+      { create: true, label: 'tunnel CA', subject: 'cluster-tunnel CA', now },
+    );
 
     const expectedNames: JsonGeneralNames = [
       { type: 'dns', value: domain },
@@ -137,6 +122,48 @@ export class CertificateAuthority {
       now,
     );
   }
+}
+
+/** Where a CA's certificate and key live (PEM files). */
+export interface CaFiles {
+  cert: string;
+  key: string;
+}
+
+/**
+ * A CA from `files`, both made first when `create` allows and the key is missing (a key without
+ * its certificate, a crash between the two writes, gets a certificate: nobody trusts one yet).
+ * A certificate without its key, a key that is not the certificate's, or an expired CA is an
+ * operator problem (TUN_ERR_CONFIG), never silently replaced; so are missing files without
+ * `create`. `label` names it in messages, `subject` is a new certificate's name.
+ */
+export async function loadCaKeyPair(
+  files: CaFiles,
+  o: { create: boolean; label: string; subject: string; now: () => number },
+): Promise<{ cert: X509Certificate; certPem: string; key: CryptoKey }> {
+  let keyPem = await readOptional(files.key);
+  let certPem = await readOptional(files.cert);
+  if (certPem !== undefined && keyPem === undefined) {
+    throw configError(`the ${o.label} ${files.cert} exists but its key ${files.key} does not`);
+  }
+  if (!o.create && (keyPem === undefined || certPem === undefined)) {
+    throw configError(`the ${o.label} needs both ${files.cert} and ${files.key}`);
+  }
+  if (keyPem === undefined) {
+    keyPem = await exportPrivateKeyPem((await generateEcKeyPair()).privateKey);
+    await writeAtomic(files.key, keyPem, 0o600);
+  }
+  const key = await importPrivateKey(keyPem, files.key);
+  if (certPem === undefined) {
+    certPem = (await createCaCert(keyPem, key, o.now(), o.subject)).toString('pem');
+    await writeAtomic(files.cert, certPem, 0o644);
+  }
+  const cert = parseCertificate(certPem, files.cert);
+  if (!keyMatchesCert(keyPem, cert)) throw configError(`${files.key} is not the key of ${files.cert}`);
+  if (cert.notAfter.getTime() <= o.now()) {
+    throw configError(`the ${o.label} ${files.cert} expired on ${cert.notAfter.toISOString()}`);
+  }
+  return { cert, certPem, key };
 }
 
 export interface IssueParams {
@@ -186,11 +213,11 @@ export async function issue(
 }
 
 /** A self-signed CA certificate for `caKey`, named `<name> <8 hex digits>`, valid 10 years. */
-export async function createCaCert(
+async function createCaCert(
   caKeyPem: string,
   caKey: CryptoKey,
   nowMs: number,
-  name = 'cluster-tunnel CA',
+  name: string,
 ): Promise<X509Certificate> {
   const publicKeyDer = createPublicKey(caKeyPem).export({ type: 'spki', format: 'der' });
   const publicKey = await webcrypto.subtle.importKey('spki', publicKeyDer, EC_KEY, true, ['verify']);
@@ -213,7 +240,7 @@ export async function createCaCert(
   });
 }
 
-export async function generateEcKeyPair(): Promise<webcrypto.CryptoKeyPair> {
+async function generateEcKeyPair(): Promise<webcrypto.CryptoKeyPair> {
   return (await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
 }
 
@@ -253,7 +280,7 @@ export function keyMatchesCert(keyPem: string, cert: X509Certificate): boolean {
   }
 }
 
-export function parseCertificate(pem: string, file: string): X509Certificate {
+function parseCertificate(pem: string, file: string): X509Certificate {
   try {
     return new X509Certificate(pem);
   } catch (cause) {
@@ -261,7 +288,7 @@ export function parseCertificate(pem: string, file: string): X509Certificate {
   }
 }
 
-export async function importPrivateKey(pem: string, file: string): Promise<CryptoKey> {
+async function importPrivateKey(pem: string, file: string): Promise<CryptoKey> {
   try {
     // Through node:crypto first so SEC1 ("EC PRIVATE KEY") files work as well as PKCS#8.
     const der = createPrivateKey(pem).export({ type: 'pkcs8', format: 'der' });
@@ -271,7 +298,7 @@ export async function importPrivateKey(pem: string, file: string): Promise<Crypt
   }
 }
 
-export async function exportPrivateKeyPem(key: CryptoKey): Promise<string> {
+async function exportPrivateKeyPem(key: CryptoKey): Promise<string> {
   const der = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', key));
   const lines = der.toString('base64').match(/.{1,64}/g) ?? [];
   return `-----BEGIN PRIVATE KEY-----\n${lines.join('\n')}\n-----END PRIVATE KEY-----\n`;

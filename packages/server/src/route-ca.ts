@@ -19,17 +19,7 @@ import {
   type X509Certificate,
 } from '@peculiar/x509';
 import { TunnelError } from '@cluster-tunnel/protocol';
-import {
-  configError,
-  createCaCert,
-  exportPrivateKeyPem,
-  generateEcKeyPair,
-  importPrivateKey,
-  issue,
-  keyMatchesCert,
-  parseCertificate,
-} from './certificate-authority.js';
-import { readOptional, writeAtomic } from './data-file.js';
+import { issue, loadCaKeyPair, type CaFiles } from './certificate-authority.js';
 
 /** The route CA's files in the data directory when routeCaCert/routeCaKey are not given. */
 export const ROUTE_CA_FILES = { cert: 'route-ca.crt', key: 'route-ca.key' } as const;
@@ -42,10 +32,7 @@ export const MAX_CSR_NAMES = 64;
 const ACCEPTED_CURVES: ReadonlySet<string> = new Set(['prime256v1', 'secp384r1']);
 const SAN_OID = '2.5.29.17';
 
-export interface RouteCaFiles {
-  cert: string;
-  key: string;
-}
+export type RouteCaFiles = CaFiles;
 
 export interface IssuedRouteCertificate {
   pem: string;
@@ -58,17 +45,11 @@ export class RouteCertificateAuthority {
   private constructor(
     private readonly caCert: X509Certificate,
     private readonly caKey: webcrypto.CryptoKey,
-    readonly files: RouteCaFiles,
     private readonly now: () => number,
   ) {}
 
   get notAfter(): Date {
     return this.caCert.notAfter;
-  }
-
-  /** PEM of the route CA certificate: what kubeconfigs of agent-tls routes trust. */
-  get caCertPem(): string {
-    return this.caCert.toString('pem');
   }
 
   /**
@@ -80,29 +61,13 @@ export class RouteCertificateAuthority {
     o: { create: boolean; now?: () => number },
   ): Promise<RouteCertificateAuthority> {
     const now = o.now ?? Date.now;
-    let keyPem = await readOptional(files.key);
-    let certPem = await readOptional(files.cert);
-    if (certPem !== undefined && keyPem === undefined) {
-      throw configError(`the route CA ${files.cert} exists but its key ${files.key} does not`);
-    }
-    if (!o.create && (keyPem === undefined || certPem === undefined)) {
-      throw configError(`the route CA needs both ${files.cert} and ${files.key}`);
-    }
-    if (keyPem === undefined) {
-      keyPem = await exportPrivateKeyPem((await generateEcKeyPair()).privateKey);
-      await writeAtomic(files.key, keyPem, 0o600);
-    }
-    const caKey = await importPrivateKey(keyPem, files.key);
-    if (certPem === undefined) {
-      certPem = (await createCaCert(keyPem, caKey, now(), 'cluster-tunnel route CA')).toString('pem');
-      await writeAtomic(files.cert, certPem, 0o644);
-    }
-    const caCert = parseCertificate(certPem, files.cert);
-    if (!keyMatchesCert(keyPem, caCert)) throw configError(`${files.key} is not the key of ${files.cert}`);
-    if (caCert.notAfter.getTime() <= now()) {
-      throw configError(`the route CA ${files.cert} expired on ${caCert.notAfter.toISOString()}`);
-    }
-    return new RouteCertificateAuthority(caCert, caKey, files, now);
+    const { cert, key } = await loadCaKeyPair(files, {
+      create: o.create,
+      label: 'route CA',
+      subject: 'cluster-tunnel route CA',
+      now,
+    });
+    return new RouteCertificateAuthority(cert, key, now);
   }
 
   /** The data directory's route CA files, the directory made first. */
@@ -156,11 +121,11 @@ function invalid(reason: string, cause?: unknown): TunnelError {
 
 /** Parsed, of an accepted key type, and signed by that key (proof the agent holds it). */
 async function verifiedCsr(pem: string): Promise<Pkcs10CertificateRequest> {
-  if (Buffer.byteLength(pem, 'utf8') > MAX_CSR_BYTES) invalidThrow(`over ${MAX_CSR_BYTES} bytes`);
+  if (Buffer.byteLength(pem, 'utf8') > MAX_CSR_BYTES) throw invalid(`over ${MAX_CSR_BYTES} bytes`);
   if (
     !/^\s*-----BEGIN CERTIFICATE REQUEST-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE REQUEST-----\s*$/.test(pem)
   ) {
-    invalidThrow('not one PEM CERTIFICATE REQUEST');
+    throw invalid('not one PEM CERTIFICATE REQUEST');
   }
   let csr: Pkcs10CertificateRequest;
   try {
@@ -176,20 +141,16 @@ async function verifiedCsr(pem: string): Promise<Pkcs10CertificateRequest> {
     throw invalid('its public key does not parse', cause);
   }
   if (curve === undefined || !ACCEPTED_CURVES.has(curve))
-    invalidThrow('the key must be ECDSA P-256 or P-384');
+    throw invalid('the key must be ECDSA P-256 or P-384');
   const signed = await csr.verify().catch(() => false);
-  if (!signed) invalidThrow('its signature does not verify with its own key');
+  if (!signed) throw invalid('its signature does not verify with its own key');
   return csr;
-}
-
-function invalidThrow(reason: string): never {
-  throw invalid(reason);
 }
 
 /** The DNS names of the CSR's subjectAltName: at least one, no other name types, no duplicates. */
 function csrHostnames(csr: Pkcs10CertificateRequest): string[] {
   const extension = csr.extensions.find((e) => e.type === SAN_OID);
-  if (extension === undefined) invalidThrow('it asks for no subjectAltName');
+  if (extension === undefined) throw invalid('it asks for no subjectAltName');
   let san: SubjectAlternativeNameExtension;
   try {
     san = new SubjectAlternativeNameExtension(extension.rawData);
@@ -197,11 +158,11 @@ function csrHostnames(csr: Pkcs10CertificateRequest): string[] {
     throw invalid('its subjectAltName does not parse', cause);
   }
   const items = san.names.items;
-  if (items.length === 0) invalidThrow('it asks for no names');
-  if (items.length > MAX_CSR_NAMES) invalidThrow(`it asks for more than ${MAX_CSR_NAMES} names`);
+  if (items.length === 0) throw invalid('it asks for no names');
+  if (items.length > MAX_CSR_NAMES) throw invalid(`it asks for more than ${MAX_CSR_NAMES} names`);
   const names = new Set<string>();
   for (const item of items) {
-    if (item.type !== 'dns') invalidThrow(`it asks for a ${item.type} name; only DNS names are signed`);
+    if (item.type !== 'dns') throw invalid(`it asks for a ${item.type} name; only DNS names are signed`);
     names.add(item.value.toLowerCase());
   }
   return [...names];
